@@ -1,0 +1,1 @@
+"""ml_collections config files: the recipe, runnable and readable."""

@@ -1,0 +1,90 @@
+"""Export a slam_jax model to safetensors + config.json for `transformers` or for the reference (slamkit).
+
+    python -m conversion.flax_to_hf --checkpoint DIR --out DIR [--format hf|slamkit] [--dtype float32]
+
+`--format hf` loads with `transformers.Qwen2ForCausalLM.from_pretrained`; `--format slamkit` is the
+reference's speech-LM layout (`model_type` speech_language_model, nested `base_config`, weights under
+`lm.`), which `python -m conversion.hf_to_flax` also imports back. Written atomically.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conversion import qwen2_hf
+from conversion.safetensors_io import CheckpointError, save_checkpoint
+from slam_jax.models import storage
+
+FORMATS = ("hf", "slamkit")
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    format: str = "hf",
+    dtype: str = "float32",
+    max_shard_bytes: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write the model at `checkpoint` (model dir, workdir or step dir) to `out` in `format`."""
+    if format not in FORMATS:
+        raise ValueError(f"--format {format!r} is not one of {FORMATS}")
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not one of {EXPORT_DTYPES}")
+    source = storage.resolve_model_dir(checkpoint)
+    config = storage.load_config(source)
+    params = jax.tree.map(np.asarray, storage.load_params(source, config))
+    token_ids = storage.load_provenance(source).get("token_ids")
+    if format == "hf":
+        hf_config, prefix = qwen2_hf.hf_config_from_model(config, dtype, token_ids), ""
+    else:
+        hf_config, prefix = qwen2_hf.slamkit_config_from_model(config, dtype), qwen2_hf.SLAMKIT_PREFIX
+    tensors = qwen2_hf.hf_tensors_from_params(params, config, jnp.dtype(dtype), prefix=prefix)
+    with storage.atomic_dir(out, overwrite) as staging:
+        save_checkpoint(tensors, staging, max_shard_bytes=max_shard_bytes)
+        (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return Path(out).absolute()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m conversion.flax_to_hf",
+        description="Export a slam_jax model dir (or a training checkpoint) to HF safetensors + config.json.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="model dir, training workdir or checkpoint step dir")
+    parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    parser.add_argument("--format", choices=FORMATS, default="hf", help="hf: Qwen2ForCausalLM; slamkit: reference")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32", help="dtype of the written tensors")
+    parser.add_argument("--max_shard_size_mb", type=int, default=0, help="shard files above this size (0 = one file)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    try:
+        out = export(
+            args.checkpoint,
+            args.out,
+            format=args.format,
+            dtype=args.dtype,
+            max_shard_bytes=args.max_shard_size_mb * 1024 * 1024,
+            overwrite=args.overwrite,
+        )
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({args.format}, {args.dtype}) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

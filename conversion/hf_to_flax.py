@@ -1,0 +1,179 @@
+"""Convert an HF Qwen2 checkpoint (or a slamkit speech LM) to a slam_jax model dir, optionally TWIST-initialised.
+
+    python -m conversion.hf_to_flax --model DIR_OR_HUB_ID --out DIR [--twist] [--num_units 500] [--rope_theta 10000]
+
+Reads safetensors with numpy (no torch), checks every tensor's shape against config.json, and writes
+`model_config.json` + Orbax `params/` atomically. `--twist` builds the Slam speech LM the reference's way:
+the vocabulary becomes `num_units + 2` rows taken from the start of the text embedding (what
+`resize_token_embeddings` keeps), the head is tied, rope_theta and the context length are overridden.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conversion import qwen2_hf
+from conversion.safetensors_io import CheckpointError, CheckpointReader
+from slam_jax import tokens
+from slam_jax.models import storage
+from slam_jax.models.config import ModelConfig
+
+TWIST_INITS = ("copy_first", "mean", "random")
+SLAM_ROPE_THETA = 10_000.0
+SLAM_CONTEXT_LENGTH = 1024
+_MEAN_INIT_NOISE = 1e-2
+
+
+def resolve_source(model: str) -> Path:
+    """A local checkpoint folder, or a hub id downloaded (config + safetensors only) when online."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists() or model.count("/") != 1:
+        raise CheckpointError(f"{model}: not a checkpoint folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, allow_patterns=["config.json", "*.safetensors", "*.index.json"]))
+    except Exception as error:  # noqa: BLE001 - any hub failure becomes one line naming the id
+        raise CheckpointError(f"{model}: not a local folder and not downloadable ({type(error).__name__})") from None
+
+
+def read_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, Any], dict]:
+    """Model config, float32 parameters and the HF config dict of an HF or slamkit checkpoint folder."""
+    hf_config = qwen2_hf.read_config_json(folder)
+    base_config, is_slamkit = qwen2_hf.split_slamkit(hf_config)
+    config = qwen2_hf.model_config_from_hf(base_config, source=str(folder / "config.json"))
+    reader = CheckpointReader(folder)
+    prefix = qwen2_hf.SLAMKIT_PREFIX if is_slamkit else ""
+    params = qwen2_hf.params_from_hf(reader.get, config, prefix=prefix)
+    return config, params, hf_config
+
+
+def twist(
+    config: ModelConfig,
+    params: dict[str, Any],
+    num_units: int = 500,
+    init: str = "copy_first",
+    rope_theta: float = SLAM_ROPE_THETA,
+    context_length: int = SLAM_CONTEXT_LENGTH,
+    seed: int = 0,
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """The speech LM of a text LM: `num_units + 2` embedding rows, tied head, new rope theta and context."""
+    vocab = tokens.vocab_size_for(num_units)
+    text_embedding = params["embed_tokens"]
+    if init not in TWIST_INITS:
+        raise ValueError(f"--twist_init {init!r} is not one of {TWIST_INITS}")
+    if init == "copy_first" and vocab > text_embedding.shape[0]:
+        raise ValueError(f"--num_units {num_units}: needs {vocab} rows, the text embedding has {text_embedding.shape[0]}")
+    rng = np.random.default_rng(seed)
+    shape = (vocab, config.hidden_size)
+    if init == "copy_first":
+        embedding = np.array(text_embedding[:vocab], np.float32)
+    elif init == "mean":
+        spread = text_embedding.std(axis=0, dtype=np.float64)
+        noise = rng.standard_normal(shape) * spread * _MEAN_INIT_NOISE
+        embedding = (text_embedding.mean(axis=0, dtype=np.float64) + noise).astype(np.float32)
+    else:
+        embedding = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    speech_params = {key: value for key, value in params.items() if key != "lm_head"}
+    speech_params["embed_tokens"] = embedding
+    speech_config = config.replace(
+        vocab_size=vocab,
+        tie_word_embeddings=True,
+        rope_theta=float(rope_theta),
+        max_position_embeddings=int(context_length),
+    )
+    return speech_config, speech_params
+
+
+def convert(
+    model: str,
+    out: str | Path,
+    twist_vocab: bool = False,
+    num_units: int = 500,
+    rope_theta: float | None = None,
+    context_length: int | None = None,
+    twist_init: str = "copy_first",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Convert `model` into a slam_jax model dir at `out` (see the module docstring)."""
+    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:  # fail before the slow read
+        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    folder = resolve_source(model)
+    config, params, hf_config = read_checkpoint(folder)
+    base_config, is_slamkit = qwen2_hf.split_slamkit(hf_config)
+    provenance = {
+        "source": str(model),
+        "source_format": "slamkit" if is_slamkit else "hf",
+        "token_ids": {key: base_config.get(key) for key in qwen2_hf.TOKEN_ID_KEYS},
+        "twist": None,
+    }
+    if twist_vocab:
+        config, params = twist(
+            config,
+            params,
+            num_units=num_units,
+            init=twist_init,
+            rope_theta=SLAM_ROPE_THETA if rope_theta is None else rope_theta,
+            context_length=SLAM_CONTEXT_LENGTH if context_length is None else context_length,
+            seed=seed,
+        )
+        provenance["token_ids"] = dict(qwen2_hf.SPEECH_TOKEN_IDS)
+        provenance["twist"] = {"num_units": num_units, "init": twist_init, "seed": seed}
+    else:
+        overrides = {"rope_theta": rope_theta, "max_position_embeddings": context_length}
+        config = config.replace(**{key: value for key, value in overrides.items() if value is not None})
+    return storage.save_model(out, config, params, provenance=provenance, overwrite=overwrite)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m conversion.hf_to_flax",
+        description="Convert an HF Qwen2 (or slamkit speech-LM) checkpoint to a slam_jax model dir.",
+    )
+    parser.add_argument("--model", required=True, help="checkpoint folder (safetensors + config.json) or hub id")
+    parser.add_argument("--out", required=True, help="output model dir (must be empty unless --overwrite)")
+    parser.add_argument("--twist", action="store_true", help="build the speech LM (TWIST vocabulary swap)")
+    parser.add_argument("--num_units", type=int, default=500, help="speech units; vocab = num_units + 2")
+    parser.add_argument("--rope_theta", type=float, default=None, help="RoPE theta (default 10000 with --twist)")
+    parser.add_argument("--context_length", type=int, default=None, help="max positions (default 1024 with --twist)")
+    parser.add_argument("--twist_init", choices=TWIST_INITS, default="copy_first", help="speech embedding init")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mean/random embedding init")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    try:
+        out = convert(
+            args.model,
+            args.out,
+            twist_vocab=args.twist,
+            num_units=args.num_units,
+            rope_theta=args.rope_theta,
+            context_length=args.context_length,
+            twist_init=args.twist_init,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    config = storage.load_config(out)
+    print(
+        f"wrote {out}: {config.num_params():,} parameters, vocab {config.vocab_size}, "
+        f"{config.num_layers} layers, rope_theta {config.rope_theta:g} in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The Qwen2 decoder in Flax NNX, laid out like `transformers`' Qwen2ForCausalLM.
+
+Parameters are float32 (master weights); matmuls run in `config.compute_dtype` and accumulate in float32.
+The decoder layers are created stacked (one leading layer axis on every weight) so the forward pass can run
+them under `jax.lax.scan` (one compiled layer, fast compiles) or unrolled, chosen by `config.scan_layers`.
+
+Attention honours packed rows: `segment_ids` keep tokens of different segments apart and `positions`
+restart the rotary phase per segment. Incremental decoding keeps a KV cache that the model creates
+(`init_cache`) and threads functionally through `decode`, so every call stays a pure function under jit.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from slam_jax.models.config import ModelConfig
+
+Cache = dict[str, jax.Array]
+
+_INIT_STD = 0.02
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _dtype(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+class Dense(nnx.Module):
+    """x @ kernel (+ bias): float32 weights, matmul in the compute dtype with float32 accumulation."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, dtype, rngs: nnx.Rngs):
+        init = jax.nn.initializers.normal(_INIT_STD)
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm computed in float32, as Qwen2 does."""
+
+    def __init__(self, features: int, eps: float, dtype):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * normed.astype(self.dtype)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate `x` [batch, length, heads, head_dim] by `positions` [batch, length] (half-split convention)."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+def attention_mask(query_slots, key_slots, query_segments, key_segments) -> jax.Array:
+    """[batch, 1, 1, q, k] boolean: causal by slot in the row, and only within the same segment."""
+    causal = query_slots[:, :, None] >= key_slots[:, None, :]
+    same_segment = query_segments[:, :, None] == key_segments[:, None, :]
+    return (causal & same_segment)[:, None, None, :, :]
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with q/k/v biases and no output bias."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = _dtype(config.compute_dtype)
+        d, hd = config.hidden_size, config.head_dim
+        self.q_proj = Dense(d, config.num_heads * hd, use_bias=True, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense(d, config.num_kv_heads * hd, use_bias=True, dtype=dtype, rngs=rngs)
+        self.v_proj = Dense(d, config.num_kv_heads * hd, use_bias=True, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense(config.num_heads * hd, d, use_bias=False, dtype=dtype, rngs=rngs)
+        self.config = config
+
+    def __call__(self, x, positions, mask, layer_cache: Cache | None) -> tuple[jax.Array, Cache | None]:
+        """Attention output and, when decoding, the layer's k/v cache with this call's keys written in."""
+        cfg = self.config
+        batch, length, _ = x.shape
+        q = self.q_proj(x).reshape(batch, length, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(x).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
+        q = rotary_embedding(q, positions, cfg.rope_theta)
+        k = rotary_embedding(k, positions, cfg.rope_theta)
+        if layer_cache is not None:
+            start = (0, layer_cache["index"], 0, 0)
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
+            layer_cache = {"k": k, "v": v, "index": layer_cache["index"]}
+        q = q.reshape(batch, length, cfg.num_kv_heads, cfg.num_query_groups, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = jnp.where(mask, scores * cfg.head_dim**-0.5, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype), preferred_element_type=jnp.float32)
+        return self.o_proj(out.reshape(batch, length, -1).astype(q.dtype)), layer_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward without biases."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = _dtype(config.compute_dtype)
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = Dense(d, f, use_bias=False, dtype=dtype, rngs=rngs)
+        self.up_proj = Dense(d, f, use_bias=False, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense(f, d, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = _dtype(config.compute_dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, mask, layer_cache):
+        """The layer output and, when decoding, this layer's updated k/v cache."""
+        attended, layer_cache = self.self_attn(self.input_layernorm(x), positions, mask, layer_cache)
+        h = x + attended
+        return h + self.mlp(self.post_attention_layernorm(h)), layer_cache
+
+
+class Qwen2(nnx.Module):
+    """Qwen2 causal LM: embedding, stacked decoder layers, final norm and a tied or separate head."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = _dtype(config.compute_dtype)
+        init = jax.nn.initializers.normal(_INIT_STD)
+        self.embed_tokens = nnx.Param(init(rngs.params(), (config.vocab_size, config.hidden_size), jnp.float32))
+        self.layers = _stacked_layers(config, rngs)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Dense(config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+        )
+
+    def __call__(self, input_ids, segment_ids=None, positions=None) -> jax.Array:
+        """Float32 logits [batch, length, vocab] of a full (possibly packed) sequence."""
+        hidden, _, _ = self.forward(input_ids, segment_ids, positions)
+        return self.logits(hidden)
+
+    def hidden_states(self, input_ids, segment_ids=None, positions=None) -> list[jax.Array]:
+        """Inputs of every layer plus the final normed output: `transformers`' `output_hidden_states`."""
+        hidden, _, per_layer = self.forward(input_ids, segment_ids, positions, keep_hidden_states=True)
+        return [per_layer[i] for i in range(self.config.num_layers)] + [hidden]
+
+    def decode(self, input_ids, cache: Cache, segment_ids=None, positions=None) -> tuple[jax.Array, Cache]:
+        """Logits of `input_ids` appended after what `cache` holds, and the updated cache."""
+        hidden, cache, _ = self.forward(input_ids, segment_ids, positions, cache=cache)
+        return self.logits(hidden), cache
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> Cache:
+        """An empty KV cache for `max_length` tokens (slots with segment 0 are never attended)."""
+        cfg = self.config
+        dtype = dtype or _dtype(cfg.compute_dtype)
+        shape = (cfg.num_layers, batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+        return {
+            "k": jnp.zeros(shape, dtype),
+            "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
+            "index": jnp.zeros((), jnp.int32),
+        }
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        dtype = _dtype(self.config.compute_dtype)
+        if self.lm_head is None:
+            head = self.embed_tokens[...].astype(dtype)
+            return jnp.einsum("btd,vd->btv", hidden.astype(dtype), head, preferred_element_type=jnp.float32)
+        kernel = self.lm_head.kernel[...].astype(dtype)
+        return jnp.dot(hidden.astype(dtype), kernel, preferred_element_type=jnp.float32)
+
+    def forward(self, input_ids, segment_ids=None, positions=None, cache=None, keep_hidden_states=False):
+        """Final normed hidden states, the updated cache (or None) and, if asked, every layer's input."""
+        batch, length = input_ids.shape
+        start = cache["index"] if cache is not None else 0
+        query_slots = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+        segment_ids = jnp.ones((batch, length), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+        positions = query_slots if positions is None else positions
+        key_slots, key_segments, layer_caches = query_slots, segment_ids, None
+        if cache is not None:
+            key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
+            key_slots = jnp.broadcast_to(jnp.arange(key_segments.shape[1], dtype=jnp.int32), key_segments.shape)
+            layer_caches = {"k": cache["k"], "v": cache["v"]}
+        mask = attention_mask(query_slots, key_slots, segment_ids, key_segments)
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(_dtype(self.config.compute_dtype))
+        x, layer_caches, per_layer = self._run_layers(x, positions, mask, layer_caches, start, keep_hidden_states)
+        if cache is not None:
+            cache = {"k": layer_caches["k"], "v": layer_caches["v"], "segment_ids": key_segments, "index": start + length}
+        return self.norm(x), cache, per_layer
+
+    def _run_layers(self, x, positions, mask, caches, start, keep_hidden_states):
+        """All decoder layers, scanned or unrolled; per-layer caches and inputs stacked on axis 0."""
+        graphdef, state = nnx.split(self.layers)
+
+        def body(carry, layer_inputs):
+            layer_state, layer_cache = layer_inputs
+            if layer_cache is not None:
+                layer_cache = {**layer_cache, "index": start}
+            out, layer_cache = nnx.merge(graphdef, layer_state)(carry, positions, mask, layer_cache)
+            if layer_cache is not None:
+                layer_cache = {"k": layer_cache["k"], "v": layer_cache["v"]}
+            return out, (layer_cache, carry if keep_hidden_states else None)
+
+        if self.config.remat_policy != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat_policy])
+        if self.config.scan_layers:
+            x, (caches, per_layer) = jax.lax.scan(body, x, (state, caches))
+            return x, caches, per_layer
+        outputs = []
+        for i in range(self.config.num_layers):
+            x, output = body(x, jax.tree.map(lambda leaf: leaf[i], (state, caches)))
+            outputs.append(output)
+        caches, per_layer = jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+        return x, caches, per_layer
+
+
+def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
+    """`num_layers` decoder layers whose weights share one leading layer axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(layer_rngs: nnx.Rngs) -> DecoderLayer:
+        return DecoderLayer(config, rngs=layer_rngs)
+
+    return create(rngs)
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> Qwen2:
+    """A randomly initialised model (normal(0.02) weights, zero biases, unit norms, as transformers does)."""
+    return Qwen2(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ModelConfig) -> Qwen2:
+    """The model with shape-only parameters: nothing allocated."""
+    return nnx.eval_shape(lambda: init_model(config))
+
+
+def param_shapes(config: ModelConfig) -> dict[str, Any]:
+    """Pure-dict tree of `jax.ShapeDtypeStruct`s of the parameters."""
+    return nnx.state(abstract_model(config), nnx.Param).to_pure_dict()
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameter count from abstract shapes (no weights allocated)."""
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(param_shapes(config)))
+
+
+def get_params(model: Qwen2) -> dict[str, Any]:
+    """The parameters as a nested dict of arrays (the layout conversion and checkpoints use)."""
+    return nnx.state(model, nnx.Param).to_pure_dict()
+
+
+def model_from_params(config: ModelConfig, params: dict[str, Any]) -> Qwen2:
+    """A model holding `params` (a pure dict as `get_params` returns), built without random init."""
+    model = abstract_model(config)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model

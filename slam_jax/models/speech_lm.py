@@ -1,0 +1,101 @@
+"""`SpeechLM`, the public handle on a trained or converted model, and `load_model`."""
+
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from slam_jax import tokens
+from slam_jax.models import qwen2, storage
+from slam_jax.models.config import ModelConfig
+
+_LENGTH_BUCKET = 32
+
+
+def mean_log_likelihood(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
+    """Minus the mean next-token NLL of each row of `[BOS, units..., EOS, PAD...]` (RECIPE.md section 6).
+
+    Targets are `input_ids[:, 1:]`: BOS is never scored, EOS is, PAD targets are masked.
+    """
+    targets = input_ids[:, 1:]
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    mask = (targets != tokens.PAD_ID).astype(jnp.float32)
+    return jnp.sum(token_log_probs * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef, state, input_ids, segment_ids, positions):
+    return nnx.merge(graphdef, state)(input_ids, segment_ids, positions)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
+def _decode(graphdef, state, input_ids, cache, segment_ids, positions):
+    return nnx.merge(graphdef, state).decode(input_ids, cache, segment_ids, positions)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_likelihood(graphdef, state, input_ids):
+    return mean_log_likelihood(nnx.merge(graphdef, state)(input_ids), input_ids)
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], bucket: int = _LENGTH_BUCKET) -> np.ndarray:
+    """Right-pad id sequences with PAD to a common length rounded up to `bucket` (fewer recompiles)."""
+    if not len(sequences):
+        raise ValueError("log_likelihood: empty batch")
+    longest = max(len(sequence) for sequence in sequences)
+    batch = np.full((len(sequences), -(-longest // bucket) * bucket), tokens.PAD_ID, np.int32)
+    for row, sequence in enumerate(sequences):
+        batch[row, : len(sequence)] = sequence
+    return batch
+
+
+class SpeechLM:
+    """A Qwen2 speech LM ready for inference: jit-compiled logits and log-likelihoods."""
+
+    def __init__(self, model: qwen2.Qwen2):
+        self.model = model
+        self._graphdef, self._state = nnx.split(model)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def params(self) -> dict:
+        return qwen2.get_params(self.model)
+
+    def __call__(self, input_ids, segment_ids=None, positions=None) -> jax.Array:
+        """Float32 logits [batch, length, vocab]."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        return _logits(self._graphdef, self._state, input_ids, segment_ids, positions)
+
+    def init_cache(self, batch_size: int, max_length: int) -> qwen2.Cache:
+        """An empty KV cache for `decode`."""
+        return self.model.init_cache(batch_size, max_length)
+
+    def decode(self, input_ids, cache: qwen2.Cache, segment_ids=None, positions=None) -> tuple[jax.Array, qwen2.Cache]:
+        """Logits of `input_ids` appended to the cached prefix, and the updated cache (the old one is donated)."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        return _decode(self._graphdef, self._state, input_ids, cache, segment_ids, positions)
+
+    def log_likelihood(self, batch) -> np.ndarray:
+        """Minus the mean NLL of each sequence: `batch` is a PAD-padded id array or a list of id lists,
+        each `[1, unit + 2, ..., 1]` (BOS not scored, EOS scored, PAD masked)."""
+        if isinstance(batch, (list, tuple)):
+            batch = pad_batch(batch)
+        return np.asarray(_log_likelihood(self._graphdef, self._state, jnp.asarray(batch, jnp.int32)))
+
+
+def load_model(path: str | Path, compute_dtype: str | None = None) -> SpeechLM:
+    """The model at `path` (a converted model dir, a training workdir or a checkpoint step dir)."""
+    directory = storage.resolve_model_dir(path)
+    config = storage.load_config(directory)
+    params = storage.load_params(directory, config)
+    if compute_dtype is not None:
+        config = config.replace(compute_dtype=compute_dtype)
+    return SpeechLM(qwen2.model_from_params(config, params))

@@ -1,0 +1,134 @@
+"""The on-disk layout of a converted model: `model_config.json` + Orbax `params/` (+ optional provenance).
+
+Written atomically: everything goes to a temporary sibling folder that is renamed into place only when
+complete, so an interrupted or failed write never leaves a half-written model behind.
+"""
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from slam_jax.models import qwen2
+from slam_jax.models.config import ModelConfig
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+PROVENANCE_FILE = "provenance.json"
+
+
+def is_model_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
+
+
+@contextlib.contextmanager
+def atomic_dir(directory: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder that becomes `directory` only if the block completes.
+
+    A non-empty `directory` is refused unless `overwrite`; on any error the staging folder is removed and
+    `directory` is left exactly as it was.
+    """
+    directory = Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise FileExistsError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        yield staging
+        if directory.exists():
+            retired = directory.with_name(f".{directory.name}.old-{staging.name}")
+            directory.rename(retired)
+            staging.rename(directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def save_model(
+    directory: str | Path,
+    config: ModelConfig,
+    params: dict[str, Any],
+    provenance: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a converted model to `directory` atomically; refuses a non-empty one unless `overwrite`."""
+    _check_shapes(config, params)
+    with atomic_dir(directory, overwrite) as staging:
+        config.save(staging / CONFIG_FILE)
+        if provenance:
+            (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / PARAMS_DIR, params)
+            checkpointer.wait_until_finished()
+    return Path(directory).absolute()
+
+
+def _check_shapes(config: ModelConfig, params: dict[str, Any]) -> None:
+    expected = jax.tree.map(lambda leaf: tuple(leaf.shape), qwen2.param_shapes(config))
+    actual = jax.tree.map(lambda leaf: tuple(np.shape(leaf)), params)
+    if jax.tree.structure(expected) != jax.tree.structure(actual):
+        raise ValueError(f"parameter tree does not match the model config: {jax.tree.structure(actual)}")
+    mismatched = [
+        f"{jax.tree_util.keystr(path)}: {got} != {want}"
+        for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected))
+        if got != want
+    ]
+    if mismatched:
+        raise ValueError(f"parameter shapes do not match the model config: {mismatched[:3]}")
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    return ModelConfig.load(Path(directory) / CONFIG_FILE)
+
+
+def load_params(directory: str | Path, config: ModelConfig | None = None, sharding=None) -> dict[str, Any]:
+    """The float32 parameter tree of a saved model, placed with `sharding` (default: the first device)."""
+    directory = Path(directory).absolute()
+    if not is_model_dir(directory):
+        raise FileNotFoundError(f"{directory}: not a converted model (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
+    config = config or load_config(directory)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), qwen2.param_shapes(config)
+    )
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            return checkpointer.restore(directory / PARAMS_DIR, target)
+        except ValueError as error:
+            raise ValueError(f"{directory / PARAMS_DIR}: parameters do not match {CONFIG_FILE}: {error}") from None
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The model dir behind `path`: a model dir itself, or the newest numbered step inside a training
+    workdir (`path/checkpoints/<step>/` or `path/<step>/`) that holds a model config and params."""
+    path = Path(path)
+    if is_model_dir(path):
+        return path
+    for folder in (path / "checkpoints", path):
+        steps = sorted(
+            (int(child.name), child) for child in _subdirs(folder) if child.name.isdigit() and is_model_dir(child)
+        )
+        if steps:
+            return steps[-1][1]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model dir, workdir or checkpoint")
+    raise FileNotFoundError(f"{path}: holds no {CONFIG_FILE} + {PARAMS_DIR}/ (not a model dir, workdir or checkpoint)")
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return [child for child in folder.iterdir() if child.is_dir()] if folder.is_dir() else []
+
+
+def load_provenance(directory: str | Path) -> dict:
+    path = Path(directory) / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,14 @@
+"""Token ids shared with the reference implementation (RECIPE.md section 2).
+
+PAD is 0, `<S>` (both BOS and EOS) is 1, and speech unit u has id u + UNIT_OFFSET.
+"""
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 1
+UNIT_OFFSET = 2
+
+
+def vocab_size_for(num_units: int) -> int:
+    """Vocabulary size of a speech LM over `num_units` units (500 -> 502)."""
+    return num_units + UNIT_OFFSET
