@@ -9,6 +9,7 @@ the vocabulary becomes `num_units + 2` rows taken from the start of the text emb
 """
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ TWIST_INITS = ("copy_first", "mean", "random")
 SLAM_ROPE_THETA = 10_000.0
 SLAM_CONTEXT_LENGTH = 1024
 _MEAN_INIT_NOISE = 1e-2
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def resolve_source(model: str) -> Path:
@@ -33,8 +35,8 @@ def resolve_source(model: str) -> Path:
     path = Path(model)
     if path.is_dir():
         return path
-    if path.exists() or model.count("/") != 1:
-        raise CheckpointError(f"{model}: not a checkpoint folder")
+    if path.exists() or not _HUB_ID.fullmatch(model):
+        raise CheckpointError(f"{model}: no such checkpoint folder")
     try:
         from huggingface_hub import snapshot_download
 
@@ -69,7 +71,9 @@ def twist(
     if init not in TWIST_INITS:
         raise ValueError(f"--twist_init {init!r} is not one of {TWIST_INITS}")
     if init == "copy_first" and vocab > text_embedding.shape[0]:
-        raise ValueError(f"--num_units {num_units}: needs {vocab} rows, the text embedding has {text_embedding.shape[0]}")
+        raise ValueError(
+            f"--num_units {num_units}: needs {vocab} rows, the text embedding has {text_embedding.shape[0]}"
+        )
     rng = np.random.default_rng(seed)
     shape = (vocab, config.hidden_size)
     if init == "copy_first":

@@ -6,8 +6,9 @@ config nested as `base_config`.
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +161,9 @@ def params_from_hf(get: Callable[[str, tuple], np.ndarray], config: ModelConfig,
     return params
 
 
-def hf_tensors_from_params(params: dict[str, Any], config: ModelConfig, dtype, prefix: str = "") -> dict[str, np.ndarray]:
+def hf_tensors_from_params(
+    params: dict[str, Any], config: ModelConfig, dtype, prefix: str = ""
+) -> dict[str, np.ndarray]:
     """HF-named tensors (in `dtype`) from a Flax parameter tree, in transformers' order."""
     out = {prefix + EMBEDDING: _cast(params["embed_tokens"], dtype)}
     for i in range(config.num_layers):

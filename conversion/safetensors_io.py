@@ -146,7 +146,11 @@ def save_file(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict[s
     for name, array in tensors.items():
         if array.dtype not in NAMES:
             raise CheckpointError(f"{path}: tensor {name}: dtype {array.dtype} has no safetensors name")
-        header[name] = {"dtype": NAMES[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        header[name] = {
+            "dtype": NAMES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
         offset += array.nbytes
     if metadata:
         header["__metadata__"] = metadata

@@ -39,7 +39,9 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     first_rows = np.asarray(text_model.embed_tokens[...])[: speech.config.vocab_size]
     embedding_equal = bool(np.array_equal(np.asarray(speech.model.embed_tokens[...]), first_rows))
     _check(embedding_equal, "TWIST embedding rows are not the text model's first rows")
-    _say(f"TWIST speech LM: vocab {speech.config.vocab_size}, {speech.config.num_params():,} params, rows copied exactly")
+    _say(
+        f"TWIST speech LM: vocab {speech.config.vocab_size}, {speech.config.num_params():,} params, rows copied exactly"
+    )
 
     rng = np.random.default_rng(config.seed)
     units = [rng.integers(0, config.selfcheck.num_units, length) for length in config.selfcheck.lengths]
@@ -55,7 +57,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     hf_to_flax.convert(str(root / "speech_slamkit"), root / "speech_reimported", overwrite=True)
     reimported = storage.load_params(root / "speech_reimported")
     identical = all(
-        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reimported), jax.tree.leaves(speech.params))
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reimported), jax.tree.leaves(speech.params), strict=True)
     )
     _check(identical, "slamkit export -> import changed a tensor")
     _say("slamkit export -> import: every tensor bit-identical")

@@ -212,7 +212,12 @@ class Qwen2(nnx.Module):
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(_dtype(self.config.compute_dtype))
         x, layer_caches, per_layer = self._run_layers(x, positions, mask, layer_caches, start, keep_hidden_states)
         if cache is not None:
-            cache = {"k": layer_caches["k"], "v": layer_caches["v"], "segment_ids": key_segments, "index": start + length}
+            cache = {
+                "k": layer_caches["k"],
+                "v": layer_caches["v"],
+                "segment_ids": key_segments,
+                "index": start + length,
+            }
         return self.norm(x), cache, per_layer
 
     def _run_layers(self, x, positions, mask, caches, start, keep_hidden_states):
@@ -234,8 +239,8 @@ class Qwen2(nnx.Module):
             x, (caches, per_layer) = jax.lax.scan(body, x, (state, caches))
             return x, caches, per_layer
         outputs = []
-        for i in range(self.config.num_layers):
-            x, output = body(x, jax.tree.map(lambda leaf: leaf[i], (state, caches)))
+        for index in range(self.config.num_layers):
+            x, output = body(x, jax.tree.map(lambda leaf, i=index: leaf[i], (state, caches)))
             outputs.append(output)
         caches, per_layer = jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
         return x, caches, per_layer

@@ -1,8 +1,8 @@
 """`SpeechLM`, the public handle on a trained or converted model, and `load_model`."""
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

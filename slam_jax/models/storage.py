@@ -8,8 +8,9 @@ import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -80,7 +81,9 @@ def _check_shapes(config: ModelConfig, params: dict[str, Any]) -> None:
         raise ValueError(f"parameter tree does not match the model config: {jax.tree.structure(actual)}")
     mismatched = [
         f"{jax.tree_util.keystr(path)}: {got} != {want}"
-        for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected))
+        for (path, got), want in zip(
+            jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True
+        )
         if got != want
     ]
     if mismatched:

@@ -1,0 +1,92 @@
+"""Helpers shared by the benchmarks: machine description, timing, medians and output."""
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+_ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "JAX_PLATFORMS")
+_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "transformers", "torch", "orbax-checkpoint", "safetensors")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (falls back to `platform.processor()`)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The AVX-512 / AMX / bf16 feature flags of the CPU, the ones that decide matmul speed."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(flag for flag in flags if flag.startswith(("avx512", "amx")) or "bf16" in flag)
+    except OSError:
+        pass
+    return []
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages the benchmarks touch (absent ones are left out)."""
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def machine() -> dict:
+    """CPU model, logical cores, memory, OS, versions and threading variables: what every report must name."""
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "memory_bytes": pages * page_size,
+        "platform": platform.platform(),
+        "versions": versions(),
+        "env": {name: os.environ[name] for name in _ENV_VARS if name in os.environ},
+    }
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of `fn` (which must block until its work is done)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Time every function `repeats` times, in rounds that alternate them, after one warm-up call each.
+
+    Rounds keep a slow spell of a shared machine from landing on one implementation only.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(seconds(fn))
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def emit(result: dict, as_json: bool, lines: list[str]) -> None:
+    """Print `result` as one JSON object, or the human-readable `lines`."""
+    print(json.dumps(result, indent=2) if as_json else "\n".join(lines))

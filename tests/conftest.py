@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random `transformers` Qwen2 models saved to disk, the independent reference."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
+
+TINY_HF = dict(
+    vocab_size=300,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rope_theta=10_000.0,
+    tie_word_embeddings=True,
+)
+
+
+def random_hf_model(seed: int = 0, **overrides) -> transformers.Qwen2ForCausalLM:
+    """A Qwen2ForCausalLM with every tensor random (biases and norm scales too), so no mapping hides."""
+    config = transformers.Qwen2Config(**{**TINY_HF, **overrides})
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.copy_(1.0 + 0.2 * torch.randn_like(parameter))
+            else:
+                parameter.normal_(0.0, 0.15)
+    return model
+
+
+def hf_logits(model: transformers.Qwen2ForCausalLM, input_ids: np.ndarray, **kwargs) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(input_ids), dtype=torch.long), **kwargs).logits.float().numpy()
+
+
+@pytest.fixture
+def hf_checkpoint(tmp_path):
+    """Factory: save a random HF model and return (model, folder)."""
+
+    def make(name: str = "hf", seed: int = 0, save_kwargs: dict | None = None, **overrides):
+        model = random_hf_model(seed, **overrides)
+        folder = tmp_path / name
+        model.save_pretrained(folder, **(save_kwargs or {}))
+        return model, folder
+
+    return make

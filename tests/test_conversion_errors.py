@@ -1,0 +1,145 @@
+"""Bad input to the conversion commands: one-line errors naming file and tensor, nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conversion import flax_to_hf, hf_to_flax, safetensors_io
+from slam_jax.models import storage
+
+
+def run_convert(capsys, *argv) -> tuple[int, str]:
+    capsys.readouterr()  # drop what building the fixture printed
+    code = hf_to_flax.main([str(arg) for arg in argv])
+    return code, capsys.readouterr().err
+
+
+def assert_clean_failure(code: int, stderr: str, out, *fragments: str) -> None:
+    assert code == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*")), "a staging folder was left behind"
+
+
+def rewrite_config(folder, **changes) -> None:
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_missing_folder(capsys, tmp_path):
+    code, err = run_convert(capsys, "--model", tmp_path / "absent", "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", str(tmp_path / "absent"), "no such checkpoint folder")
+
+
+def test_missing_config_and_missing_weights(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    (folder / "config.json").unlink()
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", str(folder / "config.json"), "not found")
+
+    _, folder = hf_checkpoint(name="no_weights")
+    (folder / "model.safetensors").unlink()
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", str(folder), "no model.safetensors")
+
+
+def test_missing_shard(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint(save_kwargs={"max_shard_size": "40KB"})
+    shard = sorted(folder.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", str(shard), "not found")
+
+
+def test_non_qwen2_config(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    rewrite_config(folder, model_type="llama")
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", str(folder / "config.json"), "'llama' is not 'qwen2'")
+
+
+def test_shape_mismatch_names_file_and_tensor(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    rewrite_config(folder, intermediate_size=81)
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(
+        code,
+        err,
+        tmp_path / "out",
+        str(folder / "model.safetensors"),
+        "model.layers.0.mlp.gate_proj.weight",
+        "(80, 48)",
+        "(81, 48)",
+    )
+
+
+def test_missing_tensor_is_named(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    reader = safetensors_io.SafetensorsFile(folder / "model.safetensors")
+    kept = {name: np.array(reader.get(name)) for name in reader.keys() if name != "model.norm.weight"}
+    safetensors_io.save_file(kept, folder / "model.safetensors", {"format": "pt"})
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", "model.norm.weight", "missing")
+
+
+def test_truncated_safetensors_names_file_and_tensor(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 1000])
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", str(weights), "tensor ", "truncated or corrupt")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x05\x00", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}"])
+def test_garbage_safetensors_header(capsys, hf_checkpoint, tmp_path, content):
+    _, folder = hf_checkpoint()
+    (folder / "model.safetensors").write_bytes(content)
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", str(folder / "model.safetensors"), "corrupt safetensors")
+
+
+def test_non_empty_out_is_refused_and_kept(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, err = run_convert(capsys, "--model", folder, "--out", out)
+    assert code == 1 and "not empty" in err and (out / "keep.txt").read_text() == "precious"
+    assert flax_to_hf.main(["--checkpoint", str(tmp_path), "--out", str(out)]) == 1
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_export_of_a_non_model_dir(capsys, tmp_path):
+    capsys.readouterr()
+    assert flax_to_hf.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(tmp_path) in err and len(err.splitlines()) == 1
+
+
+def test_failure_inside_atomic_write_leaves_nothing(tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError):
+        with storage.atomic_dir(target) as staging:
+            (staging / "half.bin").write_bytes(b"x")
+            raise RuntimeError("disk full")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", ["conversion.hf_to_flax", "conversion.flax_to_hf"])
+def test_commands_have_help_and_fail_without_traceback(module, tmp_path):
+    help_run = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0 and "usage:" in help_run.stdout
+    flag = "--model" if module.endswith("hf_to_flax") else "--checkpoint"
+    bad = subprocess.run(
+        [sys.executable, "-m", module, flag, str(tmp_path / "absent"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and str(tmp_path / "absent") in bad.stderr
