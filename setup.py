@@ -23,6 +23,8 @@ setup(
         "safetensors",
         "tqdm",
         "absl-py",
+        "pyarrow",
+        "tensorboardX",
         "ml_dtypes",
         "numpy",
     ],

@@ -19,6 +19,7 @@ import numpy as np
 
 from conversion import qwen2_hf
 from conversion.safetensors_io import CheckpointError, save_checkpoint
+from slam_jax.files import atomic_dir
 from slam_jax.models import storage
 
 FORMATS = ("hf", "slamkit")
@@ -47,7 +48,7 @@ def export(
     else:
         hf_config, prefix = qwen2_hf.slamkit_config_from_model(config, dtype), qwen2_hf.SLAMKIT_PREFIX
     tensors = qwen2_hf.hf_tensors_from_params(params, config, jnp.dtype(dtype), prefix=prefix)
-    with storage.atomic_dir(out, overwrite) as staging:
+    with atomic_dir(out, overwrite) as staging:
         save_checkpoint(tensors, staging, max_shard_bytes=max_shard_bytes)
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return Path(out).absolute()

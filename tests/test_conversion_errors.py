@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conversion import flax_to_hf, hf_to_flax, safetensors_io
-from slam_jax.models import storage
+from slam_jax.files import atomic_dir
 
 
 def run_convert(capsys, *argv) -> tuple[int, str]:
@@ -126,7 +126,7 @@ def test_export_of_a_non_model_dir(capsys, tmp_path):
 def test_failure_inside_atomic_write_leaves_nothing(tmp_path):
     target = tmp_path / "model"
     with pytest.raises(RuntimeError):
-        with storage.atomic_dir(target) as staging:
+        with atomic_dir(target) as staging:
             (staging / "half.bin").write_bytes(b"x")
             raise RuntimeError("disk full")
     assert not target.exists() and list(tmp_path.iterdir()) == []

@@ -4,11 +4,7 @@ Written atomically: everything goes to a temporary sibling folder that is rename
 complete, so an interrupted or failed write never leaves a half-written model behind.
 """
 
-import contextlib
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +12,25 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from slam_jax.files import atomic_dir
 from slam_jax.models import qwen2
 from slam_jax.models.config import ModelConfig
 
 CONFIG_FILE = "model_config.json"
+CONFIG_ITEM = "model_config"  # the same JSON as an Orbax checkpoint item (training checkpoints)
 PARAMS_DIR = "params"
 PROVENANCE_FILE = "provenance.json"
 
 
+def _config_path(path: Path) -> Path:
+    item = path / CONFIG_ITEM / "metadata"
+    return item if item.is_file() else path / CONFIG_FILE
+
+
 def is_model_dir(path: str | Path) -> bool:
+    """A converted model (`model_config.json` + `params/`) or a training checkpoint step (Orbax items)."""
     path = Path(path)
-    return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
-
-
-@contextlib.contextmanager
-def atomic_dir(directory: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging folder that becomes `directory` only if the block completes.
-
-    A non-empty `directory` is refused unless `overwrite`; on any error the staging folder is removed and
-    `directory` is left exactly as it was.
-    """
-    directory = Path(directory).absolute()
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise FileExistsError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        yield staging
-        if directory.exists():
-            retired = directory.with_name(f".{directory.name}.old-{staging.name}")
-            directory.rename(retired)
-            staging.rename(directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return _config_path(path).is_file() and (path / PARAMS_DIR).is_dir()
 
 
 def save_model(
@@ -91,7 +69,7 @@ def _check_shapes(config: ModelConfig, params: dict[str, Any]) -> None:
 
 
 def load_config(directory: str | Path) -> ModelConfig:
-    return ModelConfig.load(Path(directory) / CONFIG_FILE)
+    return ModelConfig.load(_config_path(Path(directory)))
 
 
 def load_params(directory: str | Path, config: ModelConfig | None = None, sharding=None) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""The project's random-access unit store: flat token arrays plus offsets, in shards, with a manifest.
+
+    STORE/manifest.json                  counts, token dtype, shard list, per-source statistics
+    STORE/shard-00000.tokens.npy         every sequence's token ids back to back ([1, u + 2, ..., 1])
+    STORE/shard-00000.offsets.npy        int64 [num_sequences + 1]: sequence i is tokens[o[i]:o[i + 1]]
+
+Shards are memory-mapped on read, so any number of hosts and Grain workers can read one store at once.
+A store is written once, atomically (see `slam_jax.files.atomic_dir`).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "slam_jax.unit_store"
+MANIFEST = "manifest.json"
+_SHARD_TOKENS = 1 << 28
+
+
+class UnitStoreWriter:
+    """Appends token sequences into shards under `directory` (a staging folder); `close` writes the manifest."""
+
+    def __init__(self, directory: Path, vocab_size: int, shard_tokens: int = _SHARD_TOKENS):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.dtype = np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
+        self.vocab_size = vocab_size
+        self.shard_tokens = shard_tokens
+        self.shards: list[dict] = []
+        self.sources: dict[str, dict[str, int]] = {}
+        self._pending: list[np.ndarray] = []
+        self._pending_tokens = 0
+
+    def add(self, sequence: np.ndarray, source: str = "") -> None:
+        self._pending.append(np.asarray(sequence, self.dtype))
+        self._pending_tokens += len(sequence)
+        stats = self.sources.setdefault(source, {"files": 0, "tokens": 0})
+        stats["files"] += 1
+        stats["tokens"] += len(sequence)
+        if self._pending_tokens >= self.shard_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        name = f"shard-{len(self.shards):05d}"
+        lengths = np.array([len(sequence) for sequence in self._pending], np.int64)
+        np.save(self.directory / f"{name}.tokens.npy", np.concatenate(self._pending))
+        np.save(self.directory / f"{name}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+        self.shards.append({"name": name, "num_sequences": len(lengths), "num_tokens": int(lengths.sum())})
+        self._pending, self._pending_tokens = [], 0
+
+    def close(self) -> dict:
+        self._flush()
+        manifest = {
+            "format": FORMAT,
+            "version": 1,
+            "vocab_size": self.vocab_size,
+            "token_dtype": self.dtype.name,
+            "num_sequences": sum(shard["num_sequences"] for shard in self.shards),
+            "num_tokens": sum(shard["num_tokens"] for shard in self.shards),
+            "shards": self.shards,
+            "sources": self.sources,
+        }
+        (self.directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+
+def is_store(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+class UnitStore:
+    """Read-only random access to the sequences of a store (memory-mapped)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        try:
+            self.manifest = json.loads((self.directory / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.directory}: not a unit store (no {MANIFEST}; run mode=prepare)") from None
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{self.directory / MANIFEST}: format {self.manifest.get('format')!r} is not {FORMAT}")
+        self._tokens = [np.load(self.directory / f"{s['name']}.tokens.npy", mmap_mode="r") for s in self.shards]
+        self._offsets = [np.load(self.directory / f"{s['name']}.offsets.npy") for s in self.shards]
+        counts = [shard["num_sequences"] for shard in self.shards]
+        self._first_index = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.manifest["shards"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["vocab_size"]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.manifest["num_tokens"]
+
+    def __len__(self) -> int:
+        return self.manifest["num_sequences"]
+
+    def lengths(self) -> np.ndarray:
+        """Token count of every sequence, in store order."""
+        return np.concatenate([np.diff(offsets) for offsets in self._offsets]) if self._offsets else np.zeros(0)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shard = int(np.searchsorted(self._first_index, index, side="right") - 1)
+        local = index - self._first_index[shard]
+        start, end = self._offsets[shard][local], self._offsets[shard][local + 1]
+        return np.asarray(self._tokens[shard][start:end], np.int32)
+
+    def slice(self, index: int, start: int, end: int) -> np.ndarray:
+        """Tokens [start, end) of sequence `index`."""
+        shard = int(np.searchsorted(self._first_index, index, side="right") - 1)
+        base = self._offsets[shard][index - self._first_index[shard]]
+        return np.asarray(self._tokens[shard][base + start : base + end], np.int32)

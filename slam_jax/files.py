@@ -1,0 +1,33 @@
+"""Atomic writes: outputs appear complete or not at all."""
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_dir(directory: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder that becomes `directory` only if the block completes.
+
+    A non-empty `directory` is refused unless `overwrite`; on any error the staging folder is removed and
+    `directory` is left exactly as it was.
+    """
+    directory = Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise FileExistsError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        yield staging
+        if directory.exists():
+            retired = directory.with_name(f".{directory.name}.old-{staging.name}")
+            directory.rename(retired)
+            staging.rename(directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

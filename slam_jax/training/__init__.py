@@ -1,0 +1,1 @@
+"""Training: mesh and sharding rules, optimiser and schedules, train step, checkpoints, the loop."""

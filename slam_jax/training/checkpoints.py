@@ -1,0 +1,89 @@
+"""Training checkpoints: Orbax `CheckpointManager` with params, optimiser state, data iterator and metadata.
+
+    WORKDIR/checkpoints/<step>/params        float32 master params (also what `load_model` reads)
+    WORKDIR/checkpoints/<step>/opt_state     optimiser state, sharded like the params
+    WORKDIR/checkpoints/<step>/data          Grain iterator state, one file per process
+    WORKDIR/checkpoints/<step>/meta          step, tokens seen, schedule length, elapsed time, seed
+    WORKDIR/checkpoints/<step>/model_config  the model config (so a step dir is a loadable model)
+
+Saves are asynchronous and atomic (Orbax finalises a step only when every item is written), so a kill
+at any moment leaves the previous checkpoint restorable.
+"""
+
+from pathlib import Path
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from slam_jax.models.config import ModelConfig
+from slam_jax.models.storage import CONFIG_ITEM, PARAMS_DIR
+from slam_jax.training.step import TrainState
+
+_ITEMS = (PARAMS_DIR, "opt_state", "data", "meta", CONFIG_ITEM)
+
+
+class Checkpointer:
+    """Saves every `every_steps` steps and every `every_minutes` minutes; keeps the last `keep` plus
+    every `keep_period`-th step."""
+
+    def __init__(self, directory: Path, every_steps: int, every_minutes: float, keep: int, keep_period: int = 0):
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            keep_period=keep_period or None,
+            enable_async_checkpointing=True,
+            create=True,
+        )
+        handlers = {
+            PARAMS_DIR: ocp.StandardCheckpointHandler(),
+            "opt_state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+            CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), item_handlers=handlers, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def due(self, step: int, seconds_since_save: float) -> bool:
+        by_steps = self.every_steps > 0 and step % self.every_steps == 0
+        by_time = self.every_seconds > 0 and seconds_since_save >= self.every_seconds
+        return by_steps or by_time
+
+    def save(self, step: int, state: TrainState, data_iterator, meta: dict, model_config: ModelConfig) -> None:
+        args = ocp.args.Composite(
+            **{
+                PARAMS_DIR: ocp.args.StandardSave(state.params),
+                "opt_state": ocp.args.StandardSave(state.opt_state),
+                "data": grain.checkpoint.CheckpointSave(data_iterator),
+                "meta": ocp.args.JsonSave(meta),
+                CONFIG_ITEM: ocp.args.JsonSave(model_config.to_dict()),
+            }
+        )
+        self.manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, abstract_state: TrainState, data_iterator) -> tuple[TrainState, dict]:
+        """The state (placed with the shardings of `abstract_state`'s leaves) and metadata of `step`;
+        `data_iterator` is moved to where it was."""
+        args = ocp.args.Composite(
+            **{
+                PARAMS_DIR: ocp.args.StandardRestore(abstract_state.params),
+                "opt_state": ocp.args.StandardRestore(abstract_state.opt_state),
+                "data": grain.checkpoint.CheckpointRestore(data_iterator),
+                "meta": ocp.args.JsonRestore(),
+            }
+        )
+        restored = self.manager.restore(step, args=args)
+        meta = restored["meta"]
+        step_value = jax.device_put(jax.numpy.asarray(meta["step"], jax.numpy.int32), abstract_state.step.sharding)
+        return TrainState(restored[PARAMS_DIR], restored["opt_state"], step_value), meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

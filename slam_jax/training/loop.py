@@ -1,0 +1,365 @@
+"""`mode: pretrain`: the training loop, top to bottom.
+
+set up (mesh, model, data, optimiser) -> restore the newest checkpoint or initialise -> step until
+`train.max_steps` or `train.time_budget` -> evaluate, save, exit. SIGTERM (preemption) saves and exits.
+"""
+
+import dataclasses
+import math
+import re
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from slam_jax.data import pipeline, stores
+from slam_jax.models import config as model_config
+from slam_jax.models import qwen2, storage
+from slam_jax.models.config import ModelConfig
+from slam_jax.training import checkpoints, distributed, metrics, optimizer, sharding
+from slam_jax.training.step import TrainState, init_state, jit_eval_step, jit_train_step, state_shardings
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '23h30m', '90m', '1d2h', '45s' or a plain number of seconds; '' -> 0."""
+    text = str(text).strip().lower()
+    if not text:
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise ValueError(f"train.time_budget={text!r}: use e.g. '23h30m', '90m' or seconds")
+    return sum(float(value) * _SECONDS[unit] for value, unit in parts)
+
+
+def build_model_config(config: ConfigDict) -> ModelConfig:
+    """The preset (or the `init_from` model's architecture) with the run's execution settings."""
+    execution = dict(
+        compute_dtype=config.model.compute_dtype,
+        scan_layers=config.model.scan_layers,
+        remat_policy=config.model.remat_policy,
+    )
+    if config.model.init_from:
+        base = storage.load_config(storage.resolve_model_dir(config.model.init_from))
+        return base.replace(**execution)
+    overrides = dict(execution, max_position_embeddings=max(config.data.context_length, 1))
+    if config.model.preset in ("tiny", "demo", "slam_small", "slam"):
+        overrides["num_units"] = config.data.num_units
+    return model_config.from_preset(config.model.preset, **overrides)
+
+
+@dataclasses.dataclass
+class Schedule:
+    """The learning-rate schedule; `total_steps` may be fixed late (time budget) and is checkpointed."""
+
+    train: ConfigDict
+    total_steps: int
+
+    def warmup(self) -> int:
+        return optimizer.warmup_steps(self.total_steps, self.train.warmup_steps, self.train.warmup_fraction)
+
+    def __call__(self, step: int) -> float:
+        return optimizer.learning_rate(
+            step,
+            self.train.schedule,
+            self.train.learning_rate,
+            self.warmup(),
+            self.total_steps,
+            self.train.min_learning_rate,
+        )
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks after every step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        tqdm.write(f"[pretrain] {message}")
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    """Train as configured; returns the final metrics."""
+    distributed.maybe_initialize()
+    trainer = Trainer(config, Path(workdir))
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+class Trainer:
+    """State and helpers of one pre-training run (see `fit`)."""
+
+    def __init__(self, config: ConfigDict, workdir: Path):
+        self.config, self.workdir = config, workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.model_config = build_model_config(config)
+        self.train_stores, self.valid_stores = stores.resolve(config.data, workdir, config.seed)
+        self.optimizer = optimizer.build(config.train)
+        abstract_model = qwen2.abstract_model(self.model_config)
+        self.graphdef = nnx.graphdef(abstract_model)
+        abstract_params = nnx.state(abstract_model, nnx.Param).to_pure_dict()
+        abstract_state = jax.eval_shape(lambda p: init_state(p, self.optimizer), abstract_params)
+        self.shardings = state_shardings(abstract_state, self.mesh)
+        self.abstract_state = jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, self.shardings
+        )
+        batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        self.global_rows = config.train.per_device_batch_size * batch_devices
+        if self.global_rows % jax.process_count():
+            raise ValueError(f"{self.global_rows} rows per micro-batch do not split over {jax.process_count()} hosts")
+        self.local_rows = self.global_rows // jax.process_count()
+        self.context_length = config.data.context_length
+        self.train_step = jit_train_step(self.graphdef, self.optimizer, self.shardings, self.mesh)
+        self.eval_step = jit_eval_step(self.graphdef, self.shardings.params, self.mesh)
+        self.checkpointer = checkpoints.Checkpointer(
+            workdir / "checkpoints",
+            config.checkpoint.every_steps,
+            config.checkpoint.every_minutes,
+            config.checkpoint.keep,
+            config.checkpoint.keep_period,
+        )
+        self.writer = metrics.MetricsWriter(
+            workdir,
+            enabled=jax.process_index() == 0,
+            tensorboard=config.log.tensorboard,
+            wandb_project=config.log.wandb_project,
+        )
+        self.flops_per_token = metrics.flops_per_token(self.model_config, self.context_length)
+        self._validation: dict[int, float | None] = {}
+        self.peak_flops = metrics.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
+
+    def close(self):
+        self.checkpointer.close()
+        self.writer.close()
+
+    def data_iterator(self):
+        weights = [float(w) for w in str(self.config.data.weights).split(",") if w.strip()] or None
+        dataset = pipeline.train_dataset(
+            self.train_stores,
+            weights,
+            self.context_length,
+            rows_per_batch=self.config.train.grad_accum_steps * self.local_rows,
+            seed=self.config.seed,
+            packing=self.config.data.packing,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        return iter(dataset)
+
+    def to_device(self, local: dict[str, np.ndarray], accumulation: bool = True) -> dict[str, jax.Array]:
+        """Process-local rows -> global arrays sharded over data x fsdp (with a leading accumulation axis)."""
+        if accumulation:
+            accum = self.config.train.grad_accum_steps
+            local = {key: value.reshape(accum, self.local_rows, -1) for key, value in local.items()}
+            shape, leading = (accum, self.global_rows, self.context_length), 1
+        else:
+            shape, leading = (self.global_rows, self.context_length), 0
+        target = sharding.batch_sharding(self.mesh, leading_axes=leading)
+        return {key: jax.make_array_from_process_local_data(target, value, shape) for key, value in local.items()}
+
+    def initial_state(self) -> TrainState:
+        """Parameters from `model.init_from` or a seeded random init, placed with their shardings."""
+        if self.config.model.init_from:
+            params = storage.load_params(storage.resolve_model_dir(self.config.model.init_from), self.model_config)
+        else:
+            params = qwen2.get_params(qwen2.init_model(self.model_config, seed=self.config.seed))
+        params = jax.device_put(params, self.shardings.params)
+        return jax.jit(lambda p: init_state(p, self.optimizer), out_shardings=self.shardings)(params)
+
+    def evaluate(self, params) -> float | None:
+        """Token-mean validation loss over (up to `train.eval_batches` batches of) the held-out stores."""
+        if not self.valid_stores:
+            return None
+        dataset = pipeline.eval_dataset(
+            self.valid_stores,
+            self.context_length,
+            self.local_rows,
+            self.config.data.packing,
+            jax.process_index(),
+            jax.process_count(),
+        )
+        total, count = 0.0, 0.0
+        for index, batch in enumerate(dataset):
+            if self.config.train.eval_batches and index >= self.config.train.eval_batches:
+                break
+            loss_sum, tokens = self.eval_step(params, self.to_device(batch, accumulation=False))
+            total, count = total + float(loss_sum), count + float(tokens)
+        return total / count if count else None
+
+    def fit(self) -> dict:
+        train = self.config.train
+        budget = parse_duration(train.time_budget)
+        if not train.max_steps and not budget:
+            raise ValueError("set train.max_steps and/or train.time_budget")
+        iterator = self.data_iterator()
+        latest = self.checkpointer.latest_step()
+        meta = {"step": 0, "tokens_seen": 0.0, "elapsed_seconds": 0.0, "total_steps": int(train.max_steps)}
+        if latest is not None:
+            state, meta = self.checkpointer.restore(latest, self.abstract_state, iterator)
+            _say(f"resumed from {self.workdir / 'checkpoints' / str(latest)} (step {latest})")
+        else:
+            state = self.initial_state()
+            _say(
+                f"{self.model_config.num_params():,} params on mesh {dict(self.mesh.shape)}; "
+                f"{self.global_rows * train.grad_accum_steps * self.context_length:,} tokens per step"
+            )
+        schedule = Schedule(train, meta["total_steps"] or 0)
+        step = int(meta["step"])
+        self._tokens_seen = float(meta["tokens_seen"])
+        elapsed_before = float(meta["elapsed_seconds"])
+        start = time.perf_counter()
+        last_save = start
+        calibration_start = None
+        preemption = Preemption()
+        progress = tqdm(
+            total=schedule.total_steps or None,
+            initial=step,
+            disable=jax.process_index() != 0,
+            dynamic_ncols=True,
+            desc="pretrain",
+        )
+        pending, final, reason = None, {}, "max_steps"
+        try:
+            while True:
+                elapsed = elapsed_before + time.perf_counter() - start
+                if train.max_steps and step >= train.max_steps:
+                    break
+                if budget and elapsed >= budget:
+                    reason = "time_budget"
+                    break
+                if not schedule.total_steps and calibration_start is None and step >= 2:
+                    calibration_start = (step, time.perf_counter())
+                if (
+                    not schedule.total_steps
+                    and calibration_start
+                    and step - calibration_start[0] >= train.calibration_steps
+                ):
+                    seconds_per_step = (time.perf_counter() - calibration_start[1]) / (step - calibration_start[0])
+                    schedule.total_steps = step + max(1, int((budget - elapsed) / seconds_per_step))
+                    progress.total = schedule.total_steps
+                    _say(
+                        f"time budget {train.time_budget}: {seconds_per_step:.3f} s/step -> cosine over "
+                        f"{schedule.total_steps} steps"
+                    )
+                lr = schedule(step) if schedule.total_steps else self.warmup_only(step)
+                batch = self.to_device(next(iterator))
+                state, step_metrics = self.train_step(state, batch, jnp.asarray(lr, jnp.float32))
+                step += 1
+                if pending is not None:
+                    final = self.record(pending, progress)
+                pending = (step, lr, step_metrics, time.perf_counter())
+                elapsed = elapsed_before + time.perf_counter() - start
+                due_eval = train.eval_every and step % train.eval_every == 0
+                due_save = self.checkpointer.due(step, time.perf_counter() - last_save)
+                if due_eval or due_save or preemption.requested:
+                    final = self.record(pending, progress)
+                    pending = None
+                if due_eval:
+                    self.log_validation(step, state.params)
+                if due_save or preemption.requested:
+                    meta = self.meta(step, final, elapsed, schedule)
+                    self.checkpointer.save(step, state, iterator, meta, self.model_config)
+                    last_save = time.perf_counter()
+                if preemption.requested:
+                    reason = "preempted"
+                    break
+            if pending is not None:
+                final = self.record(pending, progress)
+            if reason != "preempted":
+                validation = self._validation.get(step) or self.log_validation(step, state.params)
+                if validation is not None:
+                    final["validation_loss"] = validation
+            elapsed = elapsed_before + time.perf_counter() - start
+            if self.checkpointer.latest_step() != step:
+                self.checkpointer.save(
+                    step, state, iterator, self.meta(step, final, elapsed, schedule), self.model_config
+                )
+            self.checkpointer.wait()
+        finally:
+            preemption.restore()
+            progress.close()
+        _say(
+            f"stopped at step {step} ({reason}); loss {final.get('loss', float('nan')):.4f}; "
+            f"checkpoint {self.workdir / 'checkpoints' / str(step)}"
+        )
+        return {"step": step, "stop_reason": reason, **final}
+
+    def warmup_only(self, step: int) -> float:
+        """lr while a time-budget run is still measuring its speed (always inside the warmup)."""
+        return optimizer.learning_rate(
+            step, "constant", self.config.train.learning_rate, self.config.train.warmup_steps, 0
+        )
+
+    def meta(self, step: int, final: dict, elapsed: float, schedule: Schedule) -> dict:
+        return {
+            "step": step,
+            "tokens_seen": float(final.get("tokens_seen", 0.0)),
+            "elapsed_seconds": elapsed,
+            "total_steps": int(schedule.total_steps),
+            "seed": int(self.config.seed),
+        }
+
+    def record(self, pending, progress) -> dict:
+        """Fetch a finished step's metrics, stop on NaN, and log them (JSONL, TensorBoard, progress bar)."""
+        step, lr, step_metrics, dispatched = pending
+        values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
+        if not math.isfinite(values["loss"]) or not math.isfinite(values["grad_norm"]):
+            latest = self.checkpointer.latest_step()
+            raise TrainingError(
+                f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step}; stopped without "
+                f"saving this state; the last checkpoint is {'none' if latest is None else f'step {latest}'}"
+            )
+        now = time.perf_counter()
+        seconds = now - getattr(self, "_last_record", dispatched)
+        self._last_record = now
+        tokens_per_step = self.global_rows * self.config.train.grad_accum_steps * self.context_length
+        self._tokens_seen += tokens_per_step
+        tokens_per_second = tokens_per_step / max(seconds, 1e-9)
+        row = {
+            "loss": values["loss"],
+            "learning_rate": lr,
+            "grad_norm": values["grad_norm"],
+            "tokens_per_second": tokens_per_second,
+            "mfu": tokens_per_second * self.flops_per_token / self.peak_flops,
+            "tokens_seen": self._tokens_seen,
+        }
+        if step % self.config.log.every_steps == 0 or step == 1:
+            self.writer.write(step, row)
+        progress.update(step - progress.n)
+        progress.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_per_second:,.0f}", mfu=f"{row['mfu']:.1%}")
+        return row
+
+    def log_validation(self, step: int, params) -> float | None:
+        validation = self.evaluate(params)
+        self._validation[step] = validation
+        if validation is not None:
+            self.writer.write(step, {"validation_loss": validation})
+            _say(f"step {step}: validation loss {validation:.4f}")
+        return validation

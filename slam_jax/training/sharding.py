@@ -1,0 +1,97 @@
+"""The device mesh and the ONE table of sharding rules for parameters, optimiser state and batches.
+
+Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism with parameters and optimiser state
+sharded, ZeRO-3 style) and `tensor` (Megatron-style splits of heads and MLP columns). Batches are split
+over `data` x `fsdp`. A rule names a mesh axis per parameter dimension; an axis that does not divide the
+dimension is dropped (replicated) rather than failing, so odd sizes such as the 502-row vocab still run.
+"""
+
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# (regex on the "/"-joined parameter path, mesh axis per dimension); the first match wins.
+# Stacked layer weights have a leading layer axis, never sharded.
+RULES = (
+    (r"^embed_tokens$", ("tensor", "fsdp")),
+    (r"^lm_head/kernel$", ("fsdp", "tensor")),
+    (r"self_attn/(q|k|v)_proj/kernel$", (None, "fsdp", "tensor")),
+    (r"self_attn/(q|k|v)_proj/bias$", (None, "tensor")),
+    (r"self_attn/o_proj/kernel$", (None, "tensor", "fsdp")),
+    (r"mlp/(gate|up)_proj/kernel$", (None, "fsdp", "tensor")),
+    (r"mlp/down_proj/kernel$", (None, "tensor", "fsdp")),
+    (r"(layernorm|norm)/scale$", ()),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest of the devices)."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError("mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    known = int(np.prod([size for size in sizes if size != -1]))
+    if -1 in sizes:
+        sizes[sizes.index(-1)] = devices.size // known
+    if int(np.prod(sizes)) != devices.size:
+        raise ValueError(f"mesh: data*fsdp*tensor = {sizes} does not use the {devices.size} devices")
+    return Mesh(devices.reshape(sizes), MESH_AXES)
+
+
+def path_name(path) -> str:
+    """'layers/self_attn/q_proj/kernel' from a pytree key path (dict keys and attribute names only)."""
+    names = [getattr(key, "key", getattr(key, "name", None)) for key in path]
+    return "/".join(str(name) for name in names if name is not None)
+
+
+def spec_for(name: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """PartitionSpec of the parameter `name` from RULES, dropping axes that do not divide the dimension."""
+    for pattern, axes in RULES:
+        if re.search(pattern, name):
+            if len(axes) > len(shape):
+                break
+            axes = tuple(axes) + (None,) * (len(shape) - len(axes))
+            return P(
+                *(axis if axis and dim % mesh.shape[axis] == 0 else None for axis, dim in zip(axes, shape, strict=True))
+            )
+    raise ValueError(f"no sharding rule for parameter {name} {shape}")
+
+
+def param_shardings(params, mesh: Mesh):
+    """NamedSharding for every parameter of a (pure-dict) parameter tree or its abstract shapes."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, spec_for(path_name(path), tuple(leaf.shape), mesh)), params
+    )
+
+
+def state_shardings(tree, params, mesh: Mesh):
+    """Shardings of a tree that embeds parameter-shaped subtrees (optimiser moments): a leaf whose path
+    ends with a parameter's path and has its shape gets that parameter's sharding; others are replicated."""
+    by_name = {
+        path_name(path): (tuple(leaf.shape), spec_for(path_name(path), tuple(leaf.shape), mesh))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+
+    def choose(path, leaf):
+        name = path_name(path)
+        for param_name, (shape, spec) in by_name.items():
+            if (name == param_name or name.endswith("/" + param_name)) and tuple(leaf.shape) == shape:
+                return NamedSharding(mesh, spec)
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map_with_path(choose, tree)
+
+
+def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+    """Rows split over data x fsdp; `leading_axes` unsplit axes before the row axis (accumulation)."""
+    return NamedSharding(mesh, P(*([None] * leading_axes), BATCH_AXES, None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

@@ -1,0 +1,101 @@
+"""The pre-training step: token-mean cross-entropy over the whole accumulated batch, then one AdamW update.
+
+Pure functions over a `TrainState`; `jit_train_step` compiles them with explicit in/out shardings and
+donates the old state, so parameters and optimiser state are updated in place.
+"""
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from slam_jax.training import sharding
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes: float32 master params, optimiser state and the optimiser step count."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def target_mask(segment_ids: jax.Array) -> jax.Array:
+    """Targets that count: same segment as the token predicting them, and not padding (segment 0)."""
+    return (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
+
+
+def cross_entropy_sums(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Summed next-token NLL (float32) over the counted targets, and their number."""
+    targets = batch["input_ids"][:, 1:]
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    mask = target_mask(batch["segment_ids"]).astype(jnp.float32)
+    return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def loss_sums(params, batch, graphdef) -> tuple[jax.Array, jax.Array]:
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["input_ids"], batch["segment_ids"], batch["positions"])
+    return cross_entropy_sums(logits, batch)
+
+
+def accumulated_gradients(params, batches, graphdef):
+    """Gradient of the token-mean loss over all micro-batches (`batches` leaves: [accum, rows, length])."""
+    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def body(carry, micro):
+        grad_sum, loss_sum, count = carry
+        (micro_loss, micro_count), grads = grad_fn(params, micro, graphdef)
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+        return (grad_sum, loss_sum + micro_loss, count + micro_count), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grad_sum, loss_sum, count), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), batches)
+    denominator = jnp.maximum(count, 1.0)
+    return jax.tree.map(lambda g: g / denominator, grad_sum), loss_sum / denominator, count
+
+
+def train_step(state: TrainState, batches, learning_rate, graphdef, optimizer):
+    """One optimiser step over `batches` ([accum, rows, length]); returns the new state and metrics."""
+    grads, loss, count = accumulated_gradients(state.params, batches, graphdef)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda update: -learning_rate * update, updates)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": count}
+    return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def eval_step(params, batch, graphdef) -> tuple[jax.Array, jax.Array]:
+    return loss_sums(params, batch, graphdef)
+
+
+def state_shardings(abstract_state: TrainState, mesh) -> TrainState:
+    params = sharding.param_shardings(abstract_state.params, mesh)
+    opt_state = sharding.state_shardings(abstract_state.opt_state, abstract_state.params, mesh)
+    return TrainState(params, opt_state, sharding.replicated(mesh))
+
+
+def jit_train_step(graphdef, optimizer, shardings: TrainState, mesh):
+    """`step(state, batches, lr) -> (state, metrics)` compiled with shardings and the state donated."""
+    return jax.jit(
+        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer),
+        in_shardings=(shardings, sharding.batch_sharding(mesh, leading_axes=1), sharding.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(graphdef, param_shardings, mesh):
+    return jax.jit(
+        functools.partial(eval_step, graphdef=graphdef),
+        in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
