@@ -14,6 +14,7 @@ from conversion.safetensors_io import CheckpointError
 from slam_jax import selfcheck
 from slam_jax.data import stores
 from slam_jax.data.ingest import DataError
+from slam_jax.speech import tokenize as tokenize_mode
 from slam_jax.training import loop
 from slam_jax.training.loop import TrainingError
 
@@ -25,6 +26,7 @@ MODES = {
     "selfcheck": selfcheck.run,
     "pretrain": loop.run,
     "prepare": stores.run_prepare,
+    "tokenize": tokenize_mode.run,
 }
 
 

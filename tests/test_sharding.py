@@ -54,9 +54,10 @@ def test_sharded_step_equals_single_device_step(shape):
     assert q_kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     assert q_kernel.addressable_shards[0].data.shape == (2, 32 // shape[1], 32 // shape[2])
     adam = state.opt_state[1]
-    assert adam.mu["layers"]["mlp"]["down_proj"]["kernel"].sharding == state.params["layers"]["mlp"]["down_proj"][
-        "kernel"
-    ].sharding
+    assert (
+        adam.mu["layers"]["mlp"]["down_proj"]["kernel"].sharding
+        == state.params["layers"]["mlp"]["down_proj"]["kernel"].sharding
+    )
     assert adam.nu["embed_tokens"].addressable_shards[0].data.shape == (24 // shape[2], 32 // shape[1])
 
 

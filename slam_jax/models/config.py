@@ -85,10 +85,10 @@ class ModelConfig:
         return total
 
 
-def tiny(**overrides) -> ModelConfig:
+def tiny(num_units: int = 20, **overrides) -> ModelConfig:
     """A few-thousand-parameter speech LM for tests: runs in milliseconds on a CPU."""
     values = dict(
-        vocab_size=tokens.vocab_size_for(20),
+        vocab_size=tokens.vocab_size_for(num_units),
         hidden_size=32,
         intermediate_size=64,
         num_layers=2,
@@ -157,6 +157,7 @@ def demo(num_units: int = 100, **overrides) -> ModelConfig:
     return ModelConfig(**{**values, **overrides})
 
 
+SPEECH_PRESETS = ("tiny", "demo", "slam_small", "slam")  # sized by num_units
 PRESETS = {
     "tiny": tiny,
     "demo": demo,

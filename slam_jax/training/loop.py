@@ -57,7 +57,7 @@ def build_model_config(config: ConfigDict) -> ModelConfig:
         base = storage.load_config(storage.resolve_model_dir(config.model.init_from))
         return base.replace(**execution)
     overrides = dict(execution, max_position_embeddings=max(config.data.context_length, 1))
-    if config.model.preset in ("tiny", "demo", "slam_small", "slam"):
+    if config.model.preset in model_config.SPEECH_PRESETS:
         overrides["num_units"] = config.data.num_units
     return model_config.from_preset(config.model.preset, **overrides)
 
@@ -81,6 +81,51 @@ class Schedule:
             self.total_steps,
             self.train.min_learning_rate,
         )
+
+
+class Clock:
+    """Training wall time, carried across restarts through the checkpoint metadata."""
+
+    def __init__(self, elapsed_before: float):
+        self.start = time.perf_counter() - elapsed_before
+        self.last_save = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def since_save(self) -> float:
+        return time.perf_counter() - self.last_save
+
+    def saved(self) -> None:
+        self.last_save = time.perf_counter()
+
+
+class BudgetPlanner:
+    """Turns a wall-clock budget into a step count from the speed of `calibration_steps` uninterrupted
+    steps (after the first two, which compile); an evaluation or a save restarts the measurement."""
+
+    def __init__(self, budget: float, calibration_steps: int):
+        self.budget, self.calibration_steps = budget, max(1, calibration_steps)
+        self.window: tuple[int, float] | None = None
+        self.total_steps = 0
+        self.seconds_per_step = 0.0
+
+    def interrupted(self) -> None:
+        self.window = None
+
+    def plan(self, step: int, elapsed: float) -> bool:
+        """True once the step count is known (then `total_steps` holds it)."""
+        if step < 2:
+            return False
+        if self.window is None:
+            self.window = (step, time.perf_counter())
+            return False
+        first_step, started = self.window
+        if step - first_step < self.calibration_steps:
+            return False
+        self.seconds_per_step = (time.perf_counter() - started) / (step - first_step)
+        self.total_steps = step + max(1, int((self.budget - elapsed) / self.seconds_per_step))
+        return True
 
 
 class Preemption:
@@ -230,13 +275,11 @@ class Trainer:
                 f"{self.model_config.num_params():,} params on mesh {dict(self.mesh.shape)}; "
                 f"{self.global_rows * train.grad_accum_steps * self.context_length:,} tokens per step"
             )
-        schedule = Schedule(train, meta["total_steps"] or 0)
+        schedule = Schedule(train, int(train.max_steps) or meta["total_steps"])
         step = int(meta["step"])
         self._tokens_seen = float(meta["tokens_seen"])
-        elapsed_before = float(meta["elapsed_seconds"])
-        start = time.perf_counter()
-        last_save = start
-        calibration_start = None
+        clock = Clock(float(meta["elapsed_seconds"]))
+        planner = BudgetPlanner(budget, train.calibration_steps)
         preemption = Preemption()
         progress = tqdm(
             total=schedule.total_steps or None,
@@ -248,25 +291,16 @@ class Trainer:
         pending, final, reason = None, {}, "max_steps"
         try:
             while True:
-                elapsed = elapsed_before + time.perf_counter() - start
                 if train.max_steps and step >= train.max_steps:
                     break
-                if budget and elapsed >= budget:
+                if budget and clock.elapsed() >= budget:
                     reason = "time_budget"
                     break
-                if not schedule.total_steps and calibration_start is None and step >= 2:
-                    calibration_start = (step, time.perf_counter())
-                if (
-                    not schedule.total_steps
-                    and calibration_start
-                    and step - calibration_start[0] >= train.calibration_steps
-                ):
-                    seconds_per_step = (time.perf_counter() - calibration_start[1]) / (step - calibration_start[0])
-                    schedule.total_steps = step + max(1, int((budget - elapsed) / seconds_per_step))
-                    progress.total = schedule.total_steps
+                if not schedule.total_steps and planner.plan(step, clock.elapsed()):
+                    schedule.total_steps = progress.total = planner.total_steps
                     _say(
-                        f"time budget {train.time_budget}: {seconds_per_step:.3f} s/step -> cosine over "
-                        f"{schedule.total_steps} steps"
+                        f"time budget {train.time_budget}: {planner.seconds_per_step:.3f} s/step -> cosine "
+                        f"over {schedule.total_steps} steps"
                     )
                 lr = schedule(step) if schedule.total_steps else self.warmup_only(step)
                 batch = self.to_device(next(iterator))
@@ -274,19 +308,18 @@ class Trainer:
                 step += 1
                 if pending is not None:
                     final = self.record(pending, progress)
-                pending = (step, lr, step_metrics, time.perf_counter())
-                elapsed = elapsed_before + time.perf_counter() - start
+                pending = (step, lr, step_metrics)
                 due_eval = train.eval_every and step % train.eval_every == 0
-                due_save = self.checkpointer.due(step, time.perf_counter() - last_save)
-                if due_eval or due_save or preemption.requested:
-                    final = self.record(pending, progress)
-                    pending = None
+                due_save = self.checkpointer.due(step, clock.since_save())
+                if not (due_eval or due_save or preemption.requested):
+                    continue
+                final, pending = self.record(pending, progress), None
                 if due_eval:
                     self.log_validation(step, state.params)
                 if due_save or preemption.requested:
-                    meta = self.meta(step, final, elapsed, schedule)
-                    self.checkpointer.save(step, state, iterator, meta, self.model_config)
-                    last_save = time.perf_counter()
+                    self.checkpointer.save(step, state, iterator, self.meta(step, clock, schedule), self.model_config)
+                    clock.saved()
+                planner.interrupted()
                 if preemption.requested:
                     reason = "preempted"
                     break
@@ -296,11 +329,8 @@ class Trainer:
                 validation = self._validation.get(step) or self.log_validation(step, state.params)
                 if validation is not None:
                     final["validation_loss"] = validation
-            elapsed = elapsed_before + time.perf_counter() - start
             if self.checkpointer.latest_step() != step:
-                self.checkpointer.save(
-                    step, state, iterator, self.meta(step, final, elapsed, schedule), self.model_config
-                )
+                self.checkpointer.save(step, state, iterator, self.meta(step, clock, schedule), self.model_config)
             self.checkpointer.wait()
         finally:
             preemption.restore()
@@ -317,18 +347,18 @@ class Trainer:
             step, "constant", self.config.train.learning_rate, self.config.train.warmup_steps, 0
         )
 
-    def meta(self, step: int, final: dict, elapsed: float, schedule: Schedule) -> dict:
+    def meta(self, step: int, clock: "Clock", schedule: Schedule) -> dict:
         return {
             "step": step,
-            "tokens_seen": float(final.get("tokens_seen", 0.0)),
-            "elapsed_seconds": elapsed,
+            "tokens_seen": self._tokens_seen,
+            "elapsed_seconds": clock.elapsed(),
             "total_steps": int(schedule.total_steps),
             "seed": int(self.config.seed),
         }
 
     def record(self, pending, progress) -> dict:
         """Fetch a finished step's metrics, stop on NaN, and log them (JSONL, TensorBoard, progress bar)."""
-        step, lr, step_metrics, dispatched = pending
+        step, lr, step_metrics = pending
         values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
         if not math.isfinite(values["loss"]) or not math.isfinite(values["grad_norm"]):
             latest = self.checkpointer.latest_step()
@@ -337,7 +367,7 @@ class Trainer:
                 f"saving this state; the last checkpoint is {'none' if latest is None else f'step {latest}'}"
             )
         now = time.perf_counter()
-        seconds = now - getattr(self, "_last_record", dispatched)
+        seconds = now - getattr(self, "_last_record", now - 1e-9)
         self._last_record = now
         tokens_per_step = self.global_rows * self.config.train.grad_accum_steps * self.context_length
         self._tokens_seen += tokens_per_step
