@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
@@ -142,6 +143,15 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def resolve_stores(config: ConfigDict, workdir: Path) -> tuple[list[str], list[str]]:
+    """Process 0 prepares raw inputs while the others wait; then every process opens the same stores."""
+    if jax.process_index() == 0:
+        stores.resolve(config.data, workdir, config.seed)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("slam_jax: unit stores prepared")
+    return stores.resolve(config.data, workdir, config.seed)
+
+
 def _say(message: str) -> None:
     if jax.process_index() == 0:
         tqdm.write(f"[pretrain] {message}")
@@ -165,7 +175,7 @@ class Trainer:
         workdir.mkdir(parents=True, exist_ok=True)
         self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         self.model_config = build_model_config(config)
-        self.train_stores, self.valid_stores = stores.resolve(config.data, workdir, config.seed)
+        self.train_stores, self.valid_stores = resolve_stores(config, workdir)
         self.optimizer = optimizer.build(config.train)
         abstract_model = qwen2.abstract_model(self.model_config)
         self.graphdef = nnx.graphdef(abstract_model)
