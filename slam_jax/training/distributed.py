@@ -33,3 +33,11 @@ def maybe_initialize(environ=os.environ) -> None:
         )
     else:
         jax.distributed.initialize()
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (a no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

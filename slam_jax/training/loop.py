@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
@@ -147,8 +146,7 @@ def resolve_stores(config: ConfigDict, workdir: Path) -> tuple[list[str], list[s
     """Process 0 prepares raw inputs while the others wait; then every process opens the same stores."""
     if jax.process_index() == 0:
         stores.resolve(config.data, workdir, config.seed)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("slam_jax: unit stores prepared")
+    distributed.barrier("slam_jax: unit stores prepared")
     return stores.resolve(config.data, workdir, config.seed)
 
 
@@ -157,10 +155,10 @@ def _say(message: str) -> None:
         tqdm.write(f"[pretrain] {message}")
 
 
-def run(config: ConfigDict, workdir: Path) -> dict:
-    """Train as configured; returns the final metrics."""
+def run(config: ConfigDict, workdir: Path, trainer_class: type["Trainer"] | None = None) -> dict:
+    """Train as configured (pre-training, or the task of `trainer_class`); returns the final metrics."""
     distributed.maybe_initialize()
-    trainer = Trainer(config, Path(workdir))
+    trainer = (trainer_class or Trainer)(config, Path(workdir))
     try:
         return trainer.fit()
     finally:
@@ -175,7 +173,6 @@ class Trainer:
         workdir.mkdir(parents=True, exist_ok=True)
         self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         self.model_config = build_model_config(config)
-        self.train_stores, self.valid_stores = resolve_stores(config, workdir)
         self.optimizer = optimizer.build(config.train)
         abstract_model = qwen2.abstract_model(self.model_config)
         self.graphdef = nnx.graphdef(abstract_model)
@@ -190,9 +187,7 @@ class Trainer:
         if self.global_rows % jax.process_count():
             raise ValueError(f"{self.global_rows} rows per micro-batch do not split over {jax.process_count()} hosts")
         self.local_rows = self.global_rows // jax.process_count()
-        self.context_length = config.data.context_length
-        self.train_step = jit_train_step(self.graphdef, self.optimizer, self.shardings, self.mesh)
-        self.eval_step = jit_eval_step(self.graphdef, self.shardings.params, self.mesh)
+        self.setup_task()
         self.checkpointer = checkpoints.Checkpointer(
             workdir / "checkpoints",
             config.checkpoint.every_steps,
@@ -206,9 +201,17 @@ class Trainer:
             tensorboard=config.log.tensorboard,
             wandb_project=config.log.wandb_project,
         )
-        self.flops_per_token = metrics.flops_per_token(self.model_config, self.context_length)
         self._validation: dict[int, float | None] = {}
         self.peak_flops = metrics.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
+
+    def setup_task(self) -> None:
+        """Pre-training: unit stores, the packed-row step and its token accounting."""
+        self.train_stores, self.valid_stores = resolve_stores(self.config, self.workdir)
+        self.context_length = self.config.data.context_length
+        self.tokens_per_step = self.global_rows * self.config.train.grad_accum_steps * self.context_length
+        self.flops_per_token = metrics.flops_per_token(self.model_config, self.context_length)
+        self.train_step = jit_train_step(self.graphdef, self.optimizer, self.shardings, self.mesh)
+        self.eval_step = jit_eval_step(self.graphdef, self.shardings.params, self.mesh)
 
     def close(self):
         self.checkpointer.close()
@@ -230,14 +233,15 @@ class Trainer:
 
     def to_device(self, local: dict[str, np.ndarray], accumulation: bool = True) -> dict[str, jax.Array]:
         """Process-local rows -> global arrays sharded over data x fsdp (with a leading accumulation axis)."""
-        if accumulation:
-            accum = self.config.train.grad_accum_steps
-            local = {key: value.reshape(accum, self.local_rows, -1) for key, value in local.items()}
-            shape, leading = (accum, self.global_rows, self.context_length), 1
-        else:
-            shape, leading = (self.global_rows, self.context_length), 0
-        target = sharding.batch_sharding(self.mesh, leading_axes=leading)
-        return {key: jax.make_array_from_process_local_data(target, value, shape) for key, value in local.items()}
+        leading = (self.config.train.grad_accum_steps,) if accumulation else ()
+        arrays = {}
+        for key, value in local.items():
+            rest = value.shape[1:]
+            target = sharding.batch_sharding(self.mesh, leading_axes=len(leading), trailing_axes=len(rest))
+            global_shape = (*leading, self.global_rows, *rest)
+            local_value = value.reshape(*leading, self.local_rows, *rest)
+            arrays[key] = jax.make_array_from_process_local_data(target, local_value, global_shape)
+        return arrays
 
     def initial_state(self) -> TrainState:
         """Parameters from `model.init_from` or a seeded random init, placed with their shardings."""
@@ -283,7 +287,7 @@ class Trainer:
             state = self.initial_state()
             _say(
                 f"{self.model_config.num_params():,} params on mesh {dict(self.mesh.shape)}; "
-                f"{self.global_rows * train.grad_accum_steps * self.context_length:,} tokens per step"
+                f"{self.tokens_per_step:,} tokens per step"
             )
         schedule = Schedule(train, int(train.max_steps) or meta["total_steps"])
         step = int(meta["step"])
@@ -379,9 +383,8 @@ class Trainer:
         now = time.perf_counter()
         seconds = now - getattr(self, "_last_record", now - 1e-9)
         self._last_record = now
-        tokens_per_step = self.global_rows * self.config.train.grad_accum_steps * self.context_length
-        self._tokens_seen += tokens_per_step
-        tokens_per_second = tokens_per_step / max(seconds, 1e-9)
+        self._tokens_seen += self.tokens_per_step
+        tokens_per_second = self.tokens_per_step / max(seconds, 1e-9)
         row = {
             "loss": values["loss"],
             "learning_rate": lr,
@@ -389,6 +392,7 @@ class Trainer:
             "tokens_per_second": tokens_per_second,
             "mfu": tokens_per_second * self.flops_per_token / self.peak_flops,
             "tokens_seen": self._tokens_seen,
+            **{key: value for key, value in values.items() if key not in ("loss", "grad_norm", "tokens")},
         }
         if step % self.config.log.every_steps == 0 or step == 1:
             self.writer.write(step, row)

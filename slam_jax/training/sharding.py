@@ -88,9 +88,9 @@ def state_shardings(tree, params, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(choose, tree)
 
 
-def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
-    """Rows split over data x fsdp; `leading_axes` unsplit axes before the row axis (accumulation)."""
-    return NamedSharding(mesh, P(*([None] * leading_axes), BATCH_AXES, None))
+def batch_sharding(mesh: Mesh, leading_axes: int = 0, trailing_axes: int = 1) -> NamedSharding:
+    """Rows split over data x fsdp; unsplit axes before (accumulation) and after (length, ...) the rows."""
+    return NamedSharding(mesh, P(*([None] * leading_axes), BATCH_AXES, *([None] * trailing_axes)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,175 @@
+"""`mode: dpo`: preference optimisation of a pre-trained speech LM (paper Table 5).
+
+The loop, checkpoints, budget, logging and preemption are the pre-training ones (`loop.Trainer`); this
+module swaps in preference data and the DPO step. Chosen and rejected rows go through the model in one
+forward pass; a sequence's log-prob is summed over its completion tokens only. Reference log-probs are
+either precomputed once with the starting model and stored beside the data (default: one model in
+memory), or computed in the step from a frozen copy (`dpo.reference = "frozen"`).
+"""
+
+import functools
+import hashlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from slam_jax.data import preference
+from slam_jax.data.ingest import expand_paths
+from slam_jax.models import storage
+from slam_jax.training import distributed, loop, metrics, sharding
+from slam_jax.training.dpo_loss import dpo_loss, dpo_metrics
+from slam_jax.training.step import TrainState
+
+REFERENCES = ("precomputed", "frozen")
+
+
+def sequence_logps(params, batch, graphdef) -> jax.Array:
+    """[pairs, 2] summed log-probs of the chosen and rejected completions (one forward pass for both)."""
+    pairs, _, length = batch["input_ids"].shape
+    input_ids = batch["input_ids"].reshape(2 * pairs, length)
+    model = nnx.merge(graphdef, params)
+    logits = model(input_ids, batch["segment_ids"].reshape(2 * pairs, length))
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    token_logps = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(token_logps * batch["completion_mask"].reshape(2 * pairs, length - 1), axis=-1).reshape(pairs, 2)
+
+
+def pair_losses(params, batch, reference_params, graphdef, dpo: ConfigDict):
+    """Summed DPO loss of a micro-batch and its per-pair (losses, chosen rewards, rejected rewards)."""
+    policy = sequence_logps(params, batch, graphdef)
+    if reference_params is None:
+        reference = batch["reference_logps"]
+    else:
+        reference = jax.lax.stop_gradient(sequence_logps(reference_params, batch, graphdef))
+    losses, chosen, rejected = dpo_loss(
+        policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], dpo.beta, dpo.label_smoothing, dpo.loss_type
+    )
+    return jnp.sum(losses), (losses, chosen, rejected)
+
+
+def dpo_step(state: TrainState, batches, learning_rate, reference_params, graphdef, optimizer, dpo: ConfigDict):
+    """One optimiser step over micro-batches [accum, pairs, 2, length]: mean DPO loss over every pair."""
+    grad_fn = jax.grad(pair_losses, has_aux=True)
+
+    def body(grad_sum, micro):
+        grads, per_pair = grad_fn(state.params, micro, reference_params, graphdef, dpo)
+        return jax.tree.map(jnp.add, grad_sum, grads), per_pair
+
+    grad_sum, (losses, chosen, rejected) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, state.params), batches)
+    num_pairs = losses.size
+    grads = jax.tree.map(lambda g: g / num_pairs, grad_sum)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -learning_rate * u, updates))
+    step_metrics = dpo_metrics(losses.reshape(-1), chosen.reshape(-1), rejected.reshape(-1))
+    step_metrics["grad_norm"] = optax.global_norm(grads)
+    return TrainState(params, opt_state, state.step + 1), step_metrics
+
+
+def reference_key(model_dir: Path) -> str:
+    """A name for reference log-probs that changes when the starting model does."""
+    params_dir = Path(model_dir).resolve() / storage.PARAMS_DIR
+    stamp = f"{params_dir}:{params_dir.stat().st_mtime_ns}"
+    return hashlib.sha1(stamp.encode()).hexdigest()[:12]
+
+
+class DPOTrainer(loop.Trainer):
+    """The pre-training loop with preference pairs and the DPO step."""
+
+    def setup_task(self) -> None:
+        config = self.config
+        if config.dpo.reference not in REFERENCES:
+            raise ValueError(f"dpo.reference={config.dpo.reference!r} is not one of {REFERENCES}")
+        if not config.model.init_from:
+            raise ValueError("model.init_from must name the model DPO starts from (a checkpoint or converted model)")
+        self.init_dir = storage.resolve_model_dir(config.model.init_from)
+        self.store = self.prepare_pairs()
+        self.context_length = config.dpo.max_prompt_length + config.dpo.max_completion_length
+        self.tokens_per_step = 2 * self.global_rows * config.train.grad_accum_steps * self.context_length
+        self.flops_per_token = metrics.flops_per_token(self.model_config, self.context_length)
+        self.valid_stores = []
+        self.reference_params = None
+        reference_logps = None
+        if config.dpo.reference == "frozen":
+            self.reference_params = jax.device_put(
+                storage.load_params(self.init_dir, self.model_config), self.shardings.params
+            )
+        else:
+            reference_logps = self.reference_logps()
+        self.source = preference.PairSource(self.store, reference_logps)
+        step = jax.jit(
+            functools.partial(dpo_step, graphdef=self.graphdef, optimizer=self.optimizer, dpo=config.dpo),
+            in_shardings=(
+                self.shardings,
+                None,
+                sharding.replicated(self.mesh),
+                None if self.reference_params is None else self.shardings.params,
+            ),
+            out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+        self.train_step = lambda state, batch, lr: step(state, batch, lr, self.reference_params)
+
+    def prepare_pairs(self) -> Path:
+        """The prepared preference store for `dpo.train_path` (process 0 writes it once)."""
+        spec = self.config.dpo.train_path
+        files = [str(path) for path in expand_paths(spec)] if spec else []
+        if not files:
+            raise ValueError("dpo.train_path names no preference jsonl files")
+        digest = hashlib.sha1(",".join(files).encode()).hexdigest()[:8]
+        out = self.workdir / "data" / f"preference-{digest}"
+        if jax.process_index() == 0 and not (out / preference.MANIFEST).is_file():
+            limits = preference.Limits(
+                self.config.dpo.max_prompt_length,
+                self.config.dpo.max_completion_length,
+                self.config.dpo.truncate,
+                self.config.dpo.bad_rows,
+                self.config.dpo.auto_bleu_threshold,
+            )
+            manifest = preference.prepare(spec, out, self.config.data.num_units, limits, overwrite=True)
+            print(f"[dpo] {manifest['num_pairs']} pairs prepared into {out}; skipped {manifest['skipped']}")
+        distributed.barrier("slam_jax: preference pairs prepared")
+        return out
+
+    def reference_logps(self) -> np.ndarray:
+        """[pairs, 2] log-probs of the starting model, computed once and stored beside the pairs."""
+        path = self.store / f"reference_logps-{reference_key(self.init_dir)}.npy"
+        if not path.is_file():
+            if jax.process_index() == 0:
+                np.save(path.with_suffix(".tmp.npy"), self.compute_reference_logps())
+                path.with_suffix(".tmp.npy").rename(path)
+            distributed.barrier("slam_jax: reference log-probs written")
+        return np.load(path)
+
+    def compute_reference_logps(self) -> np.ndarray:
+        params = storage.load_params(self.init_dir, self.model_config)
+        score = jax.jit(functools.partial(sequence_logps, graphdef=self.graphdef))
+        source = preference.PairSource(self.store)
+        batch_size = max(1, self.config.train.per_device_batch_size)
+        results = []
+        for batch in preference.ordered_dataset(source, batch_size):
+            results.append(np.asarray(score(params, {key: jnp.asarray(value) for key, value in batch.items()})))
+        print(f"[dpo] reference log-probs of {len(source)} pairs computed with {self.init_dir}")
+        return np.concatenate(results)
+
+    def data_iterator(self):
+        dataset = preference.train_dataset(
+            self.source,
+            self.config.train.grad_accum_steps * self.local_rows,
+            self.config.seed,
+            jax.process_index(),
+            jax.process_count(),
+        )
+        return iter(dataset)
+
+    def evaluate(self, params) -> None:
+        return None
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    """DPO as configured; returns the final metrics."""
+    return loop.run(config, workdir, trainer_class=DPOTrainer)

@@ -1,0 +1,250 @@
+"""DPO: the objective against TRL's formulas, pair data, reference log-probs, learning, resume, pipeline."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flax import nnx
+
+from configs import demo, slam_dpo
+from slam_jax import tokens
+from slam_jax.data import preference
+from slam_jax.data.ingest import DataError
+from slam_jax.models import config as model_config
+from slam_jax.models import qwen2, storage
+from slam_jax.training import dpo, dpo_loss, loop
+from slam_jax.training import dpo as dpo_module
+
+sequence_logps = jax.jit(dpo_module.sequence_logps, static_argnums=2)
+
+
+def trl_sigmoid_loss(pc, pr, rc, rr, beta, label_smoothing):
+    """TRL DPOTrainer.dpo_loss, loss_type='sigmoid', written out in torch."""
+    logits = (pc - pr) - (rc - rr)
+    losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+    return losses, beta * (pc - rc).detach(), beta * (pr - rr).detach()
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_sigmoid_loss_gradient_and_rewards_equal_trl(label_smoothing):
+    rng = np.random.default_rng(0)
+    logps = [rng.normal(-50, 10, 16).astype(np.float64) for _ in range(4)]
+    torch_inputs = [torch.tensor(x, requires_grad=i < 2) for i, x in enumerate(logps)]
+    losses, chosen, rejected = trl_sigmoid_loss(*torch_inputs, beta=0.1, label_smoothing=label_smoothing)
+    losses.mean().backward()
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+
+        def mean_loss(pc, pr):
+            return dpo_loss(pc, pr, logps[2], logps[3], beta=0.1, label_smoothing=label_smoothing)[0].mean()
+
+        ours = dpo_loss(*logps, beta=0.1, label_smoothing=label_smoothing)
+        grads = jax.grad(mean_loss, argnums=(0, 1))(logps[0], logps[1])
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    for got, want in zip(ours, (losses, chosen, rejected), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(grads[0], torch_inputs[0].grad.numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(grads[1], torch_inputs[1].grad.numpy(), atol=1e-6, rtol=0)
+
+
+def test_beta_appears_once_and_ipo():
+    pc, pr, rc, rr = (
+        jnp.array([-3.0, -7.0]),
+        jnp.array([-5.0, -2.0]),
+        jnp.array([-4.0, -4.0]),
+        jnp.array([-4.0, -4.0]),
+    )
+    once = dpo_loss(pc, pr, rc, rr, beta=0.2)[0]
+    doubled_ratio = dpo_loss(rc + 2 * (pc - rc), rr + 2 * (pr - rr), rc, rr, beta=0.1)[0]
+    np.testing.assert_allclose(once, doubled_ratio, rtol=1e-6)
+    h = (pc - rc) - (pr - rr)
+    np.testing.assert_allclose(dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="ipo")[0], (h - 5.0) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(dpo_loss(rc, rr, rc, rr)[0], np.log(2.0), rtol=1e-6)
+
+
+def write_pairs(path, count=64, seed=0, **extra):
+    """Toy preferences: the chosen completion repeats the prompt's last unit, the rejected one is random."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as handle:
+        for _ in range(count):
+            prompt = rng.integers(0, 20, rng.integers(3, 8)).tolist()
+            chosen = [prompt[-1]] * 4
+            rejected = rng.integers(0, 20, 4).tolist()
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt": {"units": prompt},
+                        "chosen": {"units": chosen},
+                        "rejected": "".join(f"<Un{u}>" for u in rejected),
+                        **extra,
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+LIMITS = preference.Limits(max_prompt_length=10, max_completion_length=6)
+
+
+def test_rows_are_built_as_the_reference_does(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": [4, 5], "chosen": [6], "rejected": {"units": [7, 8]}}))
+    preference.prepare(str(tmp_path / "p.jsonl"), tmp_path / "store", 20, LIMITS)
+    item = preference.PairSource(tmp_path / "store")[0]
+    u = tokens.UNIT_OFFSET
+    np.testing.assert_array_equal(item["input_ids"][0][:5], [1, 4 + u, 5 + u, 6 + u, 1])
+    np.testing.assert_array_equal(item["input_ids"][1][:6], [1, 4 + u, 5 + u, 7 + u, 8 + u, 1])
+    np.testing.assert_array_equal(np.flatnonzero(item["completion_mask"][0]), [2, 3])  # targets 6+u and EOS
+    np.testing.assert_array_equal(np.flatnonzero(item["completion_mask"][1]), [2, 3, 4])
+
+
+def test_prompt_tokens_and_padding_change_no_completion_logp(tmp_path):
+    graphdef, state = nnx.split(qwen2.init_model(model_config.tiny()))
+    params = state.to_pure_dict()
+    record = {"prompt": [4, 5, 9], "chosen": [6, 6], "rejected": [7]}
+    changed = {**record, "prompt": [4, 11, 9]}
+    for name, row, limits in (("a", record, LIMITS), ("b", changed, LIMITS), ("c", record, preference.Limits(20, 12))):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(row))
+        preference.prepare(str(tmp_path / f"{name}.jsonl"), tmp_path / name, 20, limits)
+    items = {name: preference.PairSource(tmp_path / name)[0] for name in "abc"}
+    np.testing.assert_array_equal(items["a"]["completion_mask"], items["b"]["completion_mask"])
+    logps = {
+        name: sequence_logps(params, jax.tree.map(lambda x: jnp.asarray(x)[None], item), graphdef)
+        for name, item in items.items()
+    }
+    np.testing.assert_allclose(logps["c"], logps["a"], atol=1e-5)
+    assert not np.allclose(logps["b"], logps["a"], atol=1e-4)
+
+
+def test_bad_rows_error_with_file_and_line_or_are_counted(tmp_path):
+    path = write_pairs(tmp_path / "p.jsonl", count=3)
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"prompt": [1], "chosen": [2]}) + "\n")
+        handle.write(json.dumps({"prompt": [1], "chosen": [], "rejected": [3]}) + "\n")
+        handle.write(json.dumps({"prompt": list(range(15)), "chosen": [2], "rejected": [3]}) + "\n")
+    with pytest.raises(DataError, match=r"p.jsonl:4: missing field\(s\) \['rejected'\]"):
+        preference.prepare(str(path), tmp_path / "a", 20, LIMITS)
+    strict = preference.Limits(10, 6, truncate=False, bad_rows="skip")
+    manifest = preference.prepare(str(path), tmp_path / "b", 20, strict)
+    assert manifest["num_pairs"] == 3 and sum(manifest["skipped"].values()) == 3
+    truncated = preference.prepare(str(path), tmp_path / "c", 20, preference.Limits(10, 6, bad_rows="skip"))
+    assert truncated["num_pairs"] == 4
+    last = preference.PairSource(tmp_path / "c")[3]["input_ids"][0]
+    np.testing.assert_array_equal(last[:10], [1, *(np.arange(6, 15) + 2)])  # BOS kept, prompt end kept
+
+
+def test_auto_bleu_filter(tmp_path):
+    assert preference.auto_bleu("the cat the cat") == pytest.approx(2 / 3)
+    assert preference.auto_bleu("a b c d") == 0.0 and preference.auto_bleu("word") == 0.0
+    path = write_pairs(tmp_path / "p.jsonl", count=4, prompt_text="he went to the", chosen_text="the shop")
+    write_pairs(tmp_path / "q.jsonl", count=2, prompt_text="go go go go", chosen_text="go go")
+    manifest = preference.prepare(f"{path},{tmp_path / 'q.jsonl'}", tmp_path / "s", 20, LIMITS)
+    assert manifest["num_pairs"] == 4 and manifest["skipped"] == {"auto_bleu": 2}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny model pre-trained for a few steps (the DPO starting point)."""
+    from test_pretrain import tiny_config
+
+    workdir = tmp_path_factory.mktemp("pretrain")
+    loop.run(tiny_config(**{"train.max_steps": 2, "train.eval_every": 0}), workdir)
+    return workdir
+
+
+def dpo_config(init_from, pairs, **changes):
+    config = slam_dpo.get_config()
+    base = demo.get_config()
+    config.mesh, config.log = base.mesh, base.log
+    values = {
+        "model.init_from": str(init_from),
+        "data.num_units": 20,
+        "dpo.train_path": str(pairs),
+        "dpo.max_prompt_length": 10,
+        "dpo.max_completion_length": 6,
+        "train.per_device_batch_size": 1,
+        "train.grad_accum_steps": 1,
+        "train.learning_rate": 3e-3,
+        "train.warmup_steps": 2,
+        "train.max_steps": 12,
+        "train.time_budget": "",
+        "train.peak_flops_per_device": 1e11,
+        "checkpoint.every_steps": 4,
+        "log.every_steps": 1,
+        "model.compute_dtype": "float32",
+    }
+    for key, value in {**values, **changes}.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    return config
+
+
+def test_precomputed_and_frozen_references_agree_and_start_at_log2(pretrained, tmp_path):
+    pairs = write_pairs(tmp_path / "p.jsonl")
+    first = {}
+    for reference in ("precomputed", "frozen"):
+        workdir = tmp_path / reference
+        dpo.run(dpo_config(pretrained, pairs, **{"dpo.reference": reference, "train.max_steps": 3}), workdir)
+        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        first[reference] = rows
+        assert rows[0]["loss"] == pytest.approx(np.log(2.0), abs=1e-5)
+        assert {"reward_accuracy", "reward_margin"} <= set(rows[0])
+    for a, b in zip(first["precomputed"], first["frozen"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    stored = next((tmp_path / "precomputed" / "data").glob("preference-*/reference_logps-*.npy"))
+    logps = np.load(stored)
+    model_dir = storage.resolve_model_dir(pretrained)
+    params = storage.load_params(model_dir)
+    graphdef = nnx.graphdef(qwen2.abstract_model(storage.load_config(model_dir).replace(compute_dtype="float32")))
+    source = preference.PairSource(stored.parent)
+    direct = sequence_logps(params, jax.tree.map(lambda x: jnp.asarray(x)[None], source[5]), graphdef)
+    np.testing.assert_allclose(logps[5], np.asarray(direct)[0], atol=1e-4)
+
+
+def test_dpo_learns_the_preference_and_resumes_identically(pretrained, tmp_path):
+    pairs = write_pairs(tmp_path / "p.jsonl", count=128)
+    config = dpo_config(
+        pretrained,
+        pairs,
+        **{"train.per_device_batch_size": 2, "train.max_steps": 24, "checkpoint.keep": 10, "train.learning_rate": 1e-2},
+    )
+    result = dpo.run(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert np.mean([row["reward_accuracy"] for row in rows[-4:]]) > 0.9, [r["reward_accuracy"] for r in rows]
+    assert result["step"] == 24
+    final = jax.tree.leaves(jax.device_get(storage.load_params(tmp_path / "run" / "checkpoints" / "24")))
+    for step in (12, 16, 20, 24):  # as if killed right after the step-8 checkpoint
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / str(step))
+    dpo.run(config, tmp_path / "run")
+    resumed = jax.tree.leaves(jax.device_get(storage.load_params(tmp_path / "run" / "checkpoints" / "24")))
+    for got, want in zip(resumed, final, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pipeline_resumes_between_stages(tmp_path):
+    from test_pretrain import tiny_config
+
+    from configs import slam_pipeline
+    from slam_jax import pipeline
+
+    pairs = write_pairs(tmp_path / "p.jsonl", count=16)
+    config = slam_pipeline.get_config()
+    config.pretrain = tiny_config(**{"train.max_steps": 2, "train.eval_every": 0})
+    config.dpo = dpo_config("", pairs, **{"train.max_steps": 2})
+    first = pipeline.run(config, tmp_path / "run")
+    assert first["pretrain"]["step"] == 2 and first["dpo"]["step"] == 2
+    final = jax.tree.leaves(jax.device_get(storage.load_params(tmp_path / "run" / "dpo" / "checkpoints" / "2")))
+    shutil.rmtree(tmp_path / "run" / "dpo")  # as if stopped between the stages
+    config.dpo = dpo_config("", pairs, **{"train.max_steps": 2})
+    second = pipeline.run(config, tmp_path / "run")
+    assert second["pretrain"] == json.loads(json.dumps(first["pretrain"]))
+    again = jax.tree.leaves(jax.device_get(storage.load_params(tmp_path / "run" / "dpo" / "checkpoints" / "2")))
+    for got, want in zip(again, final, strict=True):
+        np.testing.assert_array_equal(got, want)
