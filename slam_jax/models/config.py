@@ -128,7 +128,7 @@ def slam(num_units: int = 500, **overrides) -> ModelConfig:
 
 
 def slam_small(num_units: int = 500, **overrides) -> ModelConfig:
-    """A 12-layer, 512-wide speech LM (~40M params) for single-CPU or quick GPU experiments."""
+    """A 12-layer, 512-wide speech LM (~46M params) for single-CPU or quick GPU experiments."""
     values = dict(
         vocab_size=tokens.vocab_size_for(num_units),
         hidden_size=512,
