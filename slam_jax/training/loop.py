@@ -102,7 +102,7 @@ class Clock:
 
 class BudgetPlanner:
     """Turns a wall-clock budget into a step count from the speed of `calibration_steps` uninterrupted
-    steps (after the first two, which compile); an evaluation or a save restarts the measurement."""
+    steps (after the first, which compiles); an evaluation or a save restarts the measurement."""
 
     def __init__(self, budget: float, calibration_steps: int):
         self.budget, self.calibration_steps = budget, max(1, calibration_steps)
@@ -114,17 +114,17 @@ class BudgetPlanner:
         self.window = None
 
     def plan(self, step: int, elapsed: float) -> bool:
-        """True once the step count is known (then `total_steps` holds it)."""
-        if step < 2:
+        """True once the step count is known (then `total_steps` holds it); `elapsed` is the run's clock."""
+        if step < 1:
             return False
         if self.window is None:
-            self.window = (step, time.perf_counter())
+            self.window = (step, elapsed)
             return False
         first_step, started = self.window
         if step - first_step < self.calibration_steps:
             return False
-        self.seconds_per_step = (time.perf_counter() - started) / (step - first_step)
-        self.total_steps = step + max(1, int((self.budget - elapsed) / self.seconds_per_step))
+        self.seconds_per_step = (elapsed - started) / (step - first_step)
+        self.total_steps = step + max(1, int((self.budget - elapsed) / max(self.seconds_per_step, 1e-9)))
         return True
 
 
