@@ -29,7 +29,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0", "ruff"],
+        "test": ["pytest", "torch==2.13.0", "ruff", "scikit-learn", "espeakng-loader"],
         "notebook": ["jupyter", "matplotlib"],
         "eval": ["scikit-learn"],
     },

@@ -49,7 +49,10 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict:
-    """CPU model, logical cores, memory, OS, versions and threading variables: what every report must name."""
+    """CPU model, cores, memory, OS, versions, threading variables and the load average (1, 5, 15 min).
+
+    The load average, taken when the report is made, shows whether other work shared the machine meanwhile.
+    """
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     return {
         "cpu_model": cpu_model(),
@@ -58,6 +61,7 @@ def machine() -> dict:
         "memory_bytes": pages * page_size,
         "platform": platform.platform(),
         "versions": versions(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "env": {name: os.environ[name] for name in _ENV_VARS if name in os.environ},
     }
 

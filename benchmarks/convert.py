@@ -150,7 +150,10 @@ def report_lines(result: dict) -> list[str]:
             f"< {TARGET_RSS_RATIO:g}x: {figures['meets_memory_target']}"
         )
     machine = result["machine"]
-    lines.append(f"machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['versions']}")
+    lines.append(
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average {machine['load_average']}, "
+        f"{machine['versions']}"
+    )
     return lines
 
 

@@ -93,8 +93,10 @@ def main() -> None:
         "machine": common.machine(),
     }
     lines = [f"{name}: {seconds:.2f} s/step" for name, seconds in medians.items()]
-    lines += [f"precomputed / pretrain = {result['precomputed_vs_pretrain']:.2f}x (target <= 2.2x)",
-              f"frozen / pretrain = {result['frozen_vs_pretrain']:.2f}x (target <= 3.2x)"]
+    lines += [
+        f"precomputed / pretrain = {result['precomputed_vs_pretrain']:.2f}x (target <= 2.2x)",
+        f"frozen / pretrain = {result['frozen_vs_pretrain']:.2f}x (target <= 3.2x)",
+    ]
     common.emit(result, args.json, lines)
 
 

@@ -171,7 +171,10 @@ def report_lines(result: dict) -> list[str]:
     for short, by_loop in result["jax_over_torch_tokens_per_s"].items():
         lines.append(f"JAX / PyTorch tokens/s, {short}: " + ", ".join(f"{k} {v:.2f}x" for k, v in by_loop.items()))
     machine = result["machine"]
-    lines.append(f"machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['versions']}")
+    lines.append(
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average {machine['load_average']}, "
+        f"{machine['versions']}"
+    )
     return lines
 
 

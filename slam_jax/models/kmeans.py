@@ -150,13 +150,24 @@ def _lloyd(data: jax.Array, centroids: jax.Array, max_iterations: int, threshold
     padding = num_chunks * chunk - data.shape[0]
     chunks = jnp.pad(data, ((0, padding), (0, 0))).reshape(num_chunks, chunk, -1)
     weights = (jnp.arange(num_chunks * chunk) < data.shape[0]).astype(jnp.float32).reshape(num_chunks, chunk)
-    for _ in range(max_iterations):
+    return _lloyd_loop(chunks, weights, centroids, max_iterations, jnp.float32(threshold))
+
+
+@functools.partial(jax.jit, static_argnames="max_iterations")
+def _lloyd_loop(chunks, weights, centroids, max_iterations: int, threshold) -> jax.Array:
+    """Lloyd steps until the squared centroid shift is <= `threshold` or `max_iterations` ran."""
+
+    def keep_going(carry):
+        _, iteration, shift = carry
+        return (iteration < max_iterations) & (shift > threshold)
+
+    def step(carry):
+        centroids, iteration, _ = carry
         updated, _ = lloyd_step(chunks, weights, centroids)
-        shift = float(jnp.sum(jnp.square(updated - centroids)))
-        centroids = updated
-        if shift <= threshold:
-            break
-    return centroids
+        return updated, iteration + 1, jnp.sum(jnp.square(updated - centroids))
+
+    start = (centroids, jnp.int32(0), jnp.float32(jnp.inf))
+    return jax.lax.while_loop(keep_going, step, start)[0]
 
 
 def load_centroids(path: str | Path) -> np.ndarray:

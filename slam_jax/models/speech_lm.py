@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax import tokens
-from slam_jax.models import qwen2, storage
+from slam_jax.models import qwen2, sampling, storage
 from slam_jax.models.config import ModelConfig
 
 _LENGTH_BUCKET = 32
@@ -89,6 +89,28 @@ class SpeechLM:
         if isinstance(batch, (list, tuple)):
             batch = pad_batch(batch)
         return np.asarray(_log_likelihood(self._graphdef, self._state, jnp.asarray(batch, jnp.int32)))
+
+    def generate(
+        self,
+        prompt_ids,
+        max_new_tokens: int = 150,
+        temperature: float = 0.8,
+        top_k: int = 25,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """New ids [batch, max_new_tokens] continuing each prompt, PAD after a row's EOS; temperature 0 = greedy.
+
+        `prompt_ids`: a list of id lists, each `[1, unit + 2, ...]` (no EOS), or a PAD-padded array (left or
+        right). Sampling uses the KV cache in one compiled loop (`sampling.generate`); row i draws from
+        `seed` and i, so a fixed seed reproduces the same continuations.
+        """
+        settings = sampling.SamplingSettings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        prompts = jnp.asarray(sampling.left_pad(prompt_ids))
+        row_ids = jnp.arange(prompts.shape[0], dtype=jnp.int32)
+        new_ids = sampling.generate(self._graphdef, self._state, prompts, row_ids, jnp.int32(seed), settings)
+        return np.asarray(new_ids)
 
 
 def load_model(path: str | Path, compute_dtype: str | None = None) -> SpeechLM:

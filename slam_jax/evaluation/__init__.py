@@ -1,0 +1,1 @@
+"""Evaluation: pair metrics (sBLIMP, sStoryCloze, tStoryCloze, sWUGGY, SALMon), generation and Auto-BLEU."""

@@ -1,0 +1,56 @@
+"""Audio -> units for evaluation and prompts, through the tokeniser (`mode: tokenize`), cached on disk.
+
+Each tokeniser setting gets its own folder under the cache root, named by a digest of the settings. The
+tokeniser writes its parts there per chunk of the file list and skips parts it has already written, so a
+second metric, model or run over the same audio files reads their units instead of encoding them again.
+A file whose content changes under the same path keeps its cached units: delete the folder to re-encode.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from ml_collections import ConfigDict
+
+from slam_jax.speech import tokenize
+
+_NOT_CACHE_KEYS = ("data_path", "out_path", "progress", "num_workers")
+
+
+def cache_folder(settings: ConfigDict, cache_root: str | Path) -> Path:
+    """The cache folder of these tokeniser settings (those that can change units, and the shard size)."""
+    values = {key: value for key, value in settings.to_dict().items() if key not in _NOT_CACHE_KEYS}
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    encoder = Path(str(settings.encoder_path)).name or "encoder"
+    return Path(cache_root) / f"{encoder}-{digest}"
+
+
+def audio_units(
+    settings: ConfigDict, paths: list[str], cache_root: str | Path, seed: int = 0, max_seconds: float = 0.0
+) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Units of every file in `paths` ({absolute path: units}) and why each other file failed ({path: reason}).
+
+    `settings` is a `tokenize` config section (configs/tokenize.py); `max_seconds` > 0 keeps only the start of
+    each file (generation prompts).
+    """
+    files = sorted({str(Path(path).absolute()) for path in paths})
+    settings = ConfigDict(settings.to_dict())
+    if max_seconds > 0:
+        settings.max_seconds = max_seconds
+    out = cache_folder(settings, cache_root)
+    listing = out / "lists" / f"{hashlib.sha1(chr(10).join(files).encode()).hexdigest()[:16]}.txt"
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text("".join(f"{file}\n" for file in files))
+    settings.data_path, settings.out_path = str(listing), str(out)
+    tokenize.run(ConfigDict({"seed": seed, "tokenize": settings}), out)
+    found = {record["file_name"]: record["units"] for record in _records(out / tokenize.FEATURES)}
+    reasons = {
+        record["file_name"]: record["reason"] for record in _records(out / tokenize.ERRORS) if not record["tokenized"]
+    }
+    units = {file: found[file] for file in files if file in found}
+    failed = {file: reasons.get(file, "not tokenised") for file in files if file not in found}
+    return units, failed
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -1,0 +1,200 @@
+"""`mode: generate`: continue prompts (the first seconds of audio files, or units) and report Auto-BLEU.
+
+    python -m slam_jax.main --config configs/generate.py --config.generate.data_path=AUDIO_OR_JSONL \\
+        --config.generate.model=PATH [--workdir W]
+
+Prompt = `[BOS] + units + 2` of the first `prompt_seconds` of each file (tokenised through the eval unit cache;
+no EOS), or, for a units jsonl (features.jsonl / tokens.jsonl lines), the units whose frames start within
+`prompt_seconds` (by their `duration`; lines without durations are used whole). Output, in WORKDIR/generate/:
+    generations.jsonl  one line per prompt, in input order: {"file_name", "prompt_units", "units" (the
+                       continuation, up to its EOS), "ended" (EOS reached), "auto_bleu_<n>" (over prompt +
+                       continuation, the span the reference transcribes), "auto_bleu_<n>_continuation"}
+    summary.json       settings, counts, mean Auto-BLEU, tokens/s, skipped files and why
+Row i samples from (seed, i), so a prompt's continuation does not depend on batch size or order.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from slam_jax import tokens
+from slam_jax.data import ingest
+from slam_jax.data.ingest import DataError
+from slam_jax.evaluation import audio_units
+from slam_jax.evaluation.auto_bleu import auto_bleu
+from slam_jax.evaluation.results import write_text
+from slam_jax.models import sampling, storage
+from slam_jax.models.speech_lm import SpeechLM, load_model
+from slam_jax.speech import audio
+from slam_jax.training import sharding
+
+GENERATIONS, SUMMARY = "generations.jsonl", "summary.json"
+_REPORTED_SETTINGS = ("prompt_seconds", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    """Generate a continuation of every prompt; returns (and saves) the summary."""
+    settings = config.generate
+    if not settings.model:
+        raise ValueError("generate.model is empty: give a converted model dir, a training workdir or a checkpoint")
+    if not settings.data_path:
+        raise ValueError("generate.data_path is empty: give audio (folder, list, glob) or a units .jsonl")
+    model_dir = storage.resolve_model_dir(settings.model)
+    model = load_model(model_dir, compute_dtype=settings.compute_dtype or None)
+    num_units = model.config.vocab_size - tokens.UNIT_OFFSET
+    names, prompts, skipped = read_prompts(config, Path(workdir), num_units)
+    sampling_settings = sampling.SamplingSettings(
+        settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
+    )
+    start = time.perf_counter()
+    prompt_ids = [
+        np.concatenate([[tokens.BOS_ID], np.asarray(units, np.int64) + tokens.UNIT_OFFSET]) for units in prompts
+    ]
+    new_ids = generate_batched(
+        model, prompt_ids, sampling_settings, settings.batch_size, config.seed, settings.progress
+    )
+    seconds = time.perf_counter() - start
+    records = [
+        _record(name, prompt, row, settings.auto_bleu_n)
+        for name, prompt, row in zip(names, prompts, new_ids, strict=True)
+    ]
+    summary = _summary(records, skipped, settings, str(model_dir.absolute()), seconds)
+    out = Path(workdir) / "generate"
+    write_text(out / GENERATIONS, "".join(json.dumps(record) + "\n" for record in records))
+    write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    n = settings.auto_bleu_n
+    whole, generated = summary[f"auto_bleu_{n}"], summary[f"auto_bleu_{n}_continuation"]
+    print(
+        f"generated {summary['new_tokens']} tokens for {len(records)} prompts ({len(skipped)} skipped) in "
+        f"{seconds:.1f} s ({summary['tokens_per_second']:.1f} tokens/s); Auto-BLEU-{n} {100 * whole:.2f}% "
+        f"(continuation only {100 * generated:.2f}%) -> {out / GENERATIONS}"
+    )
+    return summary
+
+
+def read_prompts(config: ConfigDict, workdir: Path, num_units: int) -> tuple[list[str], list[list[int]], list[dict]]:
+    """(names, prompt units, skipped files with reasons), the first `num_prompts` in sorted input order."""
+    settings = config.generate
+    if Path(settings.data_path).suffix == ".jsonl":
+        names, prompts = _jsonl_prompts(Path(settings.data_path), settings, num_units)
+        return names, prompts, []
+    files = audio.list_audio(settings.data_path)
+    files = files[: settings.num_prompts or None]
+    if not files:
+        raise FileNotFoundError(f"{settings.data_path}: no audio files")
+    cache = config.generate.units_cache or workdir / "units_cache"
+    units, failed = audio_units.audio_units(config.tokenize, files, cache, config.seed, settings.prompt_seconds)
+    keys = [str(Path(file).absolute()) for file in files]
+    skipped = [{"file": key, "reason": failed[key]} for key in keys if key in failed]
+    kept = [key for key in keys if key in units]
+    if not kept:
+        raise DataError(f"{settings.data_path}: no prompt could be tokenised, e.g. {skipped[0]}")
+    return kept, [units[key] for key in kept], skipped
+
+
+def generate_batched(
+    model: SpeechLM,
+    prompt_ids: list[np.ndarray],
+    settings: sampling.SamplingSettings,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+) -> np.ndarray:
+    """New ids [len(prompt_ids), max_new_tokens]: length-sorted batches sharded over all devices; row i of the
+    input samples from (seed, i) whatever its batch."""
+    mesh = sharding.make_mesh(devices=jax.local_devices())
+    devices = int(np.prod([mesh.shape[axis] for axis in sharding.BATCH_AXES]))
+    rows = -(-batch_size // devices) * devices
+    graphdef, state = nnx.split(model.model)
+    state = jax.device_put(state, sharding.replicated(mesh))
+    batch_sharding = sharding.batch_sharding(mesh)
+    row_sharding = NamedSharding(mesh, PartitionSpec(sharding.BATCH_AXES))
+    order = np.argsort([-len(ids) for ids in prompt_ids], kind="stable")
+    new_ids = np.zeros((len(prompt_ids), settings.max_new_tokens), np.int32)
+    for start in tqdm(range(0, len(order), rows), desc="generating", unit="batch", disable=not progress):
+        chosen = order[start : start + rows]
+        fillers = [np.array([tokens.BOS_ID])] * (rows - len(chosen))
+        batch = sampling.left_pad([prompt_ids[i] for i in chosen] + fillers)
+        row_ids = np.concatenate([chosen, len(prompt_ids) + np.arange(len(fillers))]).astype(np.int32)
+        result = sampling.generate(
+            graphdef,
+            state,
+            jax.device_put(jnp.asarray(batch), batch_sharding),
+            jax.device_put(jnp.asarray(row_ids), row_sharding),
+            jnp.int32(seed),
+            settings,
+        )
+        new_ids[chosen] = np.asarray(result)[: len(chosen)]
+    return new_ids
+
+
+def continuation(new_ids: np.ndarray) -> tuple[list[int], bool]:
+    """The generated units (up to the first non-unit id) and whether the sequence ended with EOS."""
+    stops = np.flatnonzero(new_ids < tokens.UNIT_OFFSET)
+    end = int(stops[0]) if stops.size else len(new_ids)
+    ended = bool(stops.size) and int(new_ids[end]) == tokens.EOS_ID
+    return (new_ids[:end] - tokens.UNIT_OFFSET).tolist(), ended
+
+
+def crop_to_seconds(
+    units: np.ndarray, durations: np.ndarray | None, seconds: float, frame_seconds: float
+) -> np.ndarray:
+    """The units whose first frame starts before `seconds` (all of them without durations or with seconds 0)."""
+    if durations is None or seconds <= 0:
+        return units
+    starts = np.cumsum(durations) - durations
+    return units[starts * frame_seconds < seconds - 1e-9]
+
+
+def _jsonl_prompts(path: Path, settings: ConfigDict, num_units: int) -> tuple[list[str], list[list[int]]]:
+    names, prompts = [], []
+    for where, record in ingest.read_records(path):
+        units = ingest.parse_units(record, where, num_units)
+        durations = np.asarray(record["duration"], np.int64) if "duration" in record else None
+        if durations is not None and durations.shape != units.shape:
+            raise DataError(f"{where}: 'duration' has {durations.size} entries for {units.size} units")
+        names.append(str(record.get("file_name", where)))
+        prompts.append(crop_to_seconds(units, durations, settings.prompt_seconds, settings.frame_seconds).tolist())
+        if len(names) == settings.num_prompts:
+            break
+    if not names:
+        raise DataError(f"{path}: no prompts")
+    return names, prompts
+
+
+def _record(name: str, prompt: list[int], new_ids: np.ndarray, n: int) -> dict:
+    units, ended = continuation(new_ids)
+    return {
+        "file_name": name,
+        "prompt_units": list(prompt),
+        "units": units,
+        "ended": ended,
+        f"auto_bleu_{n}": auto_bleu(list(prompt) + units, n),
+        f"auto_bleu_{n}_continuation": auto_bleu(units, n),
+    }
+
+
+def _summary(records: list[dict], skipped: list[dict], settings: ConfigDict, model: str, seconds: float) -> dict:
+    n = settings.auto_bleu_n
+    new_tokens = sum(len(record["units"]) + record["ended"] for record in records)
+    return {
+        "model": model,
+        "data_path": settings.data_path,
+        "num_prompts": len(records),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "settings": {key: settings[key] for key in _REPORTED_SETTINGS},
+        f"auto_bleu_{n}": float(np.mean([record[f"auto_bleu_{n}"] for record in records])),
+        f"auto_bleu_{n}_continuation": float(np.mean([record[f"auto_bleu_{n}_continuation"] for record in records])),
+        "new_tokens": int(new_tokens),
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(new_tokens / seconds, 3),
+    }

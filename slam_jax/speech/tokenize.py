@@ -1,0 +1,357 @@
+"""`mode: tokenize`: audio files -> deduplicated units, the reference's `features.jsonl` (RECIPE.md section 1).
+
+    python -m slam_jax.main --config configs/tokenize.py --config.tokenize.data_path=DIR [--workdir W]
+
+The output folder (`tokenize.out_path`, default WORKDIR/units) holds:
+    features.jsonl   one line per tokenised file, {"units": [...], "duration": [...], "file_name": "..."}:
+                     the reference's format (`duration[i]` = frames that carried `units[i]`, one frame =
+                     `frame_samples` / 16000 s); hosts one after the other, each in file-list order
+    errors.jsonl     one line per file not (fully) tokenised: {"file_name", "reason", "tokenized"};
+                     `tokenized: true` marks a file cut at `max_seconds` whose units are in features.jsonl
+    tokenizer.json   what the units depend on (encoder, layer, centroids, frame size, padding, ...)
+    report.json      the counts of the last run
+    parts/           the same lines per shard of `shard_size` files, each written atomically; the two
+                     .jsonl files above are rebuilt from them once every shard of every host is done
+Resume: a shard whose part exists is skipped, so a re-run after a kill redoes only unfinished shards and no
+line is ever written twice. A re-run into a folder made with other settings is refused.
+
+Work flow per shard: file headers are probed (for durations) and files are read, mixed to mono and
+resampled by a thread pool, longest first, while the main thread runs the encoder on batches of
+similar-length windows; each host takes every `process_count`-th file of the sorted list.
+"""
+
+import collections
+import concurrent.futures
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from slam_jax.models import hubert, kmeans
+from slam_jax.speech import audio, units
+from slam_jax.speech import encoder as unit_encoder
+from slam_jax.speech import features as spectral
+from slam_jax.training import distributed
+
+FEATURES = "features.jsonl"
+ERRORS = "errors.jsonl"
+DESCRIPTION = "tokenizer.json"
+REPORT = "report.json"
+PARTS = "parts"
+FITTED_CENTROIDS = "centroids.npy"
+MFCC = "mfcc"
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    """Tokenise `config.tokenize.data_path` into `config.tokenize.out_path`; returns (and saves) the report."""
+    settings = config.tokenize
+    distributed.maybe_initialize()
+    if not settings.data_path:
+        raise ValueError("tokenize.data_path is empty: give an audio folder, list file or glob")
+    out = Path(settings.out_path or Path(workdir) / "units")
+    files = audio.list_audio(settings.data_path)
+    if not files:
+        raise FileNotFoundError(f"{settings.data_path}: no audio files ({', '.join(audio.AUDIO_SUFFIXES)})")
+    encoder = build_encoder(settings)
+    centroids_path = Path(settings.kmeans_path) if settings.kmeans_path else out / FITTED_CENTROIDS
+    with concurrent.futures.ThreadPoolExecutor(max(1, settings.num_workers)) as pool:
+        encoder.set_centroids(_centroids(settings, centroids_path, encoder, files, pool, config.seed))
+        _claim_folder(out, describe(settings, encoder, centroids_path))
+        counts = _tokenize_host(files, encoder, pool, settings, out)
+    report = _report(files, settings.shard_size, out, counts)
+    _write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    print(
+        f"tokenized {report['tokenized']} of {report['files']} files ({report['failed']} failed, "
+        f"{report['truncated']} truncated, {report['resumed_files']} from an earlier run) -> {out}; "
+        f"{report['audio_seconds_per_second']:.1f} audio s/s"
+    )
+    return report
+
+
+def build_encoder(settings: ConfigDict) -> unit_encoder.UnitEncoder:
+    """The HuBERT (converted encoder dir) or MFCC frame encoder that the settings name, without centroids."""
+    devices = jax.local_devices()[: settings.num_devices or None]
+    options = dict(batch_size=settings.batch_size, devices=devices, buckets_per_octave=settings.buckets_per_octave)
+    if settings.encoder_path == MFCC:
+        if settings.reference_padding:
+            raise ValueError("tokenize.reference_padding applies to HuBERT encoders, not to mfcc")
+        config = spectral.SpectralConfig(
+            kind=settings.mfcc.kind,
+            frame_samples=settings.mfcc.frame_samples,
+            n_fft=settings.mfcc.n_fft,
+            num_mels=settings.mfcc.num_mels,
+            num_mfcc=settings.mfcc.num_mfcc,
+        )
+        return unit_encoder.spectral_encoder(config, None, **options)
+    model = hubert.load_encoder(settings.encoder_path, compute_dtype=settings.compute_dtype)
+    return unit_encoder.hubert_encoder(model, settings.layer, None, settings.reference_padding, **options)
+
+
+def describe(settings: ConfigDict, encoder: unit_encoder.UnitEncoder, centroids_path: Path) -> dict:
+    """The settings that change units: a folder's units are only ever extended with the same ones."""
+    is_mfcc = settings.encoder_path == MFCC
+    return {
+        "encoder": MFCC if is_mfcc else str(Path(settings.encoder_path).absolute()),
+        "layer": None if is_mfcc else settings.layer,
+        "mfcc": settings.mfcc.to_dict() if is_mfcc else None,
+        "kmeans": str(centroids_path.absolute()),
+        "num_units": encoder.num_units,
+        "sample_rate": audio.SAMPLE_RATE,
+        "frame_samples": encoder.frame_samples,
+        "reference_padding": settings.reference_padding,
+        "compute_dtype": None if is_mfcc else settings.compute_dtype,
+        "max_seconds": settings.max_seconds,
+        "window_seconds": settings.window_seconds,
+        "window_overlap_seconds": settings.window_overlap_seconds,
+        "dedup": settings.dedup,
+    }
+
+
+def _claim_folder(out: Path, description: dict) -> None:
+    """Write tokenizer.json, or check that the folder's existing one matches `description`."""
+    path = out / DESCRIPTION
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        changed = sorted(
+            key for key in description.keys() | existing.keys() if existing.get(key) != description.get(key)
+        )
+        if changed:
+            raise ValueError(
+                f"{out}: holds units made with other settings ({', '.join(changed)}); use another out_path"
+            )
+        return
+    _write_text(path, json.dumps(description, indent=2) + "\n")
+
+
+def _centroids(settings, path: Path, encoder, files: list[str], pool, seed: int) -> np.ndarray:
+    """The centroids at `path`, fitted first on this data's features if absent and `fit_units` asks for it."""
+    if path.is_file() or not settings.fit_units:
+        return kmeans.load_centroids(path)
+    if jax.process_count() > 1:
+        raise ValueError("fitting k-means (tokenize.fit_units) runs on one host; fit first, then tokenise on many")
+    sample = files[:: max(1, len(files) // settings.fit_max_files)][: settings.fit_max_files]
+    cap = min((limit for limit in (settings.window_seconds, settings.max_seconds) if limit > 0), default=0.0)
+    loaded = [item for _, item in _prefetch(pool, sample, cap, depth=2 * encoder.rows) if isinstance(item, audio.Audio)]
+    frames = [
+        feature
+        for start in range(0, len(loaded), encoder.rows)
+        for feature in encoder.features([item.samples for item in loaded[start : start + encoder.rows]])
+    ]
+    data = np.concatenate(frames) if frames else np.zeros((0, 0), np.float32)
+    if len(data) > settings.fit_max_frames:
+        data = data[np.random.default_rng(seed).choice(len(data), settings.fit_max_frames, replace=False)]
+    centroids = kmeans.fit(data, settings.fit_units, seed=seed, num_init=settings.fit_num_init)
+    return np.asarray(kmeans.load_centroids(kmeans.save_centroids(path, centroids)))
+
+
+def shard_plan(files: list[str], shard_size: int, host: int, hosts: int) -> list[tuple[str, list[str]]]:
+    """This host's shards: (part name, files). The name carries a digest of the files, so a changed list
+    makes new parts instead of reusing stale ones."""
+    mine = files[host::hosts]
+    shards = []
+    for index, begin in enumerate(range(0, len(mine), shard_size)):
+        chunk = mine[begin : begin + shard_size]
+        digest = hashlib.sha1("\n".join(chunk).encode()).hexdigest()[:12]
+        shards.append((f"{_host_prefix(host, hosts)}shard{index:06d}-{digest}", chunk))
+    return shards
+
+
+def _tokenize_host(files, encoder, pool, settings, out: Path) -> dict:
+    """Every unfinished shard of this host, then the merge if all hosts are done; this run's counts."""
+    shards = shard_plan(files, settings.shard_size, jax.process_index(), jax.process_count())
+    parts = out / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    for leftover in parts.glob(f".{_host_prefix(jax.process_index(), jax.process_count())}*.tmp-*"):
+        leftover.unlink()  # a write this host started when it was killed
+    counts = collections.Counter()
+    start = time.perf_counter()
+    with tqdm(total=len(_host_files(files)), unit="file", disable=not settings.progress) as bar:
+        for name, shard in shards:
+            if (parts / f"{name}.jsonl").is_file():
+                counts["resumed_files"] += len(shard)
+                bar.update(len(shard))
+                continue
+            records, errors = _tokenize_shard(shard, encoder, pool, settings, counts, bar, start)
+            _write_text(parts / f"{name}.{ERRORS}", "".join(units.to_line(error) for error in errors))
+            _write_text(parts / f"{name}.jsonl", "".join(units.to_line(record) for record in records))
+    _merge_if_complete(files, settings.shard_size, out)
+    counts["seconds"] = time.perf_counter() - start
+    return counts
+
+
+def _tokenize_shard(files, encoder, pool, settings, counts, bar, start) -> tuple[list[dict], list[dict]]:
+    """Records and error entries of one shard, both in file order."""
+    durations = list(pool.map(audio.probe_seconds, files))
+    order = sorted(range(len(files)), key=lambda index: -durations[index])
+    batcher = _Batcher(encoder, settings)
+    errors: dict[int, dict] = {}
+    for index, item in _prefetch(pool, [files[i] for i in order], settings.max_seconds, 2 * encoder.rows, order):
+        reason = item if isinstance(item, str) else _too_short(item, encoder)
+        if reason:
+            errors[index] = {"file_name": files[index], "reason": reason, "tokenized": False}
+            counts["failed"] += 1
+            bar.update(1)
+            continue
+        if item.truncated:
+            reason = (
+                f"longer than max_seconds: kept the first {settings.max_seconds:g} s of {item.source_seconds:.1f} s"
+            )
+            errors[index] = {"file_name": files[index], "reason": reason, "tokenized": True}
+            counts["truncated"] += 1
+        for done in batcher.add(index, item.samples):
+            _count_done(done, counts, bar, start, encoder)
+    for done in batcher.flush():
+        _count_done(done, counts, bar, start, encoder)
+    records = [units.record(batcher.results[i], files[i], settings.dedup) for i in sorted(batcher.results)]
+    return records, [errors[i] for i in sorted(errors)]
+
+
+def _too_short(item: audio.Audio, encoder) -> str:
+    if encoder.num_frames(len(item.samples) + 2 * encoder.item_padding) > 0:
+        return ""
+    return f"too short: {len(item.samples)} samples at 16 kHz make no {encoder.frame_samples}-sample frame"
+
+
+def _count_done(frames: np.ndarray, counts, bar, start: float, encoder) -> None:
+    counts["tokenized_this_run"] += 1
+    counts["frames_this_run"] += len(frames)
+    counts["audio_samples_this_run"] += len(frames) * encoder.frame_samples
+    bar.update(1)
+    bar.set_postfix(
+        audio_s_per_s=f"{counts['audio_samples_this_run'] / audio.SAMPLE_RATE / (time.perf_counter() - start):.1f}"
+    )
+
+
+class _Batcher:
+    """Collects windows of files into batches, encodes them, and stitches each file's units back together."""
+
+    def __init__(self, encoder: unit_encoder.UnitEncoder, settings: ConfigDict):
+        self.encoder, self.settings = encoder, settings
+        self.queue: list[tuple[int, int, audio.Window, np.ndarray]] = []
+        self.pieces: dict[int, list] = {}
+        self.results: dict[int, np.ndarray] = {}
+
+    def add(self, index: int, samples: np.ndarray) -> list[np.ndarray]:
+        """Queue a file; returns the frame units of the files completed by the batches this ran."""
+        spans = audio.windows(
+            len(samples),
+            self.encoder.frame_samples,
+            self.settings.window_seconds,
+            self.settings.window_overlap_seconds,
+        )
+        self.pieces[index] = [None] * len(spans)
+        self.queue += [(index, number, span, samples[span.start : span.end]) for number, span in enumerate(spans)]
+        done = []
+        while len(self.queue) >= self.encoder.rows:
+            done += self._run(self.encoder.rows)
+        return done
+
+    def flush(self) -> list[np.ndarray]:
+        done = []
+        while self.queue:
+            done += self._run(min(len(self.queue), self.encoder.rows))
+        return done
+
+    def _run(self, size: int) -> list[np.ndarray]:
+        batch, self.queue = self.queue[:size], self.queue[size:]
+        outputs = self.encoder.encode([samples for _, _, _, samples in batch])
+        done = []
+        for (index, number, span, _), frames in zip(batch, outputs, strict=True):
+            pieces = self.pieces[index]
+            pieces[number] = frames[span.keep_start : span.keep_end]
+            if all(piece is not None for piece in pieces):
+                self.results[index] = np.concatenate(self.pieces.pop(index))
+                done.append(self.results[index])
+        return done
+
+
+def _prefetch(pool, paths: list[str], max_seconds: float, depth: int, keys=None) -> Iterator[tuple[int, object]]:
+    """(key, Audio or the reason it failed) per path, in order, keeping `depth` reads in flight."""
+    keys = list(range(len(paths))) if keys is None else keys
+    pending = collections.deque()
+    for key, path in zip(keys, paths, strict=True):
+        pending.append((key, pool.submit(_read, path, max_seconds)))
+        if len(pending) >= depth:
+            yield _resolve(pending.popleft())
+    while pending:
+        yield _resolve(pending.popleft())
+
+
+def _resolve(entry) -> tuple[int, object]:
+    key, future = entry
+    return key, future.result()
+
+
+def _read(path: str, max_seconds: float) -> audio.Audio | str:
+    try:
+        return audio.read_audio(path, max_seconds)
+    except Exception as error:  # noqa: BLE001 - any failure of one file becomes its line in the errors file
+        return " ".join(str(error).split()) or type(error).__name__
+
+
+def _merge_if_complete(files: list[str], shard_size: int, out: Path) -> bool:
+    """Rebuild features.jsonl and errors.jsonl from the parts once every host's shards are there."""
+    hosts = jax.process_count()
+    names = [name for host in range(hosts) for name, _ in shard_plan(files, shard_size, host, hosts)]
+    parts = out / PARTS
+    if not all((parts / f"{name}.jsonl").is_file() for name in names):
+        return False
+    _write_text(out / FEATURES, "".join((parts / f"{name}.jsonl").read_text() for name in names))
+    _write_text(out / ERRORS, "".join((parts / f"{name}.{ERRORS}").read_text() for name in names))
+    return True
+
+
+def _report(files: list[str], shard_size: int, out: Path, counts: collections.Counter) -> dict:
+    """Counts over this host's shards (earlier runs included) and this run's speed (over the tokenising
+    itself: reading, encoding, writing; not loading the encoder or fitting k-means)."""
+    seconds = counts["seconds"]
+    names = [name for name, _ in shard_plan(files, shard_size, jax.process_index(), jax.process_count())]
+    parts = out / PARTS
+    errors = [json.loads(line) for name in names for line in _lines(parts / f"{name}.{ERRORS}")]
+    tokenized = sum(len(_lines(parts / f"{name}.jsonl")) for name in names)
+    audio_seconds = counts["audio_samples_this_run"] / audio.SAMPLE_RATE
+    return {
+        "files": len(_host_files(files)),
+        "tokenized": tokenized,
+        "failed": sum(not error["tokenized"] for error in errors),
+        "truncated": sum(bool(error["tokenized"]) for error in errors),
+        "resumed_files": counts["resumed_files"],
+        "tokenized_this_run": counts["tokenized_this_run"],
+        "frames_this_run": counts["frames_this_run"],
+        "audio_seconds_this_run": round(audio_seconds, 3),
+        "seconds": round(seconds, 3),
+        "audio_seconds_per_second": round(audio_seconds / seconds, 3) if seconds else 0.0,
+        "files_per_second": round(counts["tokenized_this_run"] / seconds, 3) if seconds else 0.0,
+        "merged": (out / FEATURES).is_file(),
+        "out": str(out.absolute()),
+    }
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _host_prefix(host: int, hosts: int) -> str:
+    return f"host{host:04d}of{hosts:04d}-"
+
+
+def _host_files(files: list[str]) -> list[str]:
+    return files[jax.process_index() :: jax.process_count()]
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a temporary sibling, flushed to disk, renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(staging, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
