@@ -11,10 +11,11 @@ timed (the pipeline does it on CPU threads beside the encoder).
 - reference: slamkit's extraction: clips longest first, batches of 8 padded to the longest, 40 zeros per side,
   `HubertModel(..., output_hidden_states=True).hidden_states[11]` in float32 under `torch.inference_mode()`,
   then scikit-learn `KMeans.predict`, each row trimmed to ceil(n / longest * frames).
-- slam_jax: `UnitEncoder` as `mode: tokenize` runs it: batches of 8, each clip padded by 40 zeros per side
-  and masked, lengths rounded to 4 buckets per octave, only layers 1-11 run, and the k-means assignment in
-  the same jit; compilation (once per bucket) happens in a first pass reported apart. `--dtypes` picks the
-  compute dtypes (float32 by default: bfloat16 only pays where the hardware has bf16 matmuls).
+- slam_jax: `UnitEncoder` as `mode: tokenize` runs it: batches of 8 (stepped through 2 rows at a time on a
+  CPU, `tokenize.micro_batch`), each clip padded by 40 zeros per side and masked, lengths rounded to 4
+  buckets per octave, only layers 1-11 run, and the k-means assignment in the same jit; compilation (once
+  per bucket) happens in a first pass reported apart. `--dtypes` picks the compute dtypes (float32 by
+  default: bfloat16 only pays where the hardware has bf16 matmuls).
 Every implementation runs once to warm up, then in alternating rounds; the median round is reported, with
 audio seconds per second, the ratio to the reference, and the share of frames whose unit equals the
 reference's: masked units differ where the reference's unmasked padding shifts its features, so one untimed
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 import torch
 import transformers
@@ -38,6 +40,7 @@ from benchmarks import common
 from conversion import hubert_to_flax
 from slam_jax.models import hubert
 from slam_jax.speech import encoder as unit_encoder
+from slam_jax.speech.tokenize import micro_batch
 
 LAYER = 11
 NUM_UNITS = 500
@@ -115,7 +118,9 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
     fns = {"reference_torch_fp32_sklearn": lambda: reference_units(model, kmeans, waves)}
     compile_seconds = {}
     for dtype in dtypes:
-        encoder = unit_encoder.hubert_encoder(encoders[dtype], LAYER, centroids, batch_size=BATCH)
+        encoder = unit_encoder.hubert_encoder(
+            encoders[dtype], LAYER, centroids, batch_size=BATCH, micro_batch=micro_batch(0, jax.local_devices())
+        )
         start = time.perf_counter()
         ours(encoder, waves)  # compiles every length bucket
         compile_seconds[f"slam_jax_{dtype}"] = time.perf_counter() - start
@@ -130,6 +135,7 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
         "torch_threads": torch.get_num_threads(),
         "first_pass_seconds_incl_compile": compile_seconds,
         "devices": [str(device) for device in encoder.mesh.devices.flat],
+        "slam_jax_micro_batch": micro_batch(0, jax.local_devices()),
     }
     return fns, setup
 

@@ -3,6 +3,7 @@ padding, and the conversion (both weight-norm storage forms, bad input)."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -124,7 +125,9 @@ def test_reference_padding_equals_transformers_run_the_reference_way(converted):
     reference_features = hf_hidden_states(hf_model, hf_padded)[layer]
     flat = reference_features.reshape(-1, reference_features.shape[-1])
     centroids = flat[rng.choice(len(flat), 12, replace=False)]
-    encoder = unit_encoder.hubert_encoder(ours, layer, centroids, reference_padding=True, batch_size=4)
+    encoder = unit_encoder.hubert_encoder(
+        ours, layer, centroids, reference_padding=True, batch_size=4, devices=jax.local_devices()[:1]
+    )
     got = encoder.encode(waves)
     total = reference_features.shape[1]
     keep = ((torch.tensor(LENGTHS).float() / batch.shape[1]) * total).ceil().int().tolist()

@@ -37,7 +37,15 @@ from slam_jax.speech import audio
 from slam_jax.training import sharding
 
 GENERATIONS, SUMMARY = "generations.jsonl", "summary.json"
-_REPORTED_SETTINGS = ("prompt_seconds", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
+_REPORTED_SETTINGS = (
+    "prompt_seconds",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "compute_dtype",
+)
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:
@@ -66,7 +74,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
         _record(name, prompt, row, settings.auto_bleu_n)
         for name, prompt, row in zip(names, prompts, new_ids, strict=True)
     ]
-    summary = _summary(records, skipped, settings, str(model_dir.absolute()), seconds)
+    summary = _summary(records, skipped, config, str(model_dir.absolute()), seconds)
     out = Path(workdir) / "generate"
     write_text(out / GENERATIONS, "".join(json.dumps(record) + "\n" for record in records))
     write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
@@ -182,7 +190,8 @@ def _record(name: str, prompt: list[int], new_ids: np.ndarray, n: int) -> dict:
     }
 
 
-def _summary(records: list[dict], skipped: list[dict], settings: ConfigDict, model: str, seconds: float) -> dict:
+def _summary(records: list[dict], skipped: list[dict], config: ConfigDict, model: str, seconds: float) -> dict:
+    settings = config.generate
     n = settings.auto_bleu_n
     new_tokens = sum(len(record["units"]) + record["ended"] for record in records)
     return {
@@ -191,7 +200,7 @@ def _summary(records: list[dict], skipped: list[dict], settings: ConfigDict, mod
         "num_prompts": len(records),
         "num_skipped": len(skipped),
         "skipped": skipped,
-        "settings": {key: settings[key] for key in _REPORTED_SETTINGS},
+        "settings": {key: settings[key] for key in _REPORTED_SETTINGS} | {"seed": config.seed},
         f"auto_bleu_{n}": float(np.mean([record[f"auto_bleu_{n}"] for record in records])),
         f"auto_bleu_{n}_continuation": float(np.mean([record[f"auto_bleu_{n}_continuation"] for record in records])),
         "new_tokens": int(new_tokens),
