@@ -11,28 +11,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from conversion.safetensors_io import CheckpointError
-from slam_jax import pipeline, selfcheck
-from slam_jax.data import stores
 from slam_jax.data.ingest import DataError
-from slam_jax.evaluation import generation, pair_metrics
-from slam_jax.speech import tokenize as tokenize_mode
-from slam_jax.training import dpo, loop
+from slam_jax.modes import MODES
 from slam_jax.training.loop import TrainingError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: workdir/<config file name>).")
 flags.mark_flags_as_required(["config"])
-
-MODES = {
-    "selfcheck": selfcheck.run,
-    "pretrain": loop.run,
-    "prepare": stores.run_prepare,
-    "dpo": dpo.run,
-    "pipeline": pipeline.run,
-    "tokenize": tokenize_mode.run,
-    "eval": pair_metrics.run,
-    "generate": generation.run,
-}
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
-from configs import demo, slam_dpo
+from configs import pretrain_synthetic, slam_dpo
 from slam_jax import tokens
 from slam_jax.data import preference
 from slam_jax.data.ingest import DataError
@@ -141,8 +141,8 @@ def test_bad_rows_error_with_file_and_line_or_are_counted(tmp_path):
 
 
 def test_auto_bleu_filter(tmp_path):
-    assert preference.auto_bleu("the cat the cat") == pytest.approx(2 / 3)
-    assert preference.auto_bleu("a b c d") == 0.0 and preference.auto_bleu("word") == 0.0
+    assert preference.filter_score("The cat", "the cat") == pytest.approx(2 / 3)  # case-folded
+    assert preference.filter_score("a b", "c d") == 0.0 and preference.filter_score("word", "") == 0.0
     path = write_pairs(tmp_path / "p.jsonl", count=4, prompt_text="he went to the", chosen_text="the shop")
     write_pairs(tmp_path / "q.jsonl", count=2, prompt_text="go go go go", chosen_text="go go")
     manifest = preference.prepare(f"{path},{tmp_path / 'q.jsonl'}", tmp_path / "s", 20, LIMITS)
@@ -161,7 +161,7 @@ def pretrained(tmp_path_factory):
 
 def dpo_config(init_from, pairs, **changes):
     config = slam_dpo.get_config()
-    base = demo.get_config()
+    base = pretrain_synthetic.get_config()
     config.mesh, config.log = base.mesh, base.log
     values = {
         "model.init_from": str(init_from),

@@ -38,7 +38,15 @@ def launch(workdir: Path, max_steps: int) -> list[subprocess.CompletedProcess]:
             JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(index),
         )
-        command = [sys.executable, "-m", "slam_jax.main", "--config", "configs/demo.py", "--workdir", str(workdir)]
+        command = [
+            sys.executable,
+            "-m",
+            "slam_jax.main",
+            "--config",
+            "configs/pretrain_synthetic.py",
+            "--workdir",
+            str(workdir),
+        ]
         command += ARGS + [f"--config.train.max_steps={max_steps}"]
         processes.append(
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

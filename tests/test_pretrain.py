@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import slam_jax
-from configs import demo
+from configs import pretrain_synthetic
 from slam_jax.models import storage
 from slam_jax.training import checkpoints, loop
 
@@ -36,7 +36,7 @@ OVERRIDES = {
 
 
 def tiny_config(**changes):
-    config = demo.get_config()
+    config = pretrain_synthetic.get_config()
     for key, value in {**OVERRIDES, **changes}.items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
@@ -45,7 +45,16 @@ def tiny_config(**changes):
 
 def command(workdir, **changes) -> list[str]:
     args = [f"--config.{key}={value}" for key, value in {**OVERRIDES, **changes}.items()]
-    return [sys.executable, "-m", "slam_jax.main", "--config", "configs/demo.py", "--workdir", str(workdir), *args]
+    return [
+        sys.executable,
+        "-m",
+        "slam_jax.main",
+        "--config",
+        "configs/pretrain_synthetic.py",
+        "--workdir",
+        str(workdir),
+        *args,
+    ]
 
 
 def final_params(workdir, step):

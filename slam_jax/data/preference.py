@@ -8,7 +8,6 @@ manifest; reference log-probs computed once are stored beside it.
 """
 
 import json
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,21 +18,11 @@ import numpy as np
 
 from slam_jax import tokens
 from slam_jax.data.ingest import DataError, expand_paths, parse_units, read_records
+from slam_jax.evaluation.auto_bleu import auto_bleu_text
 from slam_jax.files import atomic_dir
 
 FIELDS = ("prompt", "chosen", "rejected")
 MANIFEST = "preference_manifest.json"
-_WORD = re.compile(r"\S+")
-
-
-def auto_bleu(text: str, n: int = 2) -> float:
-    """Fraction of the text's word n-grams that occur again elsewhere in it (0 if it has none)."""
-    words = _WORD.findall(text.lower())
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
-        return 0.0
-    counts = Counter(grams)
-    return sum(1 for gram in grams if counts[gram] > 1) / len(grams)
 
 
 def field_units(value, where: str, num_units: int) -> np.ndarray:
@@ -43,6 +32,11 @@ def field_units(value, where: str, num_units: int) -> np.ndarray:
     if isinstance(value, (str, list)):
         return parse_units({"units": value}, where, num_units)
     raise DataError(f"{where}: expected units, a <UnN> string or {{'units': [...]}}, got {type(value).__name__}")
+
+
+def filter_score(prompt_text: str, chosen_text: str) -> float:
+    """The SpokenSwag filter's score: Auto-BLEU-2 of prompt + " " + chosen, case-folded (RECIPE.md section 5)."""
+    return auto_bleu_text(f"{prompt_text} {chosen_text}".lower())
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ def build_pair(record: dict, where: str, num_units: int, limits: Limits) -> tupl
     if not chosen.size or not rejected.size:
         raise DataError(f"{where}: empty completion")
     if limits.auto_bleu_threshold and "prompt_text" in record and "chosen_text" in record:
-        if auto_bleu(f"{record['prompt_text']} {record['chosen_text']}") >= limits.auto_bleu_threshold:
+        if filter_score(record["prompt_text"], record["chosen_text"]) >= limits.auto_bleu_threshold:
             return "auto_bleu"
     prompt = np.concatenate([[tokens.BOS_ID], prompt + tokens.UNIT_OFFSET])
     chosen = np.concatenate([chosen + tokens.UNIT_OFFSET, [tokens.EOS_ID]])

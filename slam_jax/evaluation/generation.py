@@ -30,7 +30,7 @@ from slam_jax.data import ingest
 from slam_jax.data.ingest import DataError
 from slam_jax.evaluation import audio_units
 from slam_jax.evaluation.auto_bleu import auto_bleu
-from slam_jax.evaluation.results import write_text
+from slam_jax.files import write_text
 from slam_jax.models import sampling, storage
 from slam_jax.models.speech_lm import SpeechLM, load_model
 from slam_jax.speech import audio

@@ -20,7 +20,7 @@ from slam_jax import tokens
 from slam_jax.data.ingest import DataError
 from slam_jax.evaluation import audio_units, scoring
 from slam_jax.evaluation import pairs as pair_io
-from slam_jax.evaluation.results import write_text
+from slam_jax.files import write_text
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import load_model
 

@@ -24,7 +24,6 @@ import collections
 import concurrent.futures
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from slam_jax.files import write_text
 from slam_jax.models import hubert, kmeans
 from slam_jax.speech import audio, units
 from slam_jax.speech import encoder as unit_encoder
@@ -67,7 +67,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
         _claim_folder(out, describe(settings, encoder, centroids_path))
         counts = _tokenize_host(files, encoder, pool, settings, out)
     report = _report(files, settings.shard_size, out, counts)
-    _write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
     print(
         f"tokenized {report['tokenized']} of {report['files']} files ({report['failed']} failed, "
         f"{report['truncated']} truncated, {report['resumed_files']} from an earlier run) -> {out}; "
@@ -138,7 +138,7 @@ def _claim_folder(out: Path, description: dict) -> None:
                 f"{out}: holds units made with other settings ({', '.join(changed)}); use another out_path"
             )
         return
-    _write_text(path, json.dumps(description, indent=2) + "\n")
+    write_text(path, json.dumps(description, indent=2) + "\n")
 
 
 def _centroids(settings, path: Path, encoder, files: list[str], pool, seed: int) -> np.ndarray:
@@ -190,8 +190,8 @@ def _tokenize_host(files, encoder, pool, settings, out: Path) -> dict:
                 bar.update(len(shard))
                 continue
             records, errors = _tokenize_shard(shard, encoder, pool, settings, counts, bar, start)
-            _write_text(parts / f"{name}.{ERRORS}", "".join(units.to_line(error) for error in errors))
-            _write_text(parts / f"{name}.jsonl", "".join(units.to_line(record) for record in records))
+            write_text(parts / f"{name}.{ERRORS}", "".join(units.to_line(error) for error in errors))
+            write_text(parts / f"{name}.jsonl", "".join(units.to_line(record) for record in records))
     _merge_if_complete(files, settings.shard_size, out)
     counts["seconds"] = time.perf_counter() - start
     return counts
@@ -314,8 +314,8 @@ def _merge_if_complete(files: list[str], shard_size: int, out: Path) -> bool:
     parts = out / PARTS
     if not all((parts / f"{name}.jsonl").is_file() for name in names):
         return False
-    _write_text(out / FEATURES, "".join((parts / f"{name}.jsonl").read_text() for name in names))
-    _write_text(out / ERRORS, "".join((parts / f"{name}.{ERRORS}").read_text() for name in names))
+    write_text(out / FEATURES, "".join((parts / f"{name}.jsonl").read_text() for name in names))
+    write_text(out / ERRORS, "".join((parts / f"{name}.{ERRORS}").read_text() for name in names))
     return True
 
 
@@ -355,14 +355,3 @@ def _host_prefix(host: int, hosts: int) -> str:
 
 def _host_files(files: list[str]) -> list[str]:
     return files[jax.process_index() :: jax.process_count()]
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: a temporary sibling, flushed to disk, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(staging, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)

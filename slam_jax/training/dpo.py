@@ -80,6 +80,8 @@ def reference_key(model_dir: Path) -> str:
 class DPOTrainer(loop.Trainer):
     """The pre-training loop with preference pairs and the DPO step."""
 
+    job = "dpo"
+
     def setup_task(self) -> None:
         config = self.config
         if config.dpo.reference not in REFERENCES:

@@ -150,11 +150,6 @@ def resolve_stores(config: ConfigDict, workdir: Path) -> tuple[list[str], list[s
     return stores.resolve(config.data, workdir, config.seed)
 
 
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
-        tqdm.write(f"[pretrain] {message}")
-
-
 def run(config: ConfigDict, workdir: Path, trainer_class: type["Trainer"] | None = None) -> dict:
     """Train as configured (pre-training, or the task of `trainer_class`); returns the final metrics."""
     distributed.maybe_initialize()
@@ -167,6 +162,8 @@ def run(config: ConfigDict, workdir: Path, trainer_class: type["Trainer"] | None
 
 class Trainer:
     """State and helpers of one pre-training run (see `fit`)."""
+
+    job = "pretrain"  # the name progress messages carry
 
     def __init__(self, config: ConfigDict, workdir: Path):
         self.config, self.workdir = config, workdir
@@ -282,10 +279,10 @@ class Trainer:
         meta = {"step": 0, "tokens_seen": 0.0, "elapsed_seconds": 0.0, "total_steps": int(train.max_steps)}
         if latest is not None:
             state, meta = self.checkpointer.restore(latest, self.abstract_state, iterator)
-            _say(f"resumed from {self.workdir / 'checkpoints' / str(latest)} (step {latest})")
+            self.say(f"resumed from {self.workdir / 'checkpoints' / str(latest)} (step {latest})")
         else:
             state = self.initial_state()
-            _say(
+            self.say(
                 f"{self.model_config.num_params():,} params on mesh {dict(self.mesh.shape)}; "
                 f"{self.tokens_per_step:,} tokens per step"
             )
@@ -293,6 +290,7 @@ class Trainer:
         step = int(meta["step"])
         self._tokens_seen = float(meta["tokens_seen"])
         clock = Clock(float(meta["elapsed_seconds"]))
+        self._window_start, self._window_tokens = time.perf_counter(), 0
         planner = BudgetPlanner(budget, train.calibration_steps)
         preemption = Preemption()
         progress = tqdm(
@@ -312,7 +310,7 @@ class Trainer:
                     break
                 if not schedule.total_steps and planner.plan(step, clock.elapsed()):
                     schedule.total_steps = progress.total = planner.total_steps
-                    _say(
+                    self.say(
                         f"time budget {train.time_budget}: {planner.seconds_per_step:.3f} s/step -> cosine "
                         f"over {schedule.total_steps} steps"
                     )
@@ -349,7 +347,7 @@ class Trainer:
         finally:
             preemption.restore()
             progress.close()
-        _say(
+        self.say(
             f"stopped at step {step} ({reason}); loss {final.get('loss', float('nan')):.4f}; "
             f"checkpoint {self.workdir / 'checkpoints' / str(step)}"
         )
@@ -360,6 +358,10 @@ class Trainer:
         return optimizer.learning_rate(
             step, "constant", self.config.train.learning_rate, self.config.train.warmup_steps, 0
         )
+
+    def say(self, message: str) -> None:
+        if jax.process_index() == 0:
+            tqdm.write(f"[{self.job}] {message}")
 
     def meta(self, step: int, clock: "Clock", schedule: Schedule) -> dict:
         return {
@@ -381,10 +383,10 @@ class Trainer:
                 f"saving this state; the last checkpoint is {'none' if latest is None else f'step {latest}'}"
             )
         now = time.perf_counter()
-        seconds = now - getattr(self, "_last_record", now - 1e-9)
-        self._last_record = now
         self._tokens_seen += self.tokens_per_step
-        tokens_per_second = self.tokens_per_step / max(seconds, 1e-9)
+        self._window_tokens += self.tokens_per_step
+        # Throughput over the steps since the last logged row (the first row's window includes compilation).
+        tokens_per_second = self._window_tokens / max(now - self._window_start, 1e-9)
         row = {
             "loss": values["loss"],
             "learning_rate": lr,
@@ -396,6 +398,7 @@ class Trainer:
         }
         if step % self.config.log.every_steps == 0 or step == 1:
             self.writer.write(step, row)
+            self._window_start, self._window_tokens = now, 0
         progress.update(step - progress.n)
         progress.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_per_second:,.0f}", mfu=f"{row['mfu']:.1%}")
         return row
@@ -405,5 +408,5 @@ class Trainer:
         self._validation[step] = validation
         if validation is not None:
             self.writer.write(step, {"validation_loss": validation})
-            _say(f"step {step}: validation loss {validation:.4f}")
+            self.say(f"step {step}: validation loss {validation:.4f}")
         return validation

@@ -1,0 +1,198 @@
+"""`mode: report`: what a pipeline run did and what its model learned, as Markdown with PNG plots.
+
+Reads only files the earlier stages wrote: the pair-metric results (`<eval dir>/<metric>.json`) after
+pre-training and after DPO, both runs' `metrics.jsonl`, and every stage's `stage_done.json` (its wall time).
+Writes `report.out_path` (Markdown: the metrics table, training and timing summaries, the plots, the commands
+to reproduce), `report.json` beside it (the same numbers, for tools) and the plots in the stage's folder,
+then prints the metrics table.
+"""
+
+import json
+import platform
+from pathlib import Path
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+from ml_collections import ConfigDict  # noqa: E402
+
+from slam_jax.files import write_text  # noqa: E402
+from slam_jax.pipeline import DONE  # noqa: E402
+
+CHANCE = 0.5  # every pair metric is a two-way choice
+COLUMNS = (("before", "after pre-training"), ("after", "after DPO"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def read_evaluations(folder: Path) -> dict[str, dict]:
+    """{metric: result} from an eval run's `<metric>.json` files (the per-pair jsonl files are not results)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no evaluation results folder (did the eval stage run?)")
+    results = {}
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        if isinstance(result, dict) and "accuracy" in result and "metric" in result:
+            results[result["metric"]] = result
+    if not results:
+        raise FileNotFoundError(f"{folder}: no <metric>.json results")
+    return results
+
+
+def metrics_rows(evaluations: dict[str, dict[str, dict]]) -> list[dict]:
+    """One row per metric: accuracy after each stage (None where that stage did not score it) and pair counts."""
+    names = sorted({metric for results in evaluations.values() for metric in results})
+    rows = []
+    for name in names:
+        row = {"metric": name, "chance": CHANCE}
+        for key, _ in COLUMNS:
+            result = evaluations.get(key, {}).get(name)
+            row[key] = None if result is None else result["accuracy"]
+            row[f"{key}_pairs"] = None if result is None else result["num_pairs"]
+        rows.append(row)
+    return rows
+
+
+def metrics_table(rows: list[dict]) -> str:
+    """The Markdown table of accuracies (percent), with the change DPO made."""
+    lines = ["| benchmark | chance | " + " | ".join(title for _, title in COLUMNS) + " | change | pairs |"]
+    lines.append("|---|---|" + "---|" * len(COLUMNS) + "---|---|")
+    for row in rows:
+        values = [_percent(row[key]) for key, _ in COLUMNS]
+        change = "" if None in (row["before"], row["after"]) else f"{100 * (row['after'] - row['before']):+.1f}"
+        pairs = row["after_pairs"] or row["before_pairs"]
+        cells = [row["metric"], f"{100 * row['chance']:.0f}%", *values, change, str(pairs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def training_summary(name: str, rows: list[dict]) -> dict:
+    """Last logged values of a run's metrics.jsonl (steps, losses, DPO rewards), or {} if it has none."""
+    train = [row for row in rows if "loss" in row]
+    if not train:
+        return {}
+    last = train[-1]
+    summary = {"run": name, "steps": last["step"], "first_loss": train[0]["loss"], "last_loss": last["loss"]}
+    for key in ("tokens_seen", "reward_accuracy", "reward_margin"):
+        if key in last:
+            summary[key] = last[key]
+    validation = [row["validation_loss"] for row in rows if "validation_loss" in row]
+    if validation:
+        summary["first_validation_loss"], summary["last_validation_loss"] = validation[0], validation[-1]
+    return summary
+
+
+def stage_times(pipeline_dir: Path) -> dict[str, float]:
+    """Wall seconds per finished stage of the pipeline in `pipeline_dir`, in the order they finished."""
+    times = {}
+    for done in sorted(pipeline_dir.glob(f"*/{DONE}"), key=lambda path: path.stat().st_mtime):
+        seconds = json.loads(done.read_text()).get("stage_seconds")
+        if seconds is not None:
+            times[done.parent.name] = float(seconds)
+    return times
+
+
+def plot_training(runs: dict[str, list[dict]], path: Path) -> None:
+    """Loss curves: pre-training (train and validation) and DPO (loss and reward accuracy)."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    pretrain = runs.get("pretrain", [])
+    axes[0].plot(*_series(pretrain, "loss"), label="train loss")
+    axes[0].plot(*_series(pretrain, "validation_loss"), "o-", label="validation loss")
+    axes[0].set(title="pre-training", xlabel="step", ylabel="cross-entropy (nats/token)")
+    dpo = runs.get("dpo", [])
+    axes[1].plot(*_series(dpo, "loss"), label="DPO loss")
+    axes[1].plot(*_series(dpo, "reward_accuracy"), label="reward accuracy")
+    axes[1].set(title="DPO", xlabel="step")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    points = [(row["step"], row[key]) for row in rows if key in row]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def plot_metrics(rows: list[dict], path: Path) -> None:
+    """Accuracy bars per benchmark, after pre-training and after DPO, against chance."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(COLUMNS)
+    for offset, (key, title) in enumerate(COLUMNS):
+        xs = [index + (offset - (len(COLUMNS) - 1) / 2) * width for index in range(len(rows))]
+        axis.bar(xs, [100 * (row[key] or 0.0) for row in rows], width, label=title)
+    axis.axhline(100 * CHANCE, color="black", linestyle="--", linewidth=1, label="chance")
+    axis.set_xticks(range(len(rows)), [row["metric"] for row in rows])
+    axis.set(ylabel="accuracy (%)", ylim=(0, 100), title="held-out pair benchmarks")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, plots: list[str], commands: str) -> str:
+    lines = [f"# {title}", "", metrics_table(rows), "", "Accuracy = how often the model scores the positive of a"]
+    lines += ["pair higher (minus the mean per-token NLL); ties count half. Numbers from the eval stages' files.", ""]
+    if summaries:
+        lines += ["## Training", "", "| run | steps | first loss | last loss | last validation loss | other |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for summary in summaries:
+            other = ", ".join(
+                f"{key} {summary[key]:.3f}" for key in ("reward_accuracy", "reward_margin") if key in summary
+            )
+            if "tokens_seen" in summary:
+                other = f"{summary['tokens_seen']:,.0f} tokens seen"
+            validation = summary.get("last_validation_loss")
+            lines.append(
+                f"| {summary['run']} | {summary['steps']} | {summary['first_loss']:.3f} | {summary['last_loss']:.3f}"
+                f" | {'-' if validation is None else f'{validation:.3f}'} | {other} |"
+            )
+        lines.append("")
+    if times:
+        lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in times.items()]
+        lines += [f"| total | {sum(times.values()):.1f} |", ""]
+        lines.append(f"Machine: {platform.machine()}, {jax.device_count()} {jax.devices()[0].platform} device(s).")
+        lines.append("")
+    lines += ["## Plots", ""] + [f"![{Path(plot).stem}]({plot})" for plot in plots] + [""]
+    if commands.strip():
+        lines += ["## Reproduce", "", "```"] + [line.strip() for line in commands.strip().splitlines()] + ["```", ""]
+    return "\n".join(lines)
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    settings = config.report
+    workdir = Path(workdir)
+    evaluations = {key: read_evaluations(Path(settings[key])) for key, _ in COLUMNS if settings[key]}
+    rows = metrics_rows(evaluations)
+    runs = {name: read_jsonl(Path(settings[name]) / "metrics.jsonl") for name in ("pretrain", "dpo") if settings[name]}
+    summaries = [summary for name, rows_ in runs.items() if (summary := training_summary(name, rows_))]
+    out = Path(settings.out_path)
+    times = stage_times(Path(settings.pipeline_dir)) if settings.pipeline_dir else {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    plot_training(runs, workdir / "training.png")
+    plot_metrics(rows, workdir / "metrics.png")
+    plots = [_relative(workdir / name, out.parent) for name in ("metrics.png", "training.png")]
+    write_text(out, markdown(settings.title, rows, summaries, times, plots, settings.commands))
+    result = {"metrics": rows, "training": summaries, "stage_seconds": times, "report": str(out)}
+    write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    print(metrics_table(rows))
+    print(f"[report] {out}")
+    return result
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(start.resolve()))
+    except ValueError:
+        return str(path.resolve())

@@ -1,0 +1,121 @@
+"""The demo's parts on their own: the text generator, the pipeline's stage handling and the report."""
+
+import json
+
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from slam_jax import pipeline
+from slam_jax.demo import report, text
+
+
+def test_text_is_deterministic_and_benchmarks_are_held_out():
+    stories = text.corpus(300, seed=0)
+    assert stories == text.corpus(300, seed=0) and stories != text.corpus(300, seed=1)
+    seen = {row["text"] for row in stories}
+    bench = text.benchmarks(50, seed=0, exclude=seen)
+    assert {name: len(rows) for name, rows in bench.items()} == {"tstorycloze": 100, "sblimp": 100, "swuggy": 100}
+    correct = [row["text"] for row in bench["tstorycloze"] if row["id"].endswith("_correct")]
+    assert not seen & set(correct)
+    ids = [row["id"] for rows in bench.values() for row in rows]
+    assert len(set(ids)) == len(ids)
+
+
+def test_tstorycloze_pairs_share_the_story_and_differ_in_a_foreign_ending():
+    rows = text.benchmarks(30, seed=3, exclude=set())["tstorycloze"]
+    for correct, wrong in zip(rows[::2], rows[1::2], strict=True):
+        assert correct["id"].split("_")[0] == wrong["id"].split("_")[0]
+        body, ending = correct["text"].rsplit(". ", 1)
+        wrong_body, wrong_ending = wrong["text"].rsplit(". ", 1)
+        assert body == wrong_body and ending != wrong_ending
+        topic_words = {word for topic in text.TOPICS.values() for word in topic.nouns}
+        hero_noun = [word.strip(".") for word in ending.split() if word.strip(".") in topic_words]
+        assert hero_noun and hero_noun[0] in body  # the fitting ending names the story's own creature
+
+
+def test_scrambled_and_non_words():
+    rng = np.random.default_rng(0)
+    sentence = "the wet boat sailed near the crab"
+    for _ in range(20):
+        mixed = text.scrambled(sentence, rng)
+        assert sorted(mixed.split()) == sorted(sentence.split()) and mixed != sentence
+    known = set(text.vocabulary())
+    for word in text.vocabulary():
+        fake = text.non_word(word, rng, known)
+        assert len(fake) == len(word) and fake not in known and fake.isalpha()
+
+
+def test_swag_rows_label_the_storys_own_ending():
+    for row in text.swag_rows(20, seed=0):
+        chosen = row[f"ending{row['label']}"]
+        hero = row["sent1"].split()[0]
+        assert chosen.startswith(hero + " ")
+        wrong = [row[f"ending{i}"] for i in range(4) if i != row["label"]]
+        assert len(set(wrong)) == 3 and chosen not in wrong
+
+
+def test_text_mode_writes_three_files(tmp_path):
+    config = ConfigDict({"seed": 0, "text": {"num_stories": 12, "num_preference_rows": 5, "num_benchmark_pairs": 4}})
+    counts = text.run(config, tmp_path)
+    assert counts == {text.STORIES: 12, text.SWAG: 5, text.BENCHMARKS: 24}
+    lines = (tmp_path / text.STORIES).read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines][:2] == ["corpus/000000", "corpus/000001"]
+
+
+def test_pipeline_substitutes_workdir_and_checks_stages(tmp_path):
+    config = ConfigDict(
+        {"a": {"mode": "report", "x": "{workdir}/in,{workdir}/b", "n": 3, "nested": {"y": "{workdir}"}}}
+    )
+    resolved = pipeline.with_workdir(config.a, tmp_path)
+    assert resolved.x == f"{tmp_path}/in,{tmp_path}/b" and resolved.n == 3 and resolved.nested.y == str(tmp_path)
+    assert config.a.x == "{workdir}/in,{workdir}/b"  # the original is untouched
+    with pytest.raises(ValueError, match="stage 'missing' has no config section"):
+        pipeline.stage_names(ConfigDict({"pipeline": {"stages": "a,missing"}, "a": {"mode": "report"}}))
+    with pytest.raises(ValueError, match="cannot nest"):
+        pipeline.stage_names(ConfigDict({"pipeline": {"stages": "a"}, "a": {"mode": "pipeline"}}))
+
+
+def _eval_file(folder, metric, accuracy, pairs=200):
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"metric": metric, "accuracy": accuracy, "num_pairs": pairs, "model": "m", "breakdown": {}}
+    (folder / f"{metric}.json").write_text(json.dumps(record))
+    (folder / f"{metric}_pairs.jsonl").write_text('{"id": 1}\n')
+
+
+def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
+    _eval_file(tmp_path / "before", "tstorycloze", 0.825)
+    _eval_file(tmp_path / "before", "swuggy", 0.6)
+    _eval_file(tmp_path / "after", "tstorycloze", 0.9)
+    _eval_file(tmp_path / "after", "swuggy", 0.575)
+    rows = [{"step": 10, "loss": 4.0}, {"step": 20, "loss": 3.0}, {"step": 20, "validation_loss": 3.5}]
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / pipeline.DONE).write_text(json.dumps({"stage_seconds": 12.5}))
+    settings = {
+        "title": "T",
+        "before": str(tmp_path / "before"),
+        "after": str(tmp_path / "after"),
+        "pretrain": str(tmp_path / "pretrain"),
+        "dpo": "",
+        "pipeline_dir": str(tmp_path),
+        "out_path": str(tmp_path / "report.md"),
+        "commands": "python -m slam_jax.main --config configs/demo.py",
+    }
+    result = report.run(ConfigDict({"report": settings}), tmp_path / "report")
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| swuggy | 50% | 60.0% | 57.5% | -2.5 | 200 |" in markdown
+    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 200 |" in markdown
+    assert "| pretrain | 20 | 4.000 | 3.000 | 3.500 |" in markdown and "| stage | 12.5 |" in markdown
+    assert "python -m slam_jax.main --config configs/demo.py" in markdown
+    assert json.loads((tmp_path / "report.json").read_text())["metrics"] == result["metrics"]
+    for plot in ("metrics.png", "training.png"):
+        assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(report/{plot})" in markdown
+    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 200 |" in capsys.readouterr().out
+
+
+def test_report_without_results_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no evaluation results folder"):
+        report.read_evaluations(tmp_path / "nothing")
