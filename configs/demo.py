@@ -95,13 +95,15 @@ def dpo_stage() -> ConfigDict:
     config.model.init_from = "{workdir}/pretrain"
     config.data.num_units = NUM_UNITS
     config.dpo.train_path = "{workdir}/spokenswag/preference.jsonl"
+    config.dpo.max_prompt_length = 192  # a story body is ~150 units
+    config.dpo.max_completion_length = 96  # an ending ~50
     config.train.per_device_batch_size = 8  # pairs per step
     config.train.grad_accum_steps = 1
-    config.train.max_steps = 60
+    config.train.max_steps = 50  # one pass over the 400 pairs
     config.train.time_budget = "2m"
-    config.train.learning_rate = 1e-4
+    config.train.learning_rate = 5e-5  # (paper: 5e-5)
     config.train.warmup_steps = 10
-    config.checkpoint.every_steps = 60
+    config.checkpoint.every_steps = 50
     config.log.every_steps = 5
     return config
 

@@ -53,6 +53,8 @@ def test_swag_rows_label_the_storys_own_ending():
         assert chosen.startswith(hero + " ")
         wrong = [row[f"ending{i}"] for i in range(4) if i != row["label"]]
         assert len(set(wrong)) == 3 and chosen not in wrong
+        scrambles = [ending for ending in wrong if sorted(ending[:-1].split()) == sorted(chosen[:-1].split())]
+        assert len(scrambles) == 1  # one wrong ending is the right one's words out of order, two are off-topic
 
 
 def test_text_mode_writes_three_files(tmp_path):
@@ -77,10 +79,13 @@ def test_pipeline_substitutes_workdir_and_checks_stages(tmp_path):
 
 
 def _eval_file(folder, metric, accuracy, pairs=200):
+    """An eval run's two files for `metric`: `accuracy` over `pairs` pairs, the first ones right."""
     folder.mkdir(parents=True, exist_ok=True)
     record = {"metric": metric, "accuracy": accuracy, "num_pairs": pairs, "model": "m", "breakdown": {}}
     (folder / f"{metric}.json").write_text(json.dumps(record))
-    (folder / f"{metric}_pairs.jsonl").write_text('{"id": 1}\n')
+    right = round(accuracy * pairs)
+    scores = [{"id": str(i), "score": float(i < right)} for i in range(pairs)]
+    (folder / f"{metric}_pairs.jsonl").write_text("".join(json.dumps(score) + "\n" for score in scores))
 
 
 def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
@@ -105,15 +110,15 @@ def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
     }
     result = report.run(ConfigDict({"report": settings}), tmp_path / "report")
     markdown = (tmp_path / "report.md").read_text()
-    assert "| swuggy | 50% | 60.0% | 57.5% | -2.5 | 200 |" in markdown
-    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 200 |" in markdown
+    assert "| swuggy | 50% | 60.0% | 57.5% | -2.5 | 5 / 0 | 200 |" in markdown  # pairs 115-119 went wrong
+    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 0 / 15 | 200 |" in markdown
     assert "| pretrain | 20 | 4.000 | 3.000 | 3.500 |" in markdown and "| stage | 12.5 |" in markdown
     assert "python -m slam_jax.main --config configs/demo.py" in markdown
     assert json.loads((tmp_path / "report.json").read_text())["metrics"] == result["metrics"]
     for plot in ("metrics.png", "training.png"):
         assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(report/{plot})" in markdown
-    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 200 |" in capsys.readouterr().out
+    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 0 / 15 | 200 |" in capsys.readouterr().out
 
 
 def test_report_without_results_names_the_folder(tmp_path):

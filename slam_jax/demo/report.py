@@ -57,15 +57,34 @@ def metrics_rows(evaluations: dict[str, dict[str, dict]]) -> list[dict]:
     return rows
 
 
+def pair_scores(folder: Path, metric: str) -> dict[str, float]:
+    """{pair id: score} (1 right, 0 wrong, 0.5 tie) from an eval run's `<metric>_pairs.jsonl`."""
+    return {row["id"]: row["score"] for row in read_jsonl(folder / f"{metric}_pairs.jsonl")}
+
+
+def flips(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """(gained, lost): how much the pairs scored in both runs moved towards right and towards wrong."""
+    changes = [after[pair] - before[pair] for pair in before.keys() & after.keys()]
+    return sum(change for change in changes if change > 0), -sum(change for change in changes if change < 0)
+
+
+def add_flips(rows: list[dict], before: Path, after: Path) -> None:
+    """Each row's `gained` / `lost` pairs between the two runs: a change of a few pairs of 200 is noise."""
+    for row in rows:
+        row["gained"], row["lost"] = flips(pair_scores(before, row["metric"]), pair_scores(after, row["metric"]))
+
+
 def metrics_table(rows: list[dict]) -> str:
     """The Markdown table of accuracies (percent), with the change DPO made."""
-    lines = ["| benchmark | chance | " + " | ".join(title for _, title in COLUMNS) + " | change | pairs |"]
-    lines.append("|---|---|" + "---|" * len(COLUMNS) + "---|---|")
+    titles = " | ".join(title for _, title in COLUMNS)
+    lines = [f"| benchmark | chance | {titles} | change | pairs right -> wrong / wrong -> right | pairs |"]
+    lines.append("|---|---|" + "---|" * len(COLUMNS) + "---|---|---|")
     for row in rows:
         values = [_percent(row[key]) for key, _ in COLUMNS]
         change = "" if None in (row["before"], row["after"]) else f"{100 * (row['after'] - row['before']):+.1f}"
+        moved = f"{row['lost']:g} / {row['gained']:g}" if "lost" in row else ""
         pairs = row["after_pairs"] or row["before_pairs"]
-        cells = [row["metric"], f"{100 * row['chance']:.0f}%", *values, change, str(pairs)]
+        cells = [row["metric"], f"{100 * row['chance']:.0f}%", *values, change, moved, str(pairs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -142,7 +161,8 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
 
 def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, plots: list[str], commands: str) -> str:
     lines = [f"# {title}", "", metrics_table(rows), "", "Accuracy = how often the model scores the positive of a"]
-    lines += ["pair higher (minus the mean per-token NLL); ties count half. Numbers from the eval stages' files.", ""]
+    lines += ["pair higher (minus the mean per-token NLL); ties count half. Numbers from the eval stages' files;"]
+    lines += ["the pairs that changed side show how much of a change is a few pairs moving either way.", ""]
     if summaries:
         lines += ["## Training", "", "| run | steps | first loss | last loss | last validation loss | other |"]
         lines += ["|---|---|---|---|---|---|"]
@@ -175,6 +195,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     workdir = Path(workdir)
     evaluations = {key: read_evaluations(Path(settings[key])) for key, _ in COLUMNS if settings[key]}
     rows = metrics_rows(evaluations)
+    if settings.before and settings.after:
+        add_flips(rows, Path(settings.before), Path(settings.after))
     runs = {name: read_jsonl(Path(settings[name]) / "metrics.jsonl") for name in ("pretrain", "dpo") if settings[name]}
     summaries = [summary for name, rows_ in runs.items() if (summary := training_summary(name, rows_))]
     out = Path(settings.out_path)

@@ -167,15 +167,17 @@ def corpus(num_stories: int, seed: int) -> list[dict]:
 
 def swag_rows(num_rows: int, seed: int) -> list[dict]:
     """SWAG-shaped rows (sent1, sent2, ending0..3, label) for the SpokenSwag builder: the story's body is sent1,
-    "Then" starts sent2, and the endings are this story's and those of stories about three other topics."""
+    "Then" starts sent2, and the wrong endings are, as SWAG's are, of several kinds: the endings of stories
+    about two other topics, and this story's own ending with its words scrambled."""
     rng = np.random.default_rng([seed, 1])
     rows = []
     for _ in range(num_rows):
         item = story(rng)
-        others = [story(rng, str(t)) for t in rng.choice([t for t in TOPICS if t != item.topic], 3, replace=False)]
-        endings = [other.ending.removeprefix("Then ") for other in others]
+        others = [story(rng, str(t)) for t in rng.choice([t for t in TOPICS if t != item.topic], 2, replace=False)]
+        own = item.ending.removeprefix("Then ")
+        endings = [other.ending.removeprefix("Then ") for other in others] + [scrambled(own[:-1], rng) + "."]
         label = int(rng.integers(4))
-        endings.insert(label, item.ending.removeprefix("Then "))
+        endings.insert(label, own)
         rows.append({"sent1": " ".join(item.body), "sent2": "Then", "label": label} | _endings(endings))
     return rows
 
