@@ -133,6 +133,7 @@ def convert(
     else:
         overrides = {"rope_theta": rope_theta, "max_position_embeddings": context_length}
         config = config.replace(**{key: value for key, value in overrides.items() if value is not None})
+    storage.move_to_device(params)  # one copy in memory: no host copies left for Orbax to duplicate
     return storage.save_model(out, config, params, provenance=provenance, overwrite=overwrite)
 
 

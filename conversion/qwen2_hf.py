@@ -152,9 +152,9 @@ def params_from_hf(get: Callable[[str, tuple], np.ndarray], config: ModelConfig,
             stacked[i] = tensor.T if transpose else tensor
         _set(layers, path, stacked)
     params = {
-        "embed_tokens": np.asarray(get(prefix + EMBEDDING, (vocab, d)), np.float32),
+        "embed_tokens": np.array(get(prefix + EMBEDDING, (vocab, d)), np.float32),  # copies: no views of the file
         "layers": layers,
-        "norm": {"scale": np.asarray(get(prefix + FINAL_NORM, (d,)), np.float32)},
+        "norm": {"scale": np.array(get(prefix + FINAL_NORM, (d,)), np.float32)},
     }
     if not config.tie_word_embeddings:
         params["lm_head"] = {"kernel": np.ascontiguousarray(get(prefix + LM_HEAD, (vocab, d)).T, np.float32)}

@@ -1,11 +1,13 @@
 """Read and write safetensors files with numpy only (no torch), memory-mapped, with errors that name the file.
 
-Reading maps each file once and hands out zero-copy views, so a checkpoint is never held twice in RAM.
+Reading maps each file once and hands out zero-copy views, dropping the pages of earlier tensors as it goes,
+so a checkpoint read tensor by tensor is never held twice in RAM.
 bfloat16 and float8 tensors come back as `ml_dtypes` arrays.
 """
 
 import json
 import math
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -45,7 +47,12 @@ class SafetensorsFile:
         self.header, data_start = _read_header(self.path)
         self.metadata = self.header.pop("__metadata__", {}) or {}
         size = self.path.stat().st_size
-        self._buffer = np.memmap(self.path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
+        self._mmap = None
+        self._buffer = np.zeros(0, np.uint8)
+        if size > data_start:
+            with open(self.path, "rb") as handle:
+                self._mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._buffer = np.frombuffer(self._mmap, np.uint8)
         self._data_start = data_start
         for name, entry in self.header.items():
             _check_entry(self.path, name, entry, size - data_start)
@@ -57,7 +64,13 @@ class SafetensorsFile:
         return tuple(self.header[name]["shape"])
 
     def get(self, name: str) -> np.ndarray:
-        """The tensor as a read-only numpy view into the mapped file."""
+        """The tensor as a read-only numpy view into the mapped file.
+
+        The pages read for earlier tensors are dropped first (they come back from the file if touched again), so
+        reading a checkpoint tensor by tensor keeps about one tensor of it in RAM, not the whole file.
+        """
+        if self._mmap is not None:
+            self._mmap.madvise(mmap.MADV_DONTNEED)
         entry = self.header[name]
         begin, end = entry["data_offsets"]
         raw = self._buffer[self._data_start + begin : self._data_start + end]

@@ -52,6 +52,19 @@ def save_model(
     return Path(directory).absolute()
 
 
+def move_to_device(tree: dict[str, Any]) -> dict[str, Any]:
+    """Replace every host array leaf of a nested dict by a device array, in place, one leaf at a time.
+
+    Each host copy is released as soon as its device copy exists, so memory holds one copy of the parameters
+    (plus one leaf) rather than two; Orbax then saves the device arrays without the extra host copies it makes
+    of numpy arrays (a Qwen2.5-0.5B conversion peaks at 4.5 GB instead of 7.1 GB, see benchmarks/RESULTS.md).
+    """
+    for key, value in tree.items():
+        tree[key] = move_to_device(value) if isinstance(value, dict) else jax.device_put(np.ascontiguousarray(value))
+        del value
+    return tree
+
+
 def _check_shapes(config: ModelConfig, params: dict[str, Any]) -> None:
     expected = jax.tree.map(lambda leaf: tuple(leaf.shape), qwen2.param_shapes(config))
     actual = jax.tree.map(lambda leaf: tuple(np.shape(leaf)), params)
