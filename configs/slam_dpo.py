@@ -14,7 +14,7 @@
 
 from ml_collections import ConfigDict
 
-from configs import slam
+from configs import slam, tokenize
 
 
 def get_config():
@@ -44,4 +44,10 @@ def get_config():
     config.dpo.truncate = True  # False: over-long rows are bad rows
     config.dpo.bad_rows = "error"  # error (file:line) | skip (counted)
     config.dpo.auto_bleu_threshold = 0.3  # keep pairs whose prompt+chosen text Auto-BLEU-2 < this (0 = off)
+    config.dpo.units_cache = ""  # units of audio fields, cached ('' = WORKDIR/units_cache)
+
+    # Rows whose fields are audio paths go through this tokeniser (the keys of configs/tokenize.py).
+    config.tokenize = tokenize.get_config().tokenize
+    del config.tokenize.data_path  # the rows name the files
+    del config.tokenize.out_path  # the unit cache decides
     return config

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from slam_jax.data import preference
+from slam_jax.data import preference, preference_audio
 from slam_jax.data.ingest import expand_paths
 from slam_jax.models import storage
 from slam_jax.training import distributed, loop, metrics, sharding
@@ -132,6 +132,9 @@ class DPOTrainer(loop.Trainer):
                 self.config.dpo.bad_rows,
                 self.config.dpo.auto_bleu_threshold,
             )
+            if "tokenize" in self.config:  # rows naming audio files: tokenised first (cached in units_cache)
+                cache = self.config.dpo.units_cache or self.workdir / "units_cache"
+                spec = preference_audio.resolve(spec, self.config.tokenize, out.parent, Path(cache), self.config.seed)
             manifest = preference.prepare(spec, out, self.config.data.num_units, limits, overwrite=True)
             print(f"[dpo] {manifest['num_pairs']} pairs prepared into {out}; skipped {manifest['skipped']}")
         distributed.barrier("slam_jax: preference pairs prepared")

@@ -1,0 +1,52 @@
+"""Preference rows whose prompt / chosen / rejected are audio files: tokenised once, then rows of units.
+
+A field that is a string not starting with `<Un` names an audio file (absolute, or relative to its jsonl's
+folder). Every such file of every row goes through the tokeniser (`config.tokenize`, cached like the eval's
+audio in `units_cache`), and the rows are rewritten with `{"units": [...]}` into one jsonl that
+`preference.prepare` reads. A row with an audio file that is missing or cannot be tokenised keeps the path
+as its field, so `prepare` reports it as a bad row (an error naming file:line, or a counted skip).
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from ml_collections import ConfigDict
+
+from slam_jax.data.ingest import expand_paths, read_records
+from slam_jax.evaluation.audio_units import audio_units
+from slam_jax.files import write_text
+
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+def audio_path(value, base: Path) -> Path | None:
+    """The audio file a field names, or None when the field holds units."""
+    if not isinstance(value, str) or value.lstrip().startswith("<Un"):
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def resolve(spec: str, tokenize_settings: ConfigDict, out_dir: Path, cache: Path, seed: int = 0) -> str:
+    """`spec` itself when no row names audio; otherwise the path of a jsonl with every audio field as units."""
+    rows, files = [], set()
+    for path in expand_paths(spec):
+        for _, record in read_records(path):
+            audio = {field: audio_path(record.get(field), path.parent) for field in FIELDS}
+            files |= {str(file.absolute()) for file in audio.values() if file is not None and file.is_file()}
+            rows.append((record, audio))
+    if not any(file for _, audio in rows for file in audio.values()):
+        return spec
+    units, _ = audio_units(tokenize_settings, sorted(files), cache, seed=seed) if files else ({}, {})
+    lines = []
+    for record, audio in rows:
+        resolved = dict(record)
+        for field, file in audio.items():
+            if file is not None and str(file.absolute()) in units:
+                resolved[field] = {"units": units[str(file.absolute())]}
+        lines.append(json.dumps(resolved) + "\n")
+    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
+    target = out_dir / f"preference-units-{digest}.jsonl"
+    write_text(target, "".join(lines))
+    return str(target)
