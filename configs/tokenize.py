@@ -35,6 +35,8 @@ def get_config() -> ConfigDict:
     config.tokenize.buckets_per_octave = 4  # padded-length buckets per doubling: <= 25% padding, few compiles
     config.tokenize.num_workers = 4  # reader threads (decode, mix to mono, resample to 16 kHz)
     config.tokenize.shard_size = 256  # files per output part: the unit of atomic writes and of resuming
+    config.tokenize.store = True  # also write the unit store (OUT/store: train/ + valid/) that pre-training reads
+    config.tokenize.valid_fraction = 0.01  # held-out share of that store (by a stable hash of the file name)
     config.tokenize.progress = True  # tqdm bar with files/s and audio seconds per second
     config.tokenize.fit_units = 0  # > 0: fit this many centroids first if kmeans_path is absent (paper: 500)
     config.tokenize.fit_max_files = 1000  # files sampled (evenly over the list) for fitting

@@ -20,6 +20,7 @@ from speech_fixtures import ESPEAK_RATE, SENTENCES, hf_hidden_states, random_hub
 
 from configs import tokenize as tokenize_config
 from conversion import hubert_to_flax
+from slam_jax.data.unit_store import UnitStore
 from slam_jax.models import kmeans
 from slam_jax.speech import audio, features, tokenize, units
 from slam_jax.speech import encoder as unit_encoder
@@ -167,6 +168,16 @@ def test_windows_stitch_onto_the_whole_file_frame_grid(tmp_path, speech, mfcc_ce
     windowed = read_jsonl(tmp_path / "windows" / tokenize.FEATURES)
     assert max(sum(line["duration"]) for line in whole) > 3 * 16  # several windows per file
     assert windowed == whole
+
+
+def test_the_unit_store_holds_features_jsonl(tmp_path, speech, mfcc_centroids):
+    out = tmp_path / "out"
+    report = tokenize.run(settings(speech, out, encoder_path="mfcc", kmeans_path=str(mfcc_centroids)), tmp_path)
+    lines = read_jsonl(out / tokenize.FEATURES)
+    stores = [UnitStore(out / tokenize.STORE / split) for split in ("train", "valid")]
+    assert sum(store.manifest["num_sequences"] for store in stores) == len(lines)
+    assert sum(store.manifest["num_tokens"] for store in stores) == sum(len(line["units"]) + 2 for line in lines)
+    assert report["store"]["train_tokens"] == stores[0].manifest["num_tokens"]
 
 
 def make_bad_folder(folder: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 
 from slam_jax.speech import tokenize
 
-_NOT_CACHE_KEYS = ("data_path", "out_path", "progress", "num_workers")
+_NOT_CACHE_KEYS = ("data_path", "out_path", "progress", "num_workers", "store", "valid_fraction")
 
 
 def cache_folder(settings: ConfigDict, cache_root: str | Path) -> Path:
@@ -42,6 +42,8 @@ def audio_units(
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(f"{file}\n" for file in files))
     settings.data_path, settings.out_path = str(listing), str(out)
+    if "store" in settings:
+        settings.store = False  # a cache: no training store
     tokenize.run(ConfigDict({"seed": seed, "tokenize": settings}), out)
     found = {record["file_name"]: record["units"] for record in _records(out / tokenize.FEATURES)}
     reasons = {

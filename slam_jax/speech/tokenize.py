@@ -33,6 +33,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from slam_jax.data import ingest
 from slam_jax.files import write_text
 from slam_jax.models import hubert, kmeans
 from slam_jax.speech import audio, units
@@ -45,6 +46,7 @@ ERRORS = "errors.jsonl"
 DESCRIPTION = "tokenizer.json"
 REPORT = "report.json"
 PARTS = "parts"
+STORE = "store"  # the project's unit store (train/ + valid/) of features.jsonl, ready for pre-training
 FITTED_CENTROIDS = "centroids.npy"
 CPU_MICRO_BATCH = 2  # rows per step on a CPU device: small buffers run ~10% faster there than all 8 at once
 MFCC = "mfcc"
@@ -67,6 +69,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
         _claim_folder(out, describe(settings, encoder, centroids_path))
         counts = _tokenize_host(files, encoder, pool, settings, out)
     report = _report(files, settings.shard_size, out, counts)
+    if settings.get("store", False) and jax.process_index() == 0 and (out / FEATURES).is_file():
+        report["store"] = _write_store(out, encoder.num_units, settings.valid_fraction)
     write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
     print(
         f"tokenized {report['tokenized']} of {report['files']} files ({report['failed']} failed, "
@@ -305,6 +309,15 @@ def _read(path: str, max_seconds: float) -> audio.Audio | str:
         return audio.read_audio(path, max_seconds)
     except Exception as error:  # noqa: BLE001 - any failure of one file becomes its line in the errors file
         return " ".join(str(error).split()) or type(error).__name__
+
+
+def _write_store(out: Path, num_units: int, valid_fraction: float) -> dict:
+    """OUT/store from OUT/features.jsonl (rewritten whole on every run); a folder of failures gets none."""
+    try:
+        summary = ingest.prepare(str(out / FEATURES), out / STORE, num_units, valid_fraction, overwrite=True)
+    except ingest.DataError as error:
+        return {"path": None, "reason": str(error)}
+    return {"path": str(out / STORE), "train_tokens": summary["train_num_tokens"]}
 
 
 def _merge_if_complete(files: list[str], shard_size: int, out: Path) -> bool:
