@@ -1,0 +1,124 @@
+"""Tokens/s of packed 8 x 1024 batches from the Grain training pipeline, against what the train step consumes.
+
+    python -m benchmarks.data_pipeline [--json] [--repeats 3] [--train-tokens-per-second X]
+
+A synthetic corpus (`slam_jax.data.synthetic`, the stochastic unit grammar) is written as features.jsonl and
+prepared into a unit store (`slam_jax.data.ingest.prepare`) in a temporary folder; `pipeline.train_dataset`
+then reads, chunks, shuffles and packs it into batches of 8 rows x 1024 tokens, as the training loop does.
+Each timed window pulls `--batches` batches after a warm-up; tokens count every slot of a row (what the step
+consumes), with the share of real (non-padding) tokens reported beside. Without `--train-tokens-per-second`,
+the slam train step (batch 1 x 1024, bf16 compute) is measured briefly in the same run.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+from slam_jax.data import ingest, pipeline, synthetic
+
+ROWS, LENGTH = 8, 1024
+NUM_UNITS = 500
+TARGET_MULTIPLE = 20.0
+
+
+def prepare_store(folder: Path, num_files: int) -> tuple[Path, dict]:
+    """A synthetic corpus of `num_files` files prepared into a unit store; its train split and the summary."""
+    corpus = synthetic.write_jsonl(folder / "features.jsonl", num_files, NUM_UNITS, seed=0)
+    summary = ingest.prepare(str(corpus), folder / "store", NUM_UNITS)
+    return folder / "store" / "train", summary
+
+
+def window(iterator, batches: int) -> tuple[float, int]:
+    """Seconds to pull `batches` batches, and the real (non-padding) tokens in them."""
+    real = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        real += int(np.count_nonzero(next(iterator)["segment_ids"]))
+    return time.perf_counter() - start, real
+
+
+def measure_pipeline(store: Path, batches: int, repeats: int) -> dict:
+    """Median slot tokens/s over `repeats` windows of `batches` batches, after a warm-up window."""
+    dataset = pipeline.train_dataset([str(store)], None, LENGTH, rows_per_batch=ROWS, seed=0)
+    iterator = iter(dataset)
+    window(iterator, batches)
+    windows = [window(iterator, batches) for _ in range(repeats)]
+    seconds = [elapsed for elapsed, _ in windows]
+    slots = batches * ROWS * LENGTH
+    return {
+        "tokens_per_second": slots / common.median(seconds),
+        "real_token_fraction": sum(real for _, real in windows) / (slots * repeats),
+        "seconds_per_window": seconds,
+        "batches_per_window": batches,
+    }
+
+
+def measure_train_step(repeats: int) -> float:
+    """Tokens/s of the slam train step at batch 1 x 1024 (median of `repeats` steps after a warm-up)."""
+    from benchmarks import train_step
+    from configs import slam as slam_config
+    from slam_jax.models import config as model_config
+
+    cfg = model_config.slam(compute_dtype="bfloat16")
+    run, _ = train_step.jax_step(cfg, train_step.batch_ids(cfg.vocab_size), slam_config.get_config().train)
+    run()
+    seconds = [common.seconds(run) for _ in range(repeats)]
+    return train_step.BATCH * train_step.LENGTH / common.median(seconds)
+
+
+def report_lines(result: dict) -> list[str]:
+    return [
+        f"Grain pipeline, packed {ROWS} x {LENGTH} batches from a synthetic store of "
+        f"{result['store']['train_num_tokens']:,} tokens: {result['tokens_per_second']:,.0f} tokens/s "
+        f"({result['real_token_fraction']:.1%} real tokens)",
+        f"train step ({result['train_step_source']}): {result['train_step_tokens_per_second']:,.1f} tokens/s",
+        f"pipeline / train step: {result['multiple']:,.0f}x (target >= {TARGET_MULTIPLE:g}x: {result['meets_target']})",
+        f"machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, "
+        f"load average {result['machine']['load_average']}",
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows after the warm-up (median reported)")
+    parser.add_argument("--batches", type=int, default=200, help="batches per timed window")
+    parser.add_argument("--files", type=int, default=20_000, help="synthetic files in the store (configs: 20,000)")
+    parser.add_argument(
+        "--train-tokens-per-second", type=float, default=0.0, help="train-step tokens/s (0: measure it now)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="slam_jax_pipeline_") as folder:
+        store, summary = prepare_store(Path(folder), args.files)
+        figures = measure_pipeline(store, args.batches, args.repeats)
+    train = args.train_tokens_per_second or measure_train_step(args.repeats)
+    multiple = figures["tokens_per_second"] / train
+    result = {
+        "benchmark": "data_pipeline",
+        "rows": ROWS,
+        "length": LENGTH,
+        "repeats": args.repeats,
+        **figures,
+        "store": summary,
+        "train_step_tokens_per_second": train,
+        "train_step_source": "argument" if args.train_tokens_per_second else "measured (slam, 1 x 1024, bf16)",
+        "multiple": multiple,
+        "target_multiple": TARGET_MULTIPLE,
+        "meets_target": multiple >= TARGET_MULTIPLE,
+        "machine": common.machine(),
+    }
+    common.emit(result, args.json, report_lines(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
