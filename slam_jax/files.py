@@ -1,6 +1,7 @@
 """Atomic writes: outputs appear complete or not at all."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -44,3 +45,9 @@ def write_text(path: str | Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staging, path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The objects of a jsonl file (blank lines skipped), or [] if the file does not exist."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -18,15 +18,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from slam_jax.files import write_text  # noqa: E402
+from slam_jax.files import read_jsonl, write_text  # noqa: E402
 from slam_jax.pipeline import DONE  # noqa: E402
 
 CHANCE = 0.5  # every pair metric is a two-way choice
 COLUMNS = (("before", "after pre-training"), ("after", "after DPO"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def read_evaluations(folder: Path) -> dict[str, dict]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from slam_jax.files import read_jsonl
 from slam_jax.speech import tokenize
 
 _NOT_CACHE_KEYS = ("data_path", "out_path", "progress", "num_workers", "store", "valid_fraction")
@@ -45,14 +46,10 @@ def audio_units(
     if "store" in settings:
         settings.store = False  # a cache: no training store
     tokenize.run(ConfigDict({"seed": seed, "tokenize": settings}), out)
-    found = {record["file_name"]: record["units"] for record in _records(out / tokenize.FEATURES)}
+    found = {record["file_name"]: record["units"] for record in read_jsonl(out / tokenize.FEATURES)}
     reasons = {
-        record["file_name"]: record["reason"] for record in _records(out / tokenize.ERRORS) if not record["tokenized"]
+        record["file_name"]: record["reason"] for record in read_jsonl(out / tokenize.ERRORS) if not record["tokenized"]
     }
     units = {file: found[file] for file in files if file in found}
     failed = {file: reasons.get(file, "not tokenised") for file in files if file not in found}
     return units, failed
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
