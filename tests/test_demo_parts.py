@@ -96,6 +96,10 @@ def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
     rows = [{"step": 10, "loss": 4.0}, {"step": 20, "loss": 3.0}, {"step": 20, "validation_loss": 3.5}]
     (tmp_path / "pretrain").mkdir()
     (tmp_path / "pretrain" / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dpo_rows = [{"step": 5, "loss": 0.69, "tokens_seen": 4096, "reward_accuracy": 0.5, "reward_margin": 0.0}]
+    dpo_rows += [{"step": 10, "loss": 0.25, "tokens_seen": 8192, "reward_accuracy": 0.875, "reward_margin": 0.25}]
+    (tmp_path / "dpo").mkdir()
+    (tmp_path / "dpo" / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in dpo_rows))
     (tmp_path / "stage").mkdir()
     (tmp_path / "stage" / pipeline.DONE).write_text(json.dumps({"stage_seconds": 12.5}))
     settings = {
@@ -103,7 +107,7 @@ def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
         "before": str(tmp_path / "before"),
         "after": str(tmp_path / "after"),
         "pretrain": str(tmp_path / "pretrain"),
-        "dpo": "",
+        "dpo": str(tmp_path / "dpo"),
         "pipeline_dir": str(tmp_path),
         "out_path": str(tmp_path / "report.md"),
         "commands": "python -m slam_jax.main --config configs/demo.py",
@@ -113,6 +117,9 @@ def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
     assert "| swuggy | 50% | 60.0% | 57.5% | -2.5 | 5 / 0 | 200 |" in markdown  # pairs 115-119 went wrong
     assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 0 / 15 | 200 |" in markdown
     assert "| pretrain | 20 | 4.000 | 3.000 | 3.500 |" in markdown and "| stage | 12.5 |" in markdown
+    assert (
+        "| dpo | 10 | 0.690 | 0.250 | - | 8,192 tokens seen, reward_accuracy 0.875, reward_margin 0.250 |" in markdown
+    )
     assert "python -m slam_jax.main --config configs/demo.py" in markdown
     assert json.loads((tmp_path / "report.json").read_text())["metrics"] == result["metrics"]
     for plot in ("metrics.png", "training.png"):

@@ -163,11 +163,9 @@ def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, p
         lines += ["## Training", "", "| run | steps | first loss | last loss | last validation loss | other |"]
         lines += ["|---|---|---|---|---|---|"]
         for summary in summaries:
-            other = ", ".join(
-                f"{key} {summary[key]:.3f}" for key in ("reward_accuracy", "reward_margin") if key in summary
-            )
-            if "tokens_seen" in summary:
-                other = f"{summary['tokens_seen']:,.0f} tokens seen"
+            facts = [f"{summary['tokens_seen']:,.0f} tokens seen"] if "tokens_seen" in summary else []
+            facts += [f"{key} {summary[key]:.3f}" for key in ("reward_accuracy", "reward_margin") if key in summary]
+            other = ", ".join(facts)
             validation = summary.get("last_validation_loss")
             lines.append(
                 f"| {summary['run']} | {summary['steps']} | {summary['first_loss']:.3f} | {summary['last_loss']:.3f}"
