@@ -11,10 +11,11 @@ timed (the pipeline does it on CPU threads beside the encoder).
 - reference: slamkit's extraction: clips longest first, batches of 8 padded to the longest, 40 zeros per side,
   `HubertModel(..., output_hidden_states=True).hidden_states[11]` in float32 under `torch.inference_mode()`,
   then scikit-learn `KMeans.predict`, each row trimmed to ceil(n / longest * frames).
-- slam_jax: `UnitEncoder` as `mode: tokenize` runs it: batches of 8 (stepped through 2 rows at a time on a
-  CPU, `tokenize.micro_batch`), each clip padded by 40 zeros per side and masked, lengths rounded to 4
-  buckets per octave, only layers 1-11 run, and the k-means assignment in the same jit; compilation (once
-  per bucket) happens in a first pass reported apart. `--dtypes` picks the compute dtypes (float32 by
+- slam_jax: the encoder `mode: tokenize` builds from configs/tokenize.py (`tokenize.build_encoder`): batches
+  of 8, on a CPU in steps of 2 similar-length rows (`tokenize.micro_batch`) each padded only to its own
+  length bucket (`tokenize.buckets_per_octave`), each clip padded by 40 zeros per side and masked, only
+  layers 1-11 run (unrolled: `tokenize.scan_layers`), and the k-means assignment in the same jit;
+  compilation (once per bucket) happens in a first pass reported apart. `--dtypes` picks the compute dtypes (float32 by
   default: bfloat16 only pays where the hardware has bf16 matmuls).
 Every implementation runs once to warm up, then in alternating rounds; the median round is reported, with
 audio seconds per second, the ratio to the reference, and the share of frames whose unit equals the
@@ -34,12 +35,15 @@ import jax
 import numpy as np
 import torch
 import transformers
+from ml_collections import ConfigDict
 from sklearn.cluster import KMeans
 
 from benchmarks import common
+from configs import tokenize as tokenize_config
 from conversion import hubert_to_flax
 from slam_jax.models import hubert
 from slam_jax.speech import encoder as unit_encoder
+from slam_jax.speech import tokenize
 from slam_jax.speech.tokenize import micro_batch
 
 LAYER = 11
@@ -93,6 +97,13 @@ def reference_units(model, kmeans: KMeans, waves: list[np.ndarray]) -> list[np.n
     return result
 
 
+def settings(encoder_dir: Path, dtype: str, **overrides) -> ConfigDict:
+    """configs/tokenize.py's `tokenize` section (what `mode: tokenize` runs) for the converted encoder."""
+    values = tokenize_config.get_config().tokenize
+    values.update(dict(encoder_path=str(encoder_dir), layer=LAYER, compute_dtype=dtype, batch_size=BATCH, **overrides))
+    return values
+
+
 def sklearn_kmeans(centroids: np.ndarray) -> KMeans:
     """A fitted scikit-learn KMeans whose centres are `centroids` (one Lloyd step on the centroids themselves)."""
     return KMeans(len(centroids), init=centroids, n_init=1, max_iter=1).fit(centroids)
@@ -110,7 +121,8 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(Path(folder) / "hf")
         converted = hubert_to_flax.convert(Path(folder) / "hf", Path(folder) / "flax")
-        encoders = {dtype: hubert.load_encoder(converted, compute_dtype=dtype) for dtype in {"float32", *dtypes}}
+        encoders = {dtype: tokenize.build_encoder(settings(converted, dtype)) for dtype in dtypes}
+        faithful = tokenize.build_encoder(settings(converted, "float32", reference_padding=True))
     features, keep = reference_features(model, waves[-BATCH:])
     frames = np.concatenate([features[row, : keep[row]] for row in range(len(keep))])
     centroids = frames[np.random.default_rng(0).choice(len(frames), NUM_UNITS, replace=len(frames) < NUM_UNITS)]
@@ -118,16 +130,13 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
     fns = {"reference_torch_fp32_sklearn": lambda: reference_units(model, kmeans, waves)}
     compile_seconds = {}
     for dtype in dtypes:
-        encoder = unit_encoder.hubert_encoder(
-            encoders[dtype], LAYER, centroids, batch_size=BATCH, micro_batch=micro_batch(0, jax.local_devices())
-        )
+        encoder = encoders[dtype]
+        encoder.set_centroids(centroids)
         start = time.perf_counter()
         ours(encoder, waves)  # compiles every length bucket
         compile_seconds[f"slam_jax_{dtype}"] = time.perf_counter() - start
         fns[f"slam_jax_{dtype}"] = lambda encoder=encoder: ours(encoder, waves)
-    faithful = unit_encoder.hubert_encoder(
-        encoders["float32"], LAYER, centroids, reference_padding=True, batch_size=BATCH
-    )
+    faithful.set_centroids(centroids)
     setup = {
         "reference_padding_units": ours(faithful, waves),
         "audio_seconds": sum(len(wave) for wave in waves) / SAMPLE_RATE,
@@ -136,6 +145,7 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
         "first_pass_seconds_incl_compile": compile_seconds,
         "devices": [str(device) for device in encoder.mesh.devices.flat],
         "slam_jax_micro_batch": micro_batch(0, jax.local_devices()),
+        "slam_jax_settings": {key: settings(Path(), "float32")[key] for key in ("buckets_per_octave", "scan_layers")},
     }
     return fns, setup
 

@@ -32,7 +32,9 @@ def get_config() -> ConfigDict:
     config.tokenize.batch_size = 8  # windows per encoder call, over all local devices (reference: 8)
     config.tokenize.num_devices = 0  # local devices to shard batches over (0 = all)
     config.tokenize.micro_batch = 0  # rows per step on each device (0 = auto: 2 on a CPU, all on GPU/TPU)
-    config.tokenize.buckets_per_octave = 4  # padded-length buckets per doubling: <= 25% padding, few compiles
+    config.tokenize.buckets_per_octave = 8  # padded-length buckets per doubling: <= 12.5% padding, few compiles
+    config.tokenize.scan_layers = False  # True = one compiled encoder layer under lax.scan (faster compiles;
+    # unrolled layers ran 12% faster on a 2-core CPU)
     config.tokenize.num_workers = 4  # reader threads (decode, mix to mono, resample to 16 kHz)
     config.tokenize.shard_size = 256  # files per output part: the unit of atomic writes and of resuming
     config.tokenize.store = True  # also write the unit store (OUT/store: train/ + valid/) that pre-training reads

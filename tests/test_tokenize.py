@@ -21,7 +21,7 @@ from speech_fixtures import ESPEAK_RATE, SENTENCES, hf_hidden_states, random_hub
 from configs import tokenize as tokenize_config
 from conversion import hubert_to_flax
 from slam_jax.data.unit_store import UnitStore
-from slam_jax.models import kmeans
+from slam_jax.models import hubert, kmeans
 from slam_jax.speech import audio, features, tokenize, units
 from slam_jax.speech import encoder as unit_encoder
 
@@ -146,8 +146,8 @@ def test_real_speech_units_equal_transformers_and_scikit_learn(speech, hubert_mo
 
 
 def test_units_do_not_depend_on_batch_composition_or_devices(tmp_path, speech, hubert_model, hubert_run):
-    """Two files alone, one per batch on one device, against the same files in one batch of eight padded to
-    the longest file, sharded over four devices and micro-batched."""
+    """Two files alone, one per batch on one device, against the same files in one batch of eight sharded over
+    four devices and micro-batched."""
     _, encoder_dir, centroids_path = hubert_model
     (tmp_path / "two.txt").write_text(f"{speech / 's0_16k.flac'}\n{speech / 's0_22k.wav'}\n")
     common = dict(encoder_path=str(encoder_dir), layer=LAYER, kmeans_path=str(centroids_path))
@@ -156,6 +156,26 @@ def test_units_do_not_depend_on_batch_composition_or_devices(tmp_path, speech, h
     alone = read_jsonl(tmp_path / "one" / tokenize.FEATURES)
     batched = {line["file_name"]: line for line in read_jsonl(hubert_run[0] / tokenize.FEATURES)}
     assert len(alone) == 2 and all(line == batched[line["file_name"]] for line in alone)
+
+
+def test_micro_batch_steps_pad_similar_lengths_together_and_change_no_unit(speech, hubert_model):
+    """With `micro_batch`, a batch goes through in steps of similar-length rows, each padded to its own bucket:
+    the same units and features as the whole batch in one step."""
+    _, encoder_dir, centroids_path = hubert_model
+    model, centroids = hubert.load_encoder(encoder_dir), np.load(centroids_path)
+    samples = audio.read_audio(str(speech / "s0_16k.flac")).samples
+    waves = [samples[:length] for length in (8000, 40000, 12000, 30000, 9000, 20000)]
+    one_device = dict(batch_size=8, devices=jax.local_devices()[:1])
+    whole = unit_encoder.hubert_encoder(model, LAYER, centroids, **one_device)
+    stepped = unit_encoder.hubert_encoder(model, LAYER, centroids, micro_batch=2, **one_device)
+    assert whole.steps(waves) == [list(range(6))]
+    assert stepped.steps(waves) == [[1, 3], [5, 2], [4, 0]]  # longest first, two rows per step
+    widths = [stepped.layout([waves[i] for i in step])[0].shape for step in stepped.steps(waves)]
+    assert widths[0][1] > widths[1][1] > widths[2][1] and all(rows == 2 for rows, _ in widths)
+    for ours, theirs in zip(stepped.encode(waves), whole.encode(waves), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    for ours, theirs in zip(stepped.features(waves), whole.features(waves), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 def test_windows_stitch_onto_the_whole_file_frame_grid(tmp_path, speech, mfcc_centroids):

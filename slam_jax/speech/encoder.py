@@ -7,7 +7,8 @@ Batch layouts (16 kHz float32 waveforms, rows right-padded with zeros):
 - `reference_padding`: the reference's way exactly: rows padded to the longest waveform of the batch, then
   40 zeros on each side of every row, no mask, and row i keeps `ceil(n_i / longest * frames)` frames
   (float32 arithmetic, as torch computes it).
-Rows are sharded over the mesh's `data` axis (each device may step through its rows `micro_batch` at a time);
+Rows are sharded over the mesh's `data` axis; with `micro_batch`, a masked batch goes through in steps of
+`micro_batch` similar-length rows per device, each padded to its own bucket (`UnitEncoder.steps`);
 parameters and centroids are replicated.
 """
 
@@ -80,6 +81,7 @@ class UnitEncoder:
         self.frame_samples, self.item_padding = frame_samples, item_padding
         self.reference_padding, self.buckets_per_octave = reference_padding, buckets_per_octave
         self.num_frames = num_frames
+        self.step_rows = micro_batch * len(devices)
         replicated = NamedSharding(self.mesh, PartitionSpec())
         rows = NamedSharding(self.mesh, PartitionSpec("data"))
         self.params = jax.device_put(params, replicated)
@@ -102,15 +104,37 @@ class UnitEncoder:
         """Units [frames_i] int32 of each waveform (at most `rows` of them)."""
         if self.centroids is None:
             raise ValueError("no k-means centroids: set tokenize.kmeans_path (or tokenize.fit_units to fit them)")
-        batch, lengths, frames = self.layout(waveforms)
-        units = np.asarray(self._units((self.params, self.centroids), batch, lengths))
-        return [units[row, : frames[row]] for row in range(len(waveforms))]
+        return self._run(self._units, (self.params, self.centroids), waveforms)
 
     def features(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Features [frames_i, dim] float32 of each waveform (what k-means is fitted on)."""
-        batch, lengths, frames = self.layout(waveforms)
-        values = np.asarray(self._features(self.params, batch, lengths))
-        return [values[row, : frames[row]] for row in range(len(waveforms))]
+        return self._run(self._features, self.params, waveforms)
+
+    def steps(self, waveforms: Sequence[np.ndarray]) -> list[list[int]]:
+        """The waveforms' indices in the groups that go through the model together.
+
+        Masked rows never interact, so when each device steps `micro_batch` rows at a time the batch is split
+        into steps of similar-length rows (longest first), each padded only to its own length bucket: the
+        short rows of a batch no longer pay for its longest one. With `reference_padding` (units depend on
+        the whole batch) or no micro-batching, the batch is one step.
+        """
+        count = len(waveforms)
+        if self.reference_padding or not self.step_rows or count <= self.step_rows:
+            return [list(range(count))]
+        order = sorted(range(count), key=lambda index: -len(waveforms[index]))
+        return [order[start : start + self.step_rows] for start in range(0, count, self.step_rows)]
+
+    def _run(self, fn, params, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`fn` on every step of `waveforms`, each row trimmed to its own frames, in the input order."""
+        if not 0 < len(waveforms) <= self.rows:
+            raise ValueError(f"a batch holds 1 to {self.rows} waveforms, got {len(waveforms)}")
+        results: list[np.ndarray | None] = [None] * len(waveforms)
+        for indices in self.steps(waveforms):
+            batch, lengths, frames = self.layout([waveforms[index] for index in indices])
+            values = np.asarray(fn(params, batch, lengths))
+            for row, index in enumerate(indices):
+                results[index] = values[row, : frames[row]]
+        return results
 
     def rows_for(self, count: int) -> int:
         """Rows of a batch of `count` waveforms: a power-of-two number per device, so that a short last batch

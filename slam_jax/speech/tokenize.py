@@ -100,7 +100,9 @@ def build_encoder(settings: ConfigDict) -> unit_encoder.UnitEncoder:
             num_mfcc=settings.mfcc.num_mfcc,
         )
         return unit_encoder.spectral_encoder(config, None, **options)
-    model = hubert.load_encoder(settings.encoder_path, compute_dtype=settings.compute_dtype)
+    model = hubert.load_encoder(
+        settings.encoder_path, compute_dtype=settings.compute_dtype, scan_layers=settings.scan_layers
+    )
     return unit_encoder.hubert_encoder(model, settings.layer, None, settings.reference_padding, **options)
 
 
