@@ -48,7 +48,7 @@ def text_stage() -> ConfigDict:
     config.text = ConfigDict()
     config.text.num_stories = 1500  # pre-training stories (~8 s of speech each)
     config.text.num_preference_rows = 400  # SWAG-style rows for DPO
-    config.text.num_benchmark_pairs = 200  # pairs per held-out benchmark
+    config.text.num_benchmark_pairs = 400  # pairs per held-out benchmark (a pair is 0.25 points)
     return config
 
 

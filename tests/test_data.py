@@ -40,6 +40,15 @@ def test_split_is_stable_and_about_the_requested_fraction(tmp_path):
     assert ingest.is_validation("f7.wav", 0.05) == ingest.is_validation("f7.wav", 0.05)
 
 
+def test_split_ignores_the_folder():
+    """A dataset tokenised under another working directory keeps its split (only the base name is hashed)."""
+    names = [f"clip_{i}.flac" for i in range(2000)]
+    here = [ingest.is_validation(f"/work/run1/audio/{name}", 0.1) for name in names]
+    there = [ingest.is_validation(f"/tmp/other/run2/{name}", 0.1) for name in names]
+    bare = [ingest.is_validation(name, 0.1) for name in names]
+    assert here == there == bare and 100 < sum(here) < 300
+
+
 @pytest.mark.parametrize(
     "line, message",
     [

@@ -54,7 +54,20 @@ def test_swag_rows_label_the_storys_own_ending():
         wrong = [row[f"ending{i}"] for i in range(4) if i != row["label"]]
         assert len(set(wrong)) == 3 and chosen not in wrong
         scrambles = [ending for ending in wrong if sorted(ending[:-1].split()) == sorted(chosen[:-1].split())]
-        assert len(scrambles) == 1  # one wrong ending is the right one's words out of order, two are off-topic
+        assert len(scrambles) == 1  # one wrong ending is the right one's words out of order
+        known = set(text.vocabulary())
+        misspelt = [
+            ending
+            for ending in wrong
+            if len(ending.split()) == len(chosen.split())
+            and sum(a != b for a, b in zip(ending.split(), chosen.split(), strict=True)) == 1
+        ]
+        assert len(misspelt) == 1  # one has a single word changed, into a non-word of the same length
+        (new_word,) = [a for a, b in zip(misspelt[0].split(), chosen.split(), strict=True) if a != b]
+        (old_word,) = [b for a, b in zip(misspelt[0].split(), chosen.split(), strict=True) if a != b]
+        assert new_word.strip(".").lower() not in known and len(new_word) == len(old_word)
+        off_topic = [ending for ending in wrong if ending not in scrambles + misspelt]
+        assert len(off_topic) == 1 and off_topic[0].split()[0] in text.NAMES
 
 
 def test_text_mode_writes_three_files(tmp_path):

@@ -5,7 +5,7 @@ Inputs (a file, folder or glob; comma-separated lists allowed):
   (the reference's tokens.jsonl, `<Un3><Un49>...`);
 - `*.parquet` (HF datasets) with a `units` or `audio_repr` column.
 Each file (row) becomes `[1, u0 + 2, ..., 1]`. The validation split takes the rows whose file name hashes
-below `valid_fraction`: stable across runs, machines and input order.
+below `valid_fraction`: stable across runs, machines, folders and input order.
 """
 
 import glob
@@ -97,8 +97,13 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def is_validation(name: str, valid_fraction: float) -> bool:
-    """Stable split: the first 8 bytes of sha1(name) as a fraction of 2**64."""
-    digest = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big")
+    """Stable split: the first 8 bytes of sha1(base name) as a fraction of 2**64.
+
+    Only the base name counts (`/data/a/x.flac` -> `x.flac`), so moving a dataset or tokenising it into another
+    working directory keeps its split; two files of the same base name land on the same side.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    digest = int.from_bytes(hashlib.sha1(base.encode()).digest()[:8], "big")
     return digest < valid_fraction * 2.0**64
 
 

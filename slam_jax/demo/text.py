@@ -155,6 +155,19 @@ def non_word(word: str, rng: np.random.Generator, known: set[str]) -> str:
     raise ValueError(f"no non-word found for {word!r}")
 
 
+def misspelt(sentence: str, rng: np.random.Generator, known: set[str]) -> str:
+    """`sentence` with one of its content words (a word of `known`) replaced by a non-word made from it."""
+    words = sentence.split()
+    slots = [i for i, word in enumerate(words) if word.strip(".").lower() in known]
+    slot = int(rng.choice(slots))
+    word = words[slot].strip(".")
+    replacement = non_word(word.lower(), rng, known)
+    if word[0].isupper():
+        replacement = replacement.capitalize()
+    words[slot] = words[slot].replace(word, replacement)
+    return " ".join(words)
+
+
 def corpus(num_stories: int, seed: int) -> list[dict]:
     """Pre-training stories as TTS rows {"id", "text"} (topics in turn, so every topic is equally common)."""
     rng = np.random.default_rng([seed, 0])
@@ -167,15 +180,17 @@ def corpus(num_stories: int, seed: int) -> list[dict]:
 
 def swag_rows(num_rows: int, seed: int) -> list[dict]:
     """SWAG-shaped rows (sent1, sent2, ending0..3, label) for the SpokenSwag builder: the story's body is sent1,
-    "Then" starts sent2, and the wrong endings are, as SWAG's are, of several kinds: the endings of stories
-    about two other topics, and this story's own ending with its words scrambled."""
+    "Then" starts sent2, and the three wrong endings are, as SWAG's are, of several kinds, one of each kind of
+    mistake the held-out benchmarks test: the ending of a story about another topic, this story's own ending
+    with its words scrambled, and its own ending with one word turned into a non-word."""
     rng = np.random.default_rng([seed, 1])
+    known = set(vocabulary())
     rows = []
     for _ in range(num_rows):
         item = story(rng)
-        others = [story(rng, str(t)) for t in rng.choice([t for t in TOPICS if t != item.topic], 2, replace=False)]
+        other = story(rng, str(rng.choice([t for t in TOPICS if t != item.topic])))
         own = item.ending.removeprefix("Then ")
-        endings = [other.ending.removeprefix("Then ") for other in others] + [scrambled(own[:-1], rng) + "."]
+        endings = [other.ending.removeprefix("Then "), scrambled(own[:-1], rng) + ".", misspelt(own, rng, known)]
         label = int(rng.integers(4))
         endings.insert(label, own)
         rows.append({"sent1": " ".join(item.body), "sent2": "Then", "label": label} | _endings(endings))
