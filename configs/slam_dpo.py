@@ -38,6 +38,7 @@ def get_config():
     config.dpo.beta = 0.1  # (paper: 0.1)
     config.dpo.label_smoothing = 0.0  # conservative-DPO smoothing (paper: 0)
     config.dpo.loss_type = "sigmoid"  # sigmoid (DPO) | ipo
+    config.dpo.rpo_alpha = 0.0  # > 0 adds TRL's RPO term: alpha x token-mean NLL of the chosen (paper: 0)
     config.dpo.reference = "precomputed"  # precomputed (one model in memory) | frozen (copy in the step)
     config.dpo.max_prompt_length = 256  # prompt tokens incl. BOS, left-truncated
     config.dpo.max_completion_length = 256  # completion tokens incl. EOS, right-truncated

@@ -6,10 +6,12 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
+from ml_collections import ConfigDict
 
 from configs import pretrain_synthetic, slam_dpo
 from slam_jax import tokens
@@ -19,6 +21,7 @@ from slam_jax.models import config as model_config
 from slam_jax.models import qwen2, storage
 from slam_jax.training import dpo, dpo_loss, loop
 from slam_jax.training import dpo as dpo_module
+from slam_jax.training.step import TrainState
 
 sequence_logps = jax.jit(dpo_module.sequence_logps, static_argnums=2)
 
@@ -121,6 +124,44 @@ def test_prompt_tokens_and_padding_change_no_completion_logp(tmp_path):
     }
     np.testing.assert_allclose(logps["c"], logps["a"], atol=1e-5)
     assert not np.allclose(logps["b"], logps["a"], atol=1e-4)
+
+
+def test_rpo_adds_alpha_times_the_chosen_token_mean_nll(tmp_path):
+    """`dpo.rpo_alpha` (TRL's RPO): the step's gradient is that of the mean DPO loss plus alpha times the NLL of
+    the chosen completions averaged over all their tokens in the step (2 micro-batches of 3 pairs here)."""
+    write_pairs(tmp_path / "p.jsonl", count=6)
+    preference.prepare(str(tmp_path / "p.jsonl"), tmp_path / "store", 20, LIMITS)
+    reference = np.random.default_rng(1).normal(-20, 2, (6, 2)).astype(np.float32)
+    source = preference.PairSource(tmp_path / "store", reference)
+    items = [source[i] for i in range(6)]
+    batches = {
+        key: jnp.asarray(np.stack([item[key] for item in items]).reshape(2, 3, *items[0][key].shape))
+        for key in items[0]
+    }
+    graphdef, state = nnx.split(qwen2.init_model(model_config.tiny()))
+    params = state.to_pure_dict()
+    alpha = 0.7
+
+    def by_hand(params):
+        flat = jax.tree.map(lambda x: x.reshape(6, *x.shape[2:]), batches)
+        logps = dpo_module.sequence_logps(params, flat, graphdef)
+        losses = dpo_loss(logps[:, 0], logps[:, 1], flat["reference_logps"][:, 0], flat["reference_logps"][:, 1], 0.1)[
+            0
+        ]
+        return jnp.mean(losses) - alpha * jnp.sum(logps[:, 0]) / jnp.sum(flat["completion_mask"][:, 0])
+
+    expected = jax.grad(by_hand)(params)
+    for rpo_alpha, want in ((alpha, expected), (0.0, None)):
+        settings = ConfigDict({"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid", "rpo_alpha": rpo_alpha})
+        optimizer = optax.identity()
+        start = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+        stepped, _ = dpo_module.dpo_step(start, batches, 1.0, None, graphdef, optimizer, settings)
+        grads = jax.tree.map(lambda before, after: before - after, params, stepped.params)
+        if want is None:  # plain DPO: a different gradient
+            assert not np.allclose(jax.tree.leaves(grads)[0], jax.tree.leaves(expected)[0], atol=1e-6)
+            continue
+        for got, wanted in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(got, wanted, atol=2e-6)
 
 
 def test_bad_rows_error_with_file_and_line_or_are_counted(tmp_path):

@@ -39,8 +39,13 @@ def sequence_logps(params, batch, graphdef) -> jax.Array:
     return jnp.sum(token_logps * batch["completion_mask"].reshape(2 * pairs, length - 1), axis=-1).reshape(pairs, 2)
 
 
-def pair_losses(params, batch, reference_params, graphdef, dpo: ConfigDict):
-    """Summed DPO loss of a micro-batch and its per-pair (losses, chosen rewards, rejected rewards)."""
+def pair_losses(params, batch, reference_params, graphdef, dpo: ConfigDict, num_pairs, chosen_tokens):
+    """A micro-batch's share of the step's objective and its per-pair (losses, chosen rewards, rejected rewards).
+
+    The objective is the DPO loss averaged over the step's `num_pairs` pairs plus, when `dpo.rpo_alpha` > 0,
+    TRL's RPO term: `rpo_alpha` times the NLL of the chosen completions averaged over their `chosen_tokens`
+    tokens (all of the step's), which keeps the model's likelihood of the preferred speech up.
+    """
     policy = sequence_logps(params, batch, graphdef)
     if reference_params is None:
         reference = batch["reference_logps"]
@@ -49,20 +54,23 @@ def pair_losses(params, batch, reference_params, graphdef, dpo: ConfigDict):
     losses, chosen, rejected = dpo_loss(
         policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], dpo.beta, dpo.label_smoothing, dpo.loss_type
     )
-    return jnp.sum(losses), (losses, chosen, rejected)
+    objective = jnp.sum(losses) / num_pairs
+    if dpo.rpo_alpha:
+        objective = objective - dpo.rpo_alpha * jnp.sum(policy[:, 0]) / chosen_tokens
+    return objective, (losses, chosen, rejected)
 
 
 def dpo_step(state: TrainState, batches, learning_rate, reference_params, graphdef, optimizer, dpo: ConfigDict):
-    """One optimiser step over micro-batches [accum, pairs, 2, length]: mean DPO loss over every pair."""
+    """One optimiser step over micro-batches [accum, pairs, 2, length]: mean DPO loss over every pair (+ RPO)."""
     grad_fn = jax.grad(pair_losses, has_aux=True)
+    num_pairs = batches["input_ids"].shape[0] * batches["input_ids"].shape[1]
+    chosen_tokens = jnp.maximum(jnp.sum(batches["completion_mask"][:, :, 0]), 1).astype(jnp.float32)
 
     def body(grad_sum, micro):
-        grads, per_pair = grad_fn(state.params, micro, reference_params, graphdef, dpo)
+        grads, per_pair = grad_fn(state.params, micro, reference_params, graphdef, dpo, num_pairs, chosen_tokens)
         return jax.tree.map(jnp.add, grad_sum, grads), per_pair
 
-    grad_sum, (losses, chosen, rejected) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, state.params), batches)
-    num_pairs = losses.size
-    grads = jax.tree.map(lambda g: g / num_pairs, grad_sum)
+    grads, (losses, chosen, rejected) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, state.params), batches)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, jax.tree.map(lambda u: -learning_rate * u, updates))
     step_metrics = dpo_metrics(losses.reshape(-1), chosen.reshape(-1), rejected.reshape(-1))
