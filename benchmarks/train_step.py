@@ -1,6 +1,6 @@
 """One full training step of the `slam` config at batch 1 x 1024: slam_jax against transformers, same run.
 
-    python -m benchmarks.train_step [--json] [--repeats 3] [--reference-bf16 auto|full|extrapolate]
+    python -m benchmarks.train_step [--json] [--repeats 3] [--reference-bf16 auto|full|extrapolate] [--ablation]
 
 JAX runs the project's `jit_train_step` (fp32 master params and AdamW moments, bf16 compute, token-mean
 cross-entropy, clip 0.5, grad_accum 1) on a 1-device mesh. PyTorch runs `Qwen2ForCausalLM` (sdpa attention)
@@ -15,10 +15,12 @@ where the full model is measured too; `full` times the full bf16 model regardles
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +208,40 @@ def report_lines(result: dict) -> list[str]:
     return lines
 
 
+def plain_attention(q, k, v, mask, config):
+    """Causal attention as the first session wrote it: one block over every key, scores kept for the backward."""
+    return qwen2.grouped_attention(q, k, v, mask, config)
+
+
+# slam_jax's step with one change undone each (`--ablation`): the effect of each change on this machine.
+ABLATIONS = {
+    "as_is": {},
+    "attention_one_block": {"_ATTENTION_BLOCK": LENGTH},  # rematerialised, but no keys skipped
+    "attention_plain": {"causal_attention": plain_attention},  # neither blocked nor rematerialised
+}
+
+
+def ablation(repeats: int) -> dict:
+    """Median step seconds of slam_jax's step under each `ABLATIONS` entry (plus float32 compute), one variant
+    after another (each holds a 4.3 GB train state: they do not fit in memory together)."""
+    train = slam_config.get_config().train
+    found = {}
+    variants = [(name, changes, "bfloat16") for name, changes in ABLATIONS.items()] + [
+        ("float32_compute", {}, "float32")
+    ]
+    for name, changes, dtype in variants:
+        cfg = model_config.slam(compute_dtype=dtype)
+        with contextlib.ExitStack() as stack:
+            for attribute, value in changes.items():
+                stack.enter_context(mock.patch.object(qwen2, attribute, value))
+            run, compile_seconds = jax_step(cfg, batch_ids(cfg.vocab_size), train)
+        times = common.alternate({name: run}, repeats)[name]
+        found[name] = {"seconds": common.median(times), "all_seconds": times, "compile_seconds": compile_seconds}
+        found[name]["tokens_per_second"] = BATCH * LENGTH / found[name]["seconds"]
+        del run
+    return {"benchmark": "train_step_ablation", "repeats": repeats, "variants": found, "machine": common.machine()}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -216,11 +252,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="time the full PyTorch bf16 model, or extrapolate it from 0 and 1 layers (auto: when the CPU lacks bf16)",
     )
+    parser.add_argument(
+        "--ablation", action="store_true", help="time only slam_jax's step with each optimisation undone in turn"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ablation:
+        result = ablation(args.repeats)
+        lines = [
+            f"{name:20s} {v['seconds']:8.2f} s  {v['tokens_per_second']:6.1f} tokens/s"
+            for name, v in result["variants"].items()
+        ]
+        common.emit(result, args.json, lines)
+        return 0
     fns, setup = build(args.reference_bf16)
     result = summarise(common.alternate(fns, args.repeats), setup, args.repeats)
     common.emit(result, args.json, report_lines(result))
