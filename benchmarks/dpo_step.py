@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 
 from benchmarks import common
 from configs import slam_dpo
@@ -54,12 +53,13 @@ def steps(preset: str, length: int) -> dict:
     donated training state (the step times do not depend on its values): one copy of the parameters and AdamW
     moments in memory, plus the frozen reference's parameters, so the 358M model fits a 24 GiB machine.
     """
-    model = slam_dpo.get_config().model
+    recipe = slam_dpo.get_config()
+    model = recipe.model
     config = model_config.from_preset(preset, compute_dtype=model.compute_dtype, remat_policy=model.remat_policy)
-    chain = optimizer.build(slam_dpo.get_config().train)
+    chain = optimizer.build(recipe.train)
     graphdef, state = nnx.split(qwen2.init_model(config))
     params = state.to_pure_dict()
-    dpo_config = ConfigDict(dict(beta=0.1, label_smoothing=0.0, loss_type="sigmoid"))
+    dpo_config = recipe.dpo  # the objective's settings (beta, loss type, RPO) as the DPO mode reads them
     pretrain = jax.jit(functools.partial(train_step, graphdef=graphdef, optimizer=chain), donate_argnums=0)
     dpo = jax.jit(functools.partial(dpo_step, graphdef=graphdef, optimizer=chain, dpo=dpo_config), donate_argnums=0)
     holder = {"state": init_state(jax.tree.map(jnp.array, params), chain)}

@@ -137,6 +137,7 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
         compile_seconds[f"slam_jax_{dtype}"] = time.perf_counter() - start
         fns[f"slam_jax_{dtype}"] = lambda encoder=encoder: ours(encoder, waves)
     faithful.set_centroids(centroids)
+    defaults = tokenize_config.get_config().tokenize
     setup = {
         "reference_padding_units": ours(faithful, waves),
         "audio_seconds": sum(len(wave) for wave in waves) / SAMPLE_RATE,
@@ -145,7 +146,7 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
         "first_pass_seconds_incl_compile": compile_seconds,
         "devices": [str(device) for device in encoder.mesh.devices.flat],
         "slam_jax_micro_batch": micro_batch(0, jax.local_devices()),
-        "slam_jax_settings": {key: settings(Path(), "float32")[key] for key in ("buckets_per_octave", "scan_layers")},
+        "slam_jax_settings": {key: defaults[key] for key in ("buckets_per_octave", "scan_layers")},
     }
     return fns, setup
 
