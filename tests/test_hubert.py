@@ -63,9 +63,18 @@ def padded_batch(lengths=LENGTHS, seed=0) -> tuple[np.ndarray, list[np.ndarray]]
     return batch, waves
 
 
+def in_windows(model: hubert.Hubert, frames: int) -> hubert.Hubert:
+    """`model` with its conv front end run `frames` output frames at a time (0: the model as it is)."""
+    if not frames:
+        return model
+    return hubert.model_from_params(model.config.replace(conv_chunk_frames=frames), hubert.get_params(model))
+
+
+@pytest.mark.parametrize("windows", [0, 3], ids=["whole", "conv_in_windows"])
 @pytest.mark.parametrize("front_end", sorted(FRONT_ENDS))
-def test_every_hidden_state_matches_transformers_on_a_padded_batch(converted, front_end):
+def test_every_hidden_state_matches_transformers_on_a_padded_batch(converted, front_end, windows):
     hf_model, ours = converted(front_end)
+    ours = in_windows(ours, windows)
     batch, waves = padded_batch()
     states = [np.asarray(state) for state in all_states(ours, batch, np.array(LENGTHS))]
     assert len(states) == hf_model.config.num_hidden_layers + 1
@@ -115,9 +124,11 @@ def test_any_layer_runs_only_the_layers_below_it(converted):
         ours(batch, np.array(LENGTHS), layer=4)
 
 
-def test_reference_padding_equals_transformers_run_the_reference_way(converted):
+@pytest.mark.parametrize("windows", [0, 4], ids=["whole", "conv_in_windows"])
+def test_reference_padding_equals_transformers_run_the_reference_way(converted, windows):
     """The reference: pad the batch to its longest item, 40 zeros per side, no mask, keep ceil(n/longest*T)."""
     hf_model, ours = converted("group_25hz")
+    ours = in_windows(ours, windows)
     layer = 2
     batch, waves = padded_batch()
     rng = np.random.default_rng(1)

@@ -54,6 +54,7 @@ class HubertConfig:
     layer_norm_eps: float = 1e-5
     compute_dtype: str = "float32"
     scan_layers: bool = True
+    conv_chunk_frames: int = 0  # > 0: the conv front end runs over windows of this many output frames (same result)
 
     def __post_init__(self):
         for name in ("conv_dim", "conv_kernel", "conv_stride"):
@@ -64,6 +65,8 @@ class HubertConfig:
             raise ValueError(f"feat_extract_norm={self.feat_extract_norm!r} not in {FRONT_ENDS}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype={self.compute_dtype!r} not in {COMPUTE_DTYPES}")
+        if self.conv_chunk_frames < 0:
+            raise ValueError(f"conv_chunk_frames={self.conv_chunk_frames} must be >= 0 (0 = no windows)")
         if self.hidden_size % self.num_heads or self.hidden_size % self.num_conv_pos_embedding_groups:
             raise ValueError(f"hidden_size={self.hidden_size} must divide by num_heads and the pos-conv groups")
 
@@ -78,6 +81,14 @@ class HubertConfig:
     def frame_samples(self) -> int:
         """Input samples per output frame: the product of the conv strides (320 = 20 ms, 640 = 40 ms at 16 kHz)."""
         return math.prod(self.conv_stride)
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples that one output frame of the conv front end sees (400 for hubert-base, 720 at 25 Hz)."""
+        field = 1
+        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
+            field = (field - 1) * stride + kernel
+        return field
 
     def num_frames(self, num_samples):
         """Frames the conv front end makes of `num_samples` (int or integer array): HF's output-length rule."""
@@ -146,6 +157,31 @@ def masked_group_norm(x, scale, bias, frame_mask, eps: float) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(variance + eps) * scale + bias
 
 
+def group_norm_affine(waveforms, lengths, kernel, bias, stride: int, dtype, scale, shift, eps: float):
+    """The first conv's masked group norm as a per-item affine map (y * a + b), from the input alone.
+
+    The first conv has one input channel and is linear, so its output's per-channel mean and variance over an
+    item's valid frames follow from the mean and covariance of the `width` input samples under each frame:
+    mean = mu . w (+ bias), var = w' C w. The same statistics as `masked_group_norm` on the conv output,
+    without that [batch, frames, channels] output in memory. waveforms [batch, samples]; lengths [batch] samples;
+    kernel [width, 1, out]. Returns (a, b), each [batch, out].
+    """
+    width = kernel.shape[0]
+    frames = (waveforms.shape[1] - width) // stride + 1
+    x = waveforms.astype(dtype).astype(jnp.float32)  # the values the conv multiplies
+    patches = x[:, jnp.arange(frames)[:, None] * stride + jnp.arange(width)[None, :]]  # [batch, frames, width]
+    valid = (jnp.arange(frames)[None, :] < (lengths[:, None] - width) // stride + 1).astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1.0)
+    mu = jnp.einsum("btk,bt->bk", patches, valid) / count
+    centred = (patches - mu[:, None, :]) * valid[..., None]
+    covariance = jnp.einsum("btk,btl->bkl", centred, centred) / count[..., None]
+    w = kernel.astype(dtype).astype(jnp.float32)[:, 0, :]
+    mean = mu @ w + (0.0 if bias is None else bias)
+    variance = jnp.einsum("kc,bkl,lc->bc", w, covariance, w)
+    a = scale * jax.lax.rsqrt(variance + eps)
+    return a, shift - mean * a
+
+
 class LayerNorm(nnx.Module):
     """Affine layer norm over the last axis (float32)."""
 
@@ -201,18 +237,37 @@ class ConvLayer(nnx.Module):
         self.group_norm = config.feat_extract_norm == "group"
         self.dtype = _dtype(config.compute_dtype)
 
-    def __call__(self, x: jax.Array, frame_mask: jax.Array) -> jax.Array:
-        """x [batch, time, in] -> [batch, frames, out]; `frame_mask` marks the valid output frames."""
+    def __call__(self, x: jax.Array, frame_mask: jax.Array | None = None, group_affine=None) -> jax.Array:
+        """x [batch, time, in] -> [batch, frames, out]. The group norm takes its statistics over the frames that
+        `frame_mask` marks valid, or applies the given per-item `group_affine` (a, b) [batch, out] instead."""
         y = conv1d(x, self.kernel[...], self.stride, self.dtype)
         if self.bias is not None:
             y = y + self.bias[...]
         if self.layer_norm is not None:
             scale, bias = self.layer_norm.scale[...], self.layer_norm.bias[...]
-            if self.group_norm:
-                y = masked_group_norm(y, scale, bias, frame_mask, _GROUP_NORM_EPS)
-            else:
+            if not self.group_norm:
                 y = layer_norm(y, scale, bias, _GROUP_NORM_EPS)
+            elif group_affine is not None:
+                y = y * group_affine[0][:, None, :] + group_affine[1][:, None, :]
+            else:
+                y = masked_group_norm(y, scale, bias, frame_mask, _GROUP_NORM_EPS)
         return jax.nn.gelu(y, approximate=False)
+
+    def group_affine(self, waveforms: jax.Array, lengths: jax.Array):
+        """This (first, group-norm) layer's norm as a per-item affine map: see `group_norm_affine`."""
+        norm = self.layer_norm
+        bias = None if self.bias is None else self.bias[...]
+        return group_norm_affine(
+            waveforms,
+            lengths,
+            self.kernel[...],
+            bias,
+            self.stride,
+            self.dtype,
+            norm.scale[...],
+            norm.bias[...],
+            _GROUP_NORM_EPS,
+        )
 
 
 class PositionalConv(nnx.Module):
@@ -340,6 +395,23 @@ class Hubert(nnx.Module):
         """The input of the first transformer layer and the [batch, frames] mask of valid frames."""
         batch, samples = waveforms.shape
         lengths = jnp.full((batch,), samples, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+        chunk = self.config.conv_chunk_frames
+        if chunk and self.config.num_frames(samples) > chunk:
+            x = self._conv_in_windows(waveforms, lengths, chunk)
+        else:
+            x = self._conv(waveforms, lengths)
+        frames = lengths
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
+            frames = jnp.maximum((frames - kernel) // stride + 1, 0)
+        frame_mask = jnp.arange(x.shape[1])[None, :] < frames[:, None]
+        x = self.feature_projection(x) * frame_mask[..., None]
+        x = x + self.pos_conv_embed(x)
+        if not self.config.do_stable_layer_norm:
+            x = self.layer_norm(x)
+        return x, frame_mask
+
+    def _conv(self, waveforms: jax.Array, lengths: jax.Array) -> jax.Array:
+        """The conv front end over the whole input: [batch, samples] -> [batch, frames, conv_dim[-1]]."""
         x = waveforms.astype(jnp.float32)[:, :, None]
         for conv_layer, kernel, stride in zip(
             self.conv_layers, self.config.conv_kernel, self.config.conv_stride, strict=True
@@ -347,12 +419,36 @@ class Hubert(nnx.Module):
             lengths = jnp.maximum((lengths - kernel) // stride + 1, 0)
             frames = (x.shape[1] - kernel) // stride + 1
             x = conv_layer(x, jnp.arange(frames)[None, :] < lengths[:, None])
-        frame_mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
-        x = self.feature_projection(x) * frame_mask[..., None]
-        x = x + self.pos_conv_embed(x)
-        if not self.config.do_stable_layer_norm:
-            x = self.layer_norm(x)
-        return x, frame_mask
+        return x
+
+    def _conv_in_windows(self, waveforms: jax.Array, lengths: jax.Array, chunk: int) -> jax.Array:
+        """`_conv`'s result, computed `chunk` output frames at a time under lax.scan.
+
+        The convs are unpadded, so output frames [c, c + chunk) depend only on the input samples
+        [c * hop, (c + chunk - 1) * hop + receptive_field): each window is exact. The group norm's statistics
+        come from the whole input first (`group_norm_affine`). A window's buffers stay in cache, where the whole
+        input's first conv output (512 channels at 3,200 frames per second) does not.
+        """
+        config = self.config
+        batch, samples = waveforms.shape
+        hop, total = config.frame_samples, config.num_frames(samples)
+        count = -(-total // chunk)
+        window = (chunk - 1) * hop + config.receptive_field
+        padded = jnp.pad(
+            waveforms.astype(jnp.float32), ((0, 0), (0, max((count - 1) * chunk * hop + window - samples, 0)))
+        )
+        first = self.conv_layers[0]
+        affine = first.group_affine(waveforms, lengths) if first.group_norm else None
+
+        def body(carry, start):
+            x = jax.lax.dynamic_slice_in_dim(padded, start, window, axis=1)[:, :, None]
+            x = first(x, group_affine=affine)
+            for conv_layer in self.conv_layers[1:]:
+                x = conv_layer(x)
+            return carry, x
+
+        _, windows = jax.lax.scan(body, None, jnp.arange(count) * (chunk * hop))  # [count, batch, chunk, out]
+        return jnp.moveaxis(windows, 0, 1).reshape(batch, count * chunk, -1)[:, :total]
 
     def _run_layers(self, x, key_mask, depth: int, keep_all: bool):
         """The first `depth` layers, scanned or unrolled; with `keep_all`, every layer's input stacked on axis 0."""

@@ -101,7 +101,10 @@ def build_encoder(settings: ConfigDict) -> unit_encoder.UnitEncoder:
         )
         return unit_encoder.spectral_encoder(config, None, **options)
     model = hubert.load_encoder(
-        settings.encoder_path, compute_dtype=settings.compute_dtype, scan_layers=settings.scan_layers
+        settings.encoder_path,
+        compute_dtype=settings.compute_dtype,
+        scan_layers=settings.scan_layers,
+        conv_chunk_frames=settings.conv_chunk_frames,
     )
     return unit_encoder.hubert_encoder(model, settings.layer, None, settings.reference_padding, **options)
 
