@@ -14,7 +14,7 @@ timed (the pipeline does it on CPU threads beside the encoder).
 - slam_jax: the encoder `mode: tokenize` builds from configs/tokenize.py (`tokenize.build_encoder`): batches
   of 8, on a CPU in steps of 2 similar-length rows (`tokenize.micro_batch`) each padded only to its own
   length bucket (`tokenize.buckets_per_octave`), each clip padded by 40 zeros per side and masked, only
-  layers 1-11 run (unrolled: `tokenize.scan_layers`), the conv front end in 1 s windows
+  layers 1-11 run (unrolled: `tokenize.scan_layers`), the conv front end in 1 s windows on a CPU
   (`tokenize.conv_chunk_frames`), and the k-means assignment in the same jit;
   compilation (once per bucket) happens in a first pass reported apart. `--dtypes` picks the compute dtypes (float32 by
   default: bfloat16 only pays where the hardware has bf16 matmuls).
@@ -45,7 +45,7 @@ from conversion import hubert_to_flax
 from slam_jax.models import hubert
 from slam_jax.speech import encoder as unit_encoder
 from slam_jax.speech import tokenize
-from slam_jax.speech.tokenize import micro_batch
+from slam_jax.speech.tokenize import conv_chunk_frames, micro_batch
 
 LAYER = 11
 NUM_UNITS = 500
@@ -147,6 +147,7 @@ def build(count: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], list]],
         "first_pass_seconds_incl_compile": compile_seconds,
         "devices": [str(device) for device in encoder.mesh.devices.flat],
         "slam_jax_micro_batch": micro_batch(0, jax.local_devices()),
+        "slam_jax_conv_chunk_frames": conv_chunk_frames(defaults["conv_chunk_frames"], jax.local_devices()),
         "slam_jax_settings": {key: defaults[key] for key in ("buckets_per_octave", "scan_layers", "conv_chunk_frames")},
     }
     return fns, setup

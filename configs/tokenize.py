@@ -35,8 +35,9 @@ def get_config() -> ConfigDict:
     config.tokenize.buckets_per_octave = 8  # padded-length buckets per doubling: <= 12.5% padding, few compiles
     config.tokenize.scan_layers = False  # True = one compiled encoder layer under lax.scan (faster compiles;
     # unrolled layers ran 12% faster on a 2-core CPU)
-    config.tokenize.conv_chunk_frames = 25  # conv front end over windows of this many frames, same features (0 =
-    # whole input; 25 = 1 s at 25 Hz: its 512-channel buffers stay in cache, 13% faster front end on a 2-core CPU)
+    config.tokenize.conv_chunk_frames = -1  # conv front end over windows of this many frames, same features (0 =
+    # whole input; -1 = auto: 25 = 1 s on a CPU, where the buffers then stay in cache (13% faster front end on a
+    # 2-core CPU), the whole input on GPU/TPU)
     config.tokenize.num_workers = 4  # reader threads (decode, mix to mono, resample to 16 kHz)
     config.tokenize.shard_size = 256  # files per output part: the unit of atomic writes and of resuming
     config.tokenize.store = True  # also write the unit store (OUT/store: train/ + valid/) that pre-training reads

@@ -6,6 +6,7 @@ import itertools
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -176,6 +177,31 @@ def test_micro_batch_steps_pad_similar_lengths_together_and_change_no_unit(speec
         np.testing.assert_array_equal(ours, theirs)
     for ours, theirs in zip(stepped.features(waves), whole.features(waves), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_the_conv_front_end_in_windows_changes_no_unit(speech, hubert_model):
+    """`tokenize.conv_chunk_frames`: the conv front end a few frames at a time gives the whole input's units and
+    features on real speech, in a padded batch; its default (-1) picks windows on a CPU and none elsewhere."""
+    _, encoder_dir, centroids_path = hubert_model
+    centroids = np.load(centroids_path)
+    samples = audio.read_audio(str(speech / "s1_16k.flac")).samples
+    waves = [samples[:length] for length in (9000, 40000, 23000)]
+    one_device = dict(batch_size=4, devices=jax.local_devices()[:1])
+    whole, windows = (
+        unit_encoder.hubert_encoder(
+            hubert.load_encoder(encoder_dir, conv_chunk_frames=frames), LAYER, centroids, **one_device
+        )
+        for frames in (0, 4)
+    )
+    for ours, theirs in zip(windows.encode(waves), whole.encode(waves), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    for ours, theirs in zip(windows.features(waves), whole.features(waves), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    cpu, gpu = jax.local_devices()[:1], [types.SimpleNamespace(platform="gpu")]
+    assert tokenize.conv_chunk_frames(-1, cpu) == tokenize.CPU_CONV_CHUNK_FRAMES
+    assert tokenize.conv_chunk_frames(-1, gpu) == 0
+    assert tokenize.conv_chunk_frames(0, cpu) == 0 and tokenize.conv_chunk_frames(7, gpu) == 7
+    assert tokenize_config.get_config().tokenize.conv_chunk_frames == -1
 
 
 def test_windows_stitch_onto_the_whole_file_frame_grid(tmp_path, speech, mfcc_centroids):
