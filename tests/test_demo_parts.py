@@ -44,6 +44,19 @@ def test_scrambled_and_non_words():
     for word in text.vocabulary():
         fake = text.non_word(word, rng, known)
         assert len(fake) == len(word) and fake not in known and fake.isalpha()
+    ending = "Tom and the boat sailed together."
+    for count, changed in ((1, 1), (2, 2), (5, 3)):  # three content words: Tom, boat, sailed
+        wrong = text.misspelt(ending, rng, known, count)
+        pairs = [(a, b) for a, b in zip(wrong.split(), ending.split(), strict=True) if a != b]
+        assert len(pairs) == changed and all(b.strip(".").lower() in known for _, b in pairs)
+        assert wrong.endswith("together.") and wrong.split()[0][0].isupper()
+
+
+def changed(ending: str, chosen: str) -> list[tuple[str, str]]:
+    """(new, old) word pairs where `ending` differs from `chosen` word by word (none if the lengths differ)."""
+    if len(ending.split()) != len(chosen.split()):
+        return []
+    return [(a, b) for a, b in zip(ending.split(), chosen.split(), strict=True) if a != b]
 
 
 def test_swag_rows_label_the_storys_own_ending():
@@ -59,13 +72,13 @@ def test_swag_rows_label_the_storys_own_ending():
         misspelt = [
             ending
             for ending in wrong
-            if len(ending.split()) == len(chosen.split())
-            and sum(a != b for a, b in zip(ending.split(), chosen.split(), strict=True)) == 1
+            if ending not in scrambles and any(a.strip(".").lower() not in known for a, _ in changed(ending, chosen))
         ]
-        assert len(misspelt) == 1  # one has a single word changed, into a non-word of the same length
-        (new_word,) = [a for a, b in zip(misspelt[0].split(), chosen.split(), strict=True) if a != b]
-        (old_word,) = [b for a, b in zip(misspelt[0].split(), chosen.split(), strict=True) if a != b]
-        assert new_word.strip(".").lower() not in known and len(new_word) == len(old_word)
+        assert len(misspelt) == 1  # one has MISSPELT_WORDS words changed, into non-words of the same length
+        assert len(changed(misspelt[0], chosen)) == text.MISSPELT_WORDS
+        for new_word, old_word in changed(misspelt[0], chosen):
+            assert new_word.strip(".").lower() not in known and len(new_word) == len(old_word)
+            assert old_word.strip(".").lower() in known
         off_topic = [ending for ending in wrong if ending not in scrambles + misspelt]
         assert len(off_topic) == 1 and off_topic[0].split()[0] in text.NAMES
 

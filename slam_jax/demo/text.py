@@ -84,6 +84,10 @@ TOPICS = {
 }
 FEELINGS = ("happy", "glad", "excited", "surprised", "proud")
 _VOWELS = "aeiou"
+# Content words turned into non-words in a preference row's misspelt ending. Two, not one: DPO then moves the
+# sWUGGY-like word/non-word pairs up (+0.3 and +1.2 points on seeds 0 and 1) where one word moved them by noise
+# (-0.2 and +0.7; benchmarks/RESULTS.md, the demo's DPO trials).
+MISSPELT_WORDS = 2
 _CONSONANTS = "bdfgklmnprstvz"
 
 
@@ -155,16 +159,17 @@ def non_word(word: str, rng: np.random.Generator, known: set[str]) -> str:
     raise ValueError(f"no non-word found for {word!r}")
 
 
-def misspelt(sentence: str, rng: np.random.Generator, known: set[str]) -> str:
-    """`sentence` with one of its content words (a word of `known`) replaced by a non-word made from it."""
+def misspelt(sentence: str, rng: np.random.Generator, known: set[str], count: int = 1) -> str:
+    """`sentence` with `count` of its content words (words of `known`; all if fewer) replaced by non-words made
+    from them."""
     words = sentence.split()
     slots = [i for i, word in enumerate(words) if word.strip(".").lower() in known]
-    slot = int(rng.choice(slots))
-    word = words[slot].strip(".")
-    replacement = non_word(word.lower(), rng, known)
-    if word[0].isupper():
-        replacement = replacement.capitalize()
-    words[slot] = words[slot].replace(word, replacement)
+    for slot in rng.choice(slots, min(count, len(slots)), replace=False):
+        word = words[slot].strip(".")
+        replacement = non_word(word.lower(), rng, known)
+        if word[0].isupper():
+            replacement = replacement.capitalize()
+        words[slot] = words[slot].replace(word, replacement)
     return " ".join(words)
 
 
@@ -182,7 +187,8 @@ def swag_rows(num_rows: int, seed: int) -> list[dict]:
     """SWAG-shaped rows (sent1, sent2, ending0..3, label) for the SpokenSwag builder: the story's body is sent1,
     "Then" starts sent2, and the three wrong endings are, as SWAG's are, of several kinds, one of each kind of
     mistake the held-out benchmarks test: the ending of a story about another topic, this story's own ending
-    with its words scrambled, and its own ending with one word turned into a non-word."""
+    with its words scrambled, and its own ending with MISSPELT_WORDS of its three content words turned into
+    non-words."""
     rng = np.random.default_rng([seed, 1])
     known = set(vocabulary())
     rows = []
@@ -190,7 +196,11 @@ def swag_rows(num_rows: int, seed: int) -> list[dict]:
         item = story(rng)
         other = story(rng, str(rng.choice([t for t in TOPICS if t != item.topic])))
         own = item.ending.removeprefix("Then ")
-        endings = [other.ending.removeprefix("Then "), scrambled(own[:-1], rng) + ".", misspelt(own, rng, known)]
+        endings = [
+            other.ending.removeprefix("Then "),
+            scrambled(own[:-1], rng) + ".",
+            misspelt(own, rng, known, MISSPELT_WORDS),
+        ]
         label = int(rng.integers(4))
         endings.insert(label, own)
         rows.append({"sent1": " ".join(item.body), "sent2": "Then", "label": label} | _endings(endings))
