@@ -84,10 +84,10 @@ TOPICS = {
 }
 FEELINGS = ("happy", "glad", "excited", "surprised", "proud")
 _VOWELS = "aeiou"
-# Content words turned into non-words in a preference row's misspelt ending. Two, not one: DPO then moves the
-# sWUGGY-like word/non-word pairs up (+0.3 and +1.2 points on seeds 0 and 1) where one word moved them by noise
-# (-0.2 and +0.7; benchmarks/RESULTS.md, the demo's DPO trials).
-MISSPELT_WORDS = 2
+# Content words turned into non-words in a preference row's misspelt ending. Two or three move the sWUGGY-like
+# pairs up after DPO but the sBLIMP-like ones down (-2.2 to -3.0 points on seed 2); one keeps both near zero
+# over three seeds (benchmarks/RESULTS.md, the demo's DPO trials).
+MISSPELT_WORDS = 1
 _CONSONANTS = "bdfgklmnprstvz"
 
 
@@ -188,7 +188,7 @@ def swag_rows(num_rows: int, seed: int) -> list[dict]:
     "Then" starts sent2, and the three wrong endings are, as SWAG's are, of several kinds, one of each kind of
     mistake the held-out benchmarks test: the ending of a story about another topic, this story's own ending
     with its words scrambled, and its own ending with MISSPELT_WORDS of its three content words turned into
-    non-words."""
+    non-words (one)."""
     rng = np.random.default_rng([seed, 1])
     known = set(vocabulary())
     rows = []
