@@ -97,6 +97,9 @@ def test_swag_texts_pick_gold_and_a_seeded_wrong_ending_and_bad_rows_name_their_
         spoken_sets.swag_pairs(path, seed, 0.3, tts.DEFAULT_VOICES)[0][0]["texts"]["rejected"] for seed in range(8)
     }
     assert len(rejected) > 1  # the wrong ending follows the seed
+    no_sent2 = {"sent1": "A man sits.", "sent2": "", "label": 1} | {f"ending{i}": f"E{i}." for i in range(4)}
+    texts = spoken_sets.swag_texts(no_sent2, "row", 0, 0)
+    assert texts["chosen"] == "E1." and texts["rejected"] in {"E0.", "E2.", "E3."}
     for bad, message in [(["9"], "out of range"), ([""], "not an integer")]:
         write_swag(tmp_path / "bad.csv", [SWAG_ROWS[0], SWAG_ROWS[1][:10] + bad])
         with pytest.raises(DataError, match=rf"bad.csv:3: column 'label' = .*{message}"):

@@ -166,9 +166,14 @@ def swag_texts(record: dict, where: str, index: int, seed: int) -> dict:
     context = str(record["sent2"]).strip()
     return {
         "prompt": str(record["sent1"]).strip(),
-        "chosen": f"{context} {endings[label]}",
-        "rejected": f"{context} {endings[rejected]}",
+        "chosen": _join(context, endings[label]),
+        "rejected": _join(context, endings[rejected]),
     }
+
+
+def _join(context: str, ending: str) -> str:
+    """sent2 + " " + the ending, without a stray space when sent2 is empty."""
+    return f"{context} {ending}" if context else ending
 
 
 def swag_pairs(swag_path: str | Path, seed: int, threshold: float, voices: tuple[tts.Voice, ...]):
