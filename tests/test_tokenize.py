@@ -201,6 +201,8 @@ def test_the_conv_front_end_in_windows_changes_no_unit(speech, hubert_model):
     assert tokenize.conv_chunk_frames(-1, cpu) == tokenize.CPU_CONV_CHUNK_FRAMES
     assert tokenize.conv_chunk_frames(-1, gpu) == 0
     assert tokenize.conv_chunk_frames(0, cpu) == 0 and tokenize.conv_chunk_frames(7, gpu) == 7
+    with pytest.raises(ValueError, match=r"tokenize.conv_chunk_frames = -2: use -1 \(auto\)"):
+        tokenize.conv_chunk_frames(-2, cpu)
     assert tokenize_config.get_config().tokenize.conv_chunk_frames == -1
 
 

@@ -84,11 +84,11 @@ TOPICS = {
 }
 FEELINGS = ("happy", "glad", "excited", "surprised", "proud")
 _VOWELS = "aeiou"
+_CONSONANTS = "bdfgklmnprstvz"
 # Content words turned into non-words in a preference row's misspelt ending. Two or three move the sWUGGY-like
 # pairs up after DPO but the sBLIMP-like ones down (-2.2 to -3.0 points on seed 2); one keeps both near zero
 # over three seeds (benchmarks/RESULTS.md, the demo's DPO trials).
 MISSPELT_WORDS = 1
-_CONSONANTS = "bdfgklmnprstvz"
 
 
 @dataclasses.dataclass(frozen=True)

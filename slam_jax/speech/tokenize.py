@@ -118,6 +118,8 @@ def micro_batch(requested: int, devices: list[jax.Device]) -> int:
 def conv_chunk_frames(requested: int, devices: list[jax.Device]) -> int:
     """Conv front-end window in frames: as requested (0 = the whole input), or (-1) CPU_CONV_CHUNK_FRAMES on CPUs
     and the whole input elsewhere (an accelerator runs one large conv faster than a loop of small ones)."""
+    if requested < -1:
+        raise ValueError(f"tokenize.conv_chunk_frames = {requested}: use -1 (auto), 0 (whole input) or a frame count")
     if requested >= 0:
         return requested
     return CPU_CONV_CHUNK_FRAMES if devices[0].platform == "cpu" else 0
