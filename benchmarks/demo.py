@@ -5,7 +5,8 @@
 Runs `python -m slam_jax.main --config configs/demo.py --workdir DIR` as a user would (a new process, an empty
 DIR: every stage runs), then reads DIR/report.json for each stage's wall time and the metrics. Target (issue 7):
 under 10 minutes on a 2-core CPU, with tStoryCloze-like accuracy >= 0.65 after pre-training and no metric
-worse after DPO. The machine's load average is recorded beside the figures.
+worse after DPO (with the pairs that changed side and the McNemar p of that change). The machine's load
+average is recorded beside the figures.
 """
 
 import argparse
@@ -46,7 +47,14 @@ def main() -> None:
         "target_seconds": TARGET_SECONDS,
         "stage_seconds": {stage: round(seconds, 1) for stage, seconds in report["stage_seconds"].items()},
         "metrics": {
-            row["metric"]: {"before_dpo": row["before"], "after_dpo": row["after"]} for row in report["metrics"]
+            row["metric"]: {
+                "before_dpo": row["before"],
+                "after_dpo": row["after"],
+                "pairs_right_to_wrong": row["lost"],
+                "pairs_wrong_to_right": row["gained"],
+                "mcnemar_p": row["p_value"],
+            }
+            for row in report["metrics"]
         },
         "pairs": {row["metric"]: row["after_pairs"] for row in report["metrics"]},
         "machine": common.machine(),
@@ -54,7 +62,9 @@ def main() -> None:
     lines = [f"demo: {wall:.0f} s wall (target < {TARGET_SECONDS:.0f} s)"]
     lines += [f"  {stage:<14} {seconds:7.1f} s" for stage, seconds in result["stage_seconds"].items()]
     lines += [
-        f"  {metric:<14} {m['before_dpo']:.3f} -> {m['after_dpo']:.3f}" for metric, m in result["metrics"].items()
+        f"  {metric:<14} {m['before_dpo']:.4f} -> {m['after_dpo']:.4f}  pairs right -> wrong / wrong -> right"
+        f" {m['pairs_right_to_wrong']:g} / {m['pairs_wrong_to_right']:g}, McNemar p {m['mcnemar_p']:.2g}"
+        for metric, m in result["metrics"].items()
     ]
     if temporary:
         shutil.rmtree(workdir.parent)

@@ -140,8 +140,10 @@ def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
     }
     result = report.run(ConfigDict({"report": settings}), tmp_path / "report")
     markdown = (tmp_path / "report.md").read_text()
-    assert "| swuggy | 50% | 60.0% | 57.5% | -2.5 | 5 / 0 | 200 |" in markdown  # pairs 115-119 went wrong
-    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 0 / 15 | 200 |" in markdown
+    # pairs 115-119 went wrong: p = 2 x 0.5^5; 15 went right: p = 2 x 0.5^15
+    assert "| swuggy | 50% | 60.0% | 57.5% | -2.5 | 5 / 0 | 0.062 | 200 |" in markdown
+    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 0 / 15 | 6.1e-05 | 200 |" in markdown
+    assert [row["p_value"] for row in result["metrics"]] == [2 * 0.5**5, 2 * 0.5**15]
     assert "| pretrain | 20 | 4.000 | 3.000 | 3.500 |" in markdown and "| stage | 12.5 |" in markdown
     assert (
         "| dpo | 10 | 0.690 | 0.250 | - | 8,192 tokens seen, reward_accuracy 0.875, reward_margin 0.250 |" in markdown
@@ -151,7 +153,15 @@ def test_report_numbers_come_from_the_evaluation_files(tmp_path, capsys):
     for plot in ("metrics.png", "training.png"):
         assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(report/{plot})" in markdown
-    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 0 / 15 | 200 |" in capsys.readouterr().out
+    assert "| tstorycloze | 50% | 82.5% | 90.0% | +7.5 | 0 / 15 | 6.1e-05 | 200 |" in capsys.readouterr().out
+
+
+def test_mcnemar_p_by_hand():
+    assert report.mcnemar_p(0, 0) == 1.0
+    assert report.mcnemar_p(5, 4) == 1.0  # 2 x (1 + 9 + 36 + 84 + 126) / 512, capped at 1
+    assert report.mcnemar_p(4, 15) == pytest.approx(2 * (1 + 19 + 171 + 969 + 3876) / 2**19)  # 0.0192
+    assert report.mcnemar_p(13, 1) == report.mcnemar_p(1, 13) == pytest.approx(2 * 15 / 2**14)  # 0.00183
+    assert report.mcnemar_p(3, 1) == pytest.approx(2 * 5 / 16)
 
 
 def test_report_without_results_names_the_folder(tmp_path):

@@ -8,6 +8,7 @@ then prints the metrics table.
 """
 
 import json
+import math
 import platform
 from pathlib import Path
 
@@ -64,23 +65,38 @@ def flips(before: dict[str, float], after: dict[str, float]) -> tuple[float, flo
     return sum(change for change in changes if change > 0), -sum(change for change in changes if change < 0)
 
 
+def mcnemar_p(up: int, down: int) -> float:
+    """Exact two-sided McNemar (sign) test of `up` pairs that moved towards right against `down` towards wrong:
+    the chance of a split at least this uneven if each moved pair were a fair coin."""
+    moved = up + down
+    if moved == 0:
+        return 1.0
+    tail = sum(math.comb(moved, k) for k in range(min(up, down) + 1)) / 2**moved
+    return min(1.0, 2 * tail)
+
+
 def add_flips(rows: list[dict], before: Path, after: Path) -> None:
-    """Each row's `gained` / `lost` pairs between the two runs: a change of a few pairs of 200 is noise."""
+    """Each row's `gained` / `lost` pairs between the two runs, and `p_value`: the McNemar test of the pairs
+    whose score rose against those whose score fell (a change of a few pairs of 400 is noise, p near 1)."""
     for row in rows:
-        row["gained"], row["lost"] = flips(pair_scores(before, row["metric"]), pair_scores(after, row["metric"]))
+        scores = pair_scores(before, row["metric"]), pair_scores(after, row["metric"])
+        row["gained"], row["lost"] = flips(*scores)
+        changes = [scores[1][pair] - scores[0][pair] for pair in scores[0].keys() & scores[1].keys()]
+        row["p_value"] = mcnemar_p(sum(change > 0 for change in changes), sum(change < 0 for change in changes))
 
 
 def metrics_table(rows: list[dict]) -> str:
     """The Markdown table of accuracies (percent), with the change DPO made."""
     titles = " | ".join(title for _, title in COLUMNS)
-    lines = [f"| benchmark | chance | {titles} | change | pairs right -> wrong / wrong -> right | pairs |"]
-    lines.append("|---|---|" + "---|" * len(COLUMNS) + "---|---|---|")
+    lines = [f"| benchmark | chance | {titles} | change | pairs right -> wrong / wrong -> right | p | pairs |"]
+    lines.append("|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|")
     for row in rows:
         values = [_percent(row[key]) for key, _ in COLUMNS]
         change = "" if None in (row["before"], row["after"]) else f"{100 * (row['after'] - row['before']):+.1f}"
         moved = f"{row['lost']:g} / {row['gained']:g}" if "lost" in row else ""
+        p_value = f"{row['p_value']:.2g}" if "p_value" in row else ""
         pairs = row["after_pairs"] or row["before_pairs"]
-        cells = [row["metric"], f"{100 * row['chance']:.0f}%", *values, change, moved, str(pairs)]
+        cells = [row["metric"], f"{100 * row['chance']:.0f}%", *values, change, moved, p_value, str(pairs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -158,7 +174,9 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
 def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, plots: list[str], commands: str) -> str:
     lines = [f"# {title}", "", metrics_table(rows), "", "Accuracy = how often the model scores the positive of a"]
     lines += ["pair higher (minus the mean per-token NLL); ties count half. Numbers from the eval stages' files;"]
-    lines += ["the pairs that changed side show how much of a change is a few pairs moving either way.", ""]
+    lines += ["the pairs that changed side show how much of a change is a few pairs moving either way, and p is the"]
+    lines += ["exact two-sided McNemar test of those pairs (the chance of a split at least as uneven if DPO moved each"]
+    lines += ["of them at random): p above 0.05 is a change within noise.", ""]
     if summaries:
         lines += ["## Training", "", "| run | steps | first loss | last loss | last validation loss | other |"]
         lines += ["|---|---|---|---|---|---|"]
