@@ -104,8 +104,8 @@ def dpo_stage() -> ConfigDict:
     config.train.max_steps = 100  # two passes over the 400 pairs (one moved the metrics by noise only)
     config.train.time_budget = "3m"
     config.train.learning_rate = 5e-5  # (paper: 5e-5)
-    # (paper: beta 0.1) A larger beta keeps the policy nearer the reference once a pair is separated. On the
-    # demo's seeds the sBLIMP-/sWUGGY-like pairs that DPO moved fell from 9-16 per benchmark to 3-7, the worst
+    # (paper: beta 0.1) A larger beta keeps the policy nearer the reference once a pair is separated. On three
+    # demo seeds the sBLIMP-/sWUGGY-like pairs that DPO moved fell from 9-16 per benchmark to 3-7, the worst
     # loss from 4 pairs to 2, and tStoryCloze-like gained more (mean +1.9 points, not +1.6; benchmarks/RESULTS.md).
     config.dpo.beta = 0.5
     config.train.warmup_steps = 10

@@ -176,7 +176,7 @@ def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, p
     lines += ["pair higher (minus the mean per-token NLL); ties count half. Numbers from the eval stages' files;"]
     lines += ["the pairs that changed side show how much of a change is a few pairs moving either way, and p is the"]
     lines += ["exact two-sided McNemar test of those pairs (the chance of a split at least as uneven if DPO moved each"]
-    lines += ["of them at random): p above 0.05 is a change within noise.", ""]
+    lines += ["of them at random). Above 0.05, pairs moving at random would often give a split this uneven.", ""]
     if summaries:
         lines += ["## Training", "", "| run | steps | first loss | last loss | last validation loss | other |"]
         lines += ["|---|---|---|---|---|---|"]
