@@ -4,10 +4,11 @@
 
 Both score the same pairs of random unit sequences (3 to 10 s at 25 Hz, like StoryCloze utterances) with the
 same random weights: log-likelihood = minus the mean NLL of `[1, units + 2, 1]` (RECIPE.md section 6).
-slam_jax: `evaluation.scoring.Scorer` (longest-first batches, length buckets, jit, float32 master weights
-cast to the compute dtype). transformers: `Qwen2ForCausalLM` with its weights in the same dtype, the same
-length-sorted batches right-padded with an attention mask, log-softmax in float32, under
-`torch.inference_mode()`. Implementations alternate in rounds after one warm-up each; medians reported.
+slam_jax: `evaluation.scoring.Scorer` (sequences packed longest-first into rows of length-bucketed batches,
+jit, float32 master weights cast to the compute dtype). transformers: `Qwen2ForCausalLM` with its weights in
+the same dtype, as the reference scores: length-sorted batches of `batch_size` sequences right-padded to their
+longest with an attention mask, log-softmax in float32, under `torch.inference_mode()`. Implementations
+alternate in rounds after one warm-up each; medians reported.
 """
 
 import argparse
@@ -52,7 +53,7 @@ def torch_twin(config: model_config.ModelConfig, params: dict, dtype: str) -> Qw
 
 
 def torch_scores(model: Qwen2ForCausalLM, sequences: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """transformers' mean log-likelihoods, in the order and batches the Scorer uses."""
+    """transformers' mean log-likelihoods: longest first, `batch_size` sequences per right-padded batch."""
     order = np.argsort([-len(sequence) for sequence in sequences], kind="stable")
     scores = np.zeros(len(sequences), np.float32)
     for start in range(0, len(order), batch_size):

@@ -65,6 +65,26 @@ def test_batching_padding_sharding_and_order_change_no_score(converted):
     np.testing.assert_allclose(reversed_order, alone, atol=1e-5, rtol=0)
 
 
+def test_pack_fills_rows_first_fit_longest_first():
+    # 31 opens a batch 32 wide, 22 its second row; 15 fits neither (room 1, 10): a new batch 16 wide, 13 its
+    # second row; 9 goes where the room is least but enough (10 -> 1), 4 fits nowhere (rooms 1, 1, 1, 3): a third
+    # batch; 2 goes to the room of 3.
+    assert scoring.pack([4, 31, 22, 15, 13, 9, 2], rows=2) == [(32, [[1], [2, 5]]), (16, [[3], [4, 6]]), (16, [[0]])]
+    assert scoring.pack([5, 5, 5], rows=4) == [(16, [[0, 1, 2]])]
+    assert scoring.pack([], rows=4) == []
+
+
+def test_packed_rows_score_each_sequence_as_alone(converted):
+    _, path = converted
+    model = slam_jax.load_model(path, compute_dtype="float32")
+    lengths = (30, 1, 3, 2, 5, 0, 8, 4, 1, 6)
+    sequences = [scoring.to_sequence(u) for u in random_units(np.random.default_rng(2), lengths)]
+    alone = np.array([model.log_likelihood([sequence])[0] for sequence in sequences])
+    packed = scoring.Scorer(model, batch_size=1, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+    assert max(len(row) for _, (row,) in scoring.pack([len(s) for s in sequences], 1)) == 4  # of 5, 4, 3 and 3 tokens
+    np.testing.assert_allclose(packed(sequences), alone, atol=1e-5, rtol=0)
+
+
 def test_outcomes_ties_and_breakdown_by_hand():
     positive = np.array([-1.0, -2.0, -3.0, -0.5, -0.25])
     negative = np.array([-2.0, -1.0, -3.0, -0.5, -1.0])

@@ -1,14 +1,17 @@
 """Log-likelihoods of many unit sequences, batched and sharded; pair accuracy with ties and its breakdown.
 
 Log-likelihood = minus the mean NLL over the targets of `[1, units + 2..., 1]` (RECIPE.md section 6, the same
-function as `SpeechLM.log_likelihood`). Sequences are sorted by length (longest first, so memory runs out at
-once if it will) and cut into batches of `batch_size` rows; each batch is right-padded with PAD to a length
-bucket (a few per octave), so few shapes compile and padding stays under ~25%. Rows are split over the
-batch axes of a mesh of this host's devices; the parameters are replicated (evaluation is a one-host job:
-under `jax.distributed` every host scores everything). No score depends on batching or padding: pads are
-masked and never attended.
+value as `SpeechLM.log_likelihood`). Sequences are sorted by length (longest first, so memory runs out at
+once if it will) and packed into batches of `batch_size` rows (`pack`): a batch's width is the length bucket
+(a few per octave, so few shapes compile) of its longest sequence, and each shorter sequence goes into the
+first row with room, as its own segment (own positions, attending only itself). Rows are split over the batch
+axes of a mesh of this host's devices; the parameters are replicated (evaluation is a one-host job: under
+`jax.distributed` every host scores everything); a batch with fewer rows runs with fewer (bucketed). No score
+depends on batching, packing or padding: a
+sequence's targets are read from its own span of its row, and segments never attend each other.
 """
 
+import bisect
 import functools
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,7 +23,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from slam_jax import tokens
-from slam_jax.models.speech_lm import SpeechLM, mean_log_likelihood
+from slam_jax.models.speech_lm import SpeechLM
 from slam_jax.speech.encoder import bucket_length
 from slam_jax.training import sharding
 
@@ -39,8 +42,8 @@ class Scorer:
     def __init__(self, model: SpeechLM, batch_size: int = 32, mesh=None, progress: bool = False):
         self.config = model.config
         self.mesh = mesh or sharding.make_mesh(devices=jax.local_devices())
-        devices = int(np.prod([self.mesh.shape[axis] for axis in sharding.BATCH_AXES]))
-        self.rows = -(-batch_size // devices) * devices
+        self.devices = int(np.prod([self.mesh.shape[axis] for axis in sharding.BATCH_AXES]))
+        self.rows = -(-batch_size // self.devices) * self.devices
         self.progress = progress
         self.graphdef, state = nnx.split(model.model)
         self.state = jax.device_put(state, sharding.replicated(self.mesh))
@@ -48,27 +51,66 @@ class Scorer:
 
     def __call__(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """Float32 log-likelihood of each sequence, in input order."""
-        lengths = np.array([len(sequence) for sequence in sequences])
-        order = np.argsort(-lengths, kind="stable")
+        lengths = [len(sequence) for sequence in sequences]
         scores = np.zeros(len(sequences), np.float32)
-        starts = range(0, len(order), self.rows)
-        for start in tqdm(starts, desc="scoring", unit="batch", disable=not self.progress):
-            chosen = order[start : start + self.rows]
-            width = bucket_length(int(lengths[chosen].max()), LENGTH_QUANTUM, BUCKETS_PER_OCTAVE)
-            batch = np.full((self.rows, width), tokens.PAD_ID, np.int32)
-            for row, index in enumerate(chosen):
-                batch[row, : lengths[index]] = sequences[index]
-            result = _log_likelihoods(
-                self.graphdef, self.state, jax.device_put(jnp.asarray(batch), self.batch_sharding)
+        for width, rows in tqdm(pack(lengths, self.rows), desc="scoring", unit="batch", disable=not self.progress):
+            # a batch with fewer rows (the last, or one of a few short sequences) runs with fewer, bucketed
+            shape = (min(self.rows, bucket_length(len(rows), self.devices, BUCKETS_PER_OCTAVE)), width)
+            input_ids = np.full(shape, tokens.PAD_ID, np.int32)
+            segment_ids = np.zeros(shape, np.int32)
+            positions = np.zeros(shape, np.int32)
+            for row, (index, offset) in _placements(rows, lengths):
+                span = slice(offset, offset + lengths[index])
+                input_ids[row, span] = sequences[index]
+                segment_ids[row, span] = offset + 1  # distinct within the row
+                positions[row, span] = np.arange(lengths[index])
+            arrays = (
+                jax.device_put(jnp.asarray(array), self.batch_sharding) for array in (input_ids, segment_ids, positions)
             )
-            scores[chosen] = np.asarray(result)[: len(chosen)]
+            target_log_probs = np.asarray(_target_log_probs(self.graphdef, self.state, *arrays), np.float64)
+            for row, (index, offset) in _placements(rows, lengths):
+                targets = target_log_probs[row, offset : offset + lengths[index] - 1]  # token t scores t + 1
+                scores[index] = targets.sum() / max(len(targets), 1)
         return scores
 
 
+def pack(lengths: Sequence[int], rows: int) -> list[tuple[int, list[list[int]]]]:
+    """Batches of up to `rows` rows as (width, [sequence indices per row]): best fit in decreasing order. Longest
+    sequence first, each goes into the row (of any batch so far) with the least room that holds it; one that
+    fits nowhere opens a row in the newest batch, or a new batch whose width is the sequence's length bucket."""
+    batches: list[tuple[int, list[list[int]]]] = []
+    rooms: list[tuple[int, int, int]] = []  # sorted (room left, batch, row)
+    for index in np.argsort(-np.asarray(lengths, np.int64), kind="stable").tolist():
+        length = int(lengths[index])
+        at = bisect.bisect_left(rooms, (length, -1, -1))
+        if at < len(rooms):
+            room, batch, row = rooms.pop(at)
+        else:
+            if not batches or len(batches[-1][1]) == rows:
+                batches.append((bucket_length(max(length, 1), LENGTH_QUANTUM, BUCKETS_PER_OCTAVE), []))
+            batch, room = len(batches) - 1, batches[-1][0]
+            batches[batch][1].append([])
+            row = len(batches[batch][1]) - 1
+        batches[batch][1][row].append(index)
+        bisect.insort(rooms, (room - length, batch, row))
+    return batches
+
+
+def _placements(rows: list[list[int]], lengths: Sequence[int]):
+    """(row, (sequence index, offset in the row)) of every sequence of a packed batch."""
+    for row, indices in enumerate(rows):
+        offsets = np.cumsum([0] + [lengths[index] for index in indices[:-1]])
+        for index, offset in zip(indices, offsets.tolist(), strict=True):
+            yield row, (index, offset)
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _log_likelihoods(graphdef, state, input_ids: jax.Array) -> jax.Array:
-    """Per-row scores; rows stay split as `input_ids` is (compiled once per model structure, shape and mesh)."""
-    return mean_log_likelihood(nnx.merge(graphdef, state)(input_ids), input_ids)
+def _target_log_probs(graphdef, state, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array):
+    """[rows, width - 1] float32 log-probability of each next token (at every slot; the caller reads only the
+    slots inside a sequence). Rows stay split as `input_ids` is (compiled once per model, shape and mesh)."""
+    logits = nnx.merge(graphdef, state)(input_ids, segment_ids, positions)
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
 
 
 def outcomes(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
