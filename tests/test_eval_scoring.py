@@ -65,7 +65,7 @@ def test_batching_padding_sharding_and_order_change_no_score(converted):
     np.testing.assert_allclose(reversed_order, alone, atol=1e-5, rtol=0)
 
 
-def test_pack_fills_rows_first_fit_longest_first():
+def test_pack_fills_rows_best_fit_longest_first():
     # 31 opens a batch 32 wide, 22 its second row; 15 fits neither (room 1, 10): a new batch 16 wide, 13 its
     # second row; 9 goes where the room is least but enough (10 -> 1), 4 fits nowhere (rooms 1, 1, 1, 3): a third
     # batch; 2 goes to the room of 3.

@@ -59,9 +59,13 @@ def pair_scores(folder: Path, metric: str) -> dict[str, float]:
     return {row["id"]: row["score"] for row in read_jsonl(folder / f"{metric}_pairs.jsonl")}
 
 
-def flips(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
-    """(gained, lost): how much the pairs scored in both runs moved towards right and towards wrong."""
-    changes = [after[pair] - before[pair] for pair in before.keys() & after.keys()]
+def score_changes(before: dict[str, float], after: dict[str, float]) -> list[float]:
+    """after - before of every pair scored in both runs."""
+    return [after[pair] - before[pair] for pair in before.keys() & after.keys()]
+
+
+def flips(changes: list[float]) -> tuple[float, float]:
+    """(gained, lost): how much the pairs moved towards right and towards wrong."""
     return sum(change for change in changes if change > 0), -sum(change for change in changes if change < 0)
 
 
@@ -79,9 +83,8 @@ def add_flips(rows: list[dict], before: Path, after: Path) -> None:
     """Each row's `gained` / `lost` pairs between the two runs, and `p_value`: the McNemar test of the pairs
     whose score rose against those whose score fell (a change of a few pairs of 400 is noise, p near 1)."""
     for row in rows:
-        scores = pair_scores(before, row["metric"]), pair_scores(after, row["metric"])
-        row["gained"], row["lost"] = flips(*scores)
-        changes = [scores[1][pair] - scores[0][pair] for pair in scores[0].keys() & scores[1].keys()]
+        changes = score_changes(pair_scores(before, row["metric"]), pair_scores(after, row["metric"]))
+        row["gained"], row["lost"] = flips(changes)
         row["p_value"] = mcnemar_p(sum(change > 0 for change in changes), sum(change < 0 for change in changes))
 
 

@@ -3,12 +3,12 @@
 Log-likelihood = minus the mean NLL over the targets of `[1, units + 2..., 1]` (RECIPE.md section 6, the same
 value as `SpeechLM.log_likelihood`). Sequences are sorted by length (longest first, so memory runs out at
 once if it will) and packed into batches of `batch_size` rows (`pack`): a batch's width is the length bucket
-(a few per octave, so few shapes compile) of its longest sequence, and each shorter sequence goes into the
-first row with room, as its own segment (own positions, attending only itself). Rows are split over the batch
-axes of a mesh of this host's devices; the parameters are replicated (evaluation is a one-host job: under
-`jax.distributed` every host scores everything); a batch with fewer rows runs with fewer (bucketed). No score
-depends on batching, packing or padding: a
-sequence's targets are read from its own span of its row, and segments never attend each other.
+(a few per octave, so few shapes compile) of its longest sequence, and each shorter sequence goes into the row
+with the least room that holds it (best fit), as its own segment (own positions, attending only itself). Rows
+are split over the batch axes of a mesh of this host's devices; the parameters are replicated (evaluation is a
+one-host job: under `jax.distributed` every host scores everything); a batch with fewer rows runs with fewer
+(bucketed). No score depends on batching, packing or padding: a sequence's targets are read from its own span
+of its row, and segments never attend each other.
 """
 
 import bisect
@@ -23,7 +23,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from slam_jax import tokens
-from slam_jax.models.speech_lm import SpeechLM
+from slam_jax.models.speech_lm import SpeechLM, next_token_log_probs
 from slam_jax.speech.encoder import bucket_length
 from slam_jax.training import sharding
 
@@ -59,7 +59,8 @@ class Scorer:
             input_ids = np.full(shape, tokens.PAD_ID, np.int32)
             segment_ids = np.zeros(shape, np.int32)
             positions = np.zeros(shape, np.int32)
-            for row, (index, offset) in _placements(rows, lengths):
+            placements = list(_placements(rows, lengths))
+            for row, (index, offset) in placements:
                 span = slice(offset, offset + lengths[index])
                 input_ids[row, span] = sequences[index]
                 segment_ids[row, span] = offset + 1  # distinct within the row
@@ -68,7 +69,7 @@ class Scorer:
                 jax.device_put(jnp.asarray(array), self.batch_sharding) for array in (input_ids, segment_ids, positions)
             )
             target_log_probs = np.asarray(_target_log_probs(self.graphdef, self.state, *arrays), np.float64)
-            for row, (index, offset) in _placements(rows, lengths):
+            for row, (index, offset) in placements:
                 targets = target_log_probs[row, offset : offset + lengths[index] - 1]  # token t scores t + 1
                 scores[index] = targets.sum() / max(len(targets), 1)
         return scores
@@ -108,9 +109,7 @@ def _placements(rows: list[list[int]], lengths: Sequence[int]):
 def _target_log_probs(graphdef, state, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array):
     """[rows, width - 1] float32 log-probability of each next token (at every slot; the caller reads only the
     slots inside a sequence). Rows stay split as `input_ids` is (compiled once per model, shape and mesh)."""
-    logits = nnx.merge(graphdef, state)(input_ids, segment_ids, positions)
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+    return next_token_log_probs(nnx.merge(graphdef, state)(input_ids, segment_ids, positions), input_ids)
 
 
 def outcomes(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

@@ -16,15 +16,19 @@ from slam_jax.models.config import ModelConfig
 _LENGTH_BUCKET = 32
 
 
+def next_token_log_probs(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
+    """[rows, length - 1] float32 log-probability that slot t's logits give the token at slot t + 1."""
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+
+
 def mean_log_likelihood(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
     """Minus the mean next-token NLL of each row of `[BOS, units..., EOS, PAD...]` (RECIPE.md section 6).
 
     Targets are `input_ids[:, 1:]`: BOS is never scored, EOS is, PAD targets are masked.
     """
-    targets = input_ids[:, 1:]
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    mask = (targets != tokens.PAD_ID).astype(jnp.float32)
+    token_log_probs = next_token_log_probs(logits, input_ids)
+    mask = (input_ids[:, 1:] != tokens.PAD_ID).astype(jnp.float32)
     return jnp.sum(token_log_probs * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 
 

@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 from slam_jax.data import preference, preference_audio
 from slam_jax.data.ingest import expand_paths
 from slam_jax.models import storage
+from slam_jax.models.speech_lm import next_token_log_probs
 from slam_jax.training import distributed, loop, metrics, sharding
 from slam_jax.training.dpo_loss import dpo_loss, dpo_metrics
 from slam_jax.training.step import TrainState
@@ -34,8 +35,7 @@ def sequence_logps(params, batch, graphdef) -> jax.Array:
     input_ids = batch["input_ids"].reshape(2 * pairs, length)
     model = nnx.merge(graphdef, params)
     logits = model(input_ids, batch["segment_ids"].reshape(2 * pairs, length))
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    token_logps = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+    token_logps = next_token_log_probs(logits, input_ids)
     return jnp.sum(token_logps * batch["completion_mask"].reshape(2 * pairs, length - 1), axis=-1).reshape(pairs, 2)
 
 

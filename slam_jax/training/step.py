@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from slam_jax.models.speech_lm import next_token_log_probs
 from slam_jax.training import sharding
 
 
@@ -34,9 +35,7 @@ def target_mask(segment_ids: jax.Array) -> jax.Array:
 
 def cross_entropy_sums(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Summed next-token NLL (float32) over the counted targets, and their number."""
-    targets = batch["input_ids"][:, 1:]
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    nll = -next_token_log_probs(logits, batch["input_ids"])
     mask = target_mask(batch["segment_ids"]).astype(jnp.float32)
     return jnp.sum(nll * mask), jnp.sum(mask)
 
