@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 
-_ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "JAX_PLATFORMS")
+_ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "JAX_PLATFORMS", "JAX_DEFAULT_MATMUL_PRECISION")
 _PACKAGES = ("jax", "jaxlib", "flax", "numpy", "transformers", "torch", "orbax-checkpoint", "safetensors")
 
 
@@ -48,13 +48,38 @@ def versions() -> dict[str, str]:
     return found
 
 
+def torch_device() -> str:
+    """Where the PyTorch reference runs: "cuda" when PyTorch sees a GPU, else "cpu" (JAX, likewise, takes the GPU
+    when its CUDA plugin is installed), so that both implementations run on the same kind of device."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync(device: str) -> None:
+    """Wait for PyTorch's queued GPU work (a no-op on the CPU), so that a timer around it sees all of it."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def accelerators() -> list[str]:
+    """JAX's devices other than CPUs, by kind ("NVIDIA H200", ...); empty on a CPU-only machine."""
+    import jax
+
+    return [device.device_kind for device in jax.devices() if device.platform != "cpu"]
+
+
 def machine() -> dict:
-    """CPU model, cores, memory, OS, versions, threading variables and the load average (1, 5, 15 min).
+    """CPU model, cores, memory, accelerators, OS, versions, threading variables and the load average (1, 5, 15
+    min).
 
     The load average, taken when the report is made, shows whether other work shared the machine meanwhile.
     """
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     return {
+        "accelerators": accelerators(),
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),

@@ -10,6 +10,10 @@ The weights' PAD and EOS embedding rows are zero, so no row ever stops early: ev
 batch x 150 tokens (checked). Tokens/s = batch x 150 / seconds, prefill included; implementations alternate in
 rounds after one warm-up each (which, for JAX, compiles); medians reported.
 
+On a machine with a GPU both run on it (JAX's default backend, PyTorch's "cuda"); the report names where each
+ran. For float32 on a GPU, JAX's default matmul precision may use TF32 where PyTorch's default does not: set
+`JAX_DEFAULT_MATMUL_PRECISION=highest` to time both at full float32.
+
 The default dtype is fp32: on a CPU, both XLA and PyTorch run bf16 matmuls of decode shapes (a few rows
 against a weight matrix) many times slower than fp32, as the matmul probe printed beside the figures shows;
 `--dtypes bf16,fp32` times both.
@@ -52,10 +56,10 @@ class FirstCall:
         return self.fn()
 
 
-def matmul_probe(rows=(1, 32), hidden: int = 896, out: int = 4 * 4864, repeats: int = 5) -> dict[str, float]:
+def matmul_probe(device: str, rows=(1, 32), hidden: int = 896, out: int = 4 * 4864, repeats: int = 5) -> dict:
     """Milliseconds (best of `repeats`) of one [rows, hidden] x [hidden, out] matmul in XLA (float32
-    accumulation) and PyTorch, float32 and bfloat16: four `slam` MLP projections' worth of weights (70 MB in
-    float32, more than the CPU caches hold, as a decode step streams them)."""
+    accumulation) and PyTorch on `device`, float32 and bfloat16: four `slam` MLP projections' worth of weights (70
+    MB in float32, more than the CPU caches hold, as a decode step streams them)."""
     found = {}
     for dtype in ("float32", "bfloat16"):
         for count in rows:
@@ -66,12 +70,16 @@ def matmul_probe(rows=(1, 32), hidden: int = 896, out: int = 4 * 4864, repeats: 
                 common.seconds(lambda x=x, w=w, matmul=matmul: matmul(x, w).block_until_ready()) for _ in range(repeats)
             )
             tx, tw = (
-                torch.ones(count, hidden, dtype=getattr(torch, dtype)),
-                torch.ones(hidden, out, dtype=getattr(torch, dtype)),
+                torch.ones(count, hidden, dtype=getattr(torch, dtype), device=device),
+                torch.ones(hidden, out, dtype=getattr(torch, dtype), device=device),
             )
-            found[f"torch_{dtype}_rows{count}"] = 1e3 * min(
-                common.seconds(lambda tx=tx, tw=tw: tx @ tw) for _ in range(repeats)
-            )
+
+            def torch_matmul(tx=tx, tw=tw):
+                tx @ tw
+                common.torch_sync(device)
+
+            torch_matmul()
+            found[f"torch_{dtype}_rows{count}"] = 1e3 * min(common.seconds(torch_matmul) for _ in range(repeats))
     return found
 
 
@@ -90,8 +98,8 @@ def jax_run(model: SpeechLM, prompts: np.ndarray) -> Callable[[], object]:
     return run
 
 
-def torch_run(model, prompts: np.ndarray) -> Callable[[], object]:
-    input_ids = torch.from_numpy(prompts).long()
+def torch_run(model, prompts: np.ndarray, device: str) -> Callable[[], object]:
+    input_ids = torch.from_numpy(prompts).long().to(device)
     attention_mask = torch.ones_like(input_ids)
 
     def run():
@@ -107,6 +115,7 @@ def torch_run(model, prompts: np.ndarray) -> Callable[[], object]:
                 eos_token_id=tokens.EOS_ID,
                 bos_token_id=tokens.BOS_ID,
             )
+        common.torch_sync(device)
         if out.shape[1] - prompts.shape[1] != NEW_TOKENS:
             raise RuntimeError("transformers stopped early")
 
@@ -117,18 +126,21 @@ def build(batches: list[int], dtypes: list[str]) -> tuple[dict[str, FirstCall], 
     """Timed functions by name (JAX and PyTorch alternating, per dtype and batch) and facts about the set-up."""
     config, params = slam_params()
     torch.set_num_threads(os.cpu_count())
+    device = common.torch_device()
     fns = {}
     for short in dtypes:
         model = SpeechLM(qwen2.model_from_params(config.replace(compute_dtype=DTYPES[short]), params))
-        twin = torch_twin(config, params, DTYPES[short])
+        twin = torch_twin(config, params, DTYPES[short]).to(device)
         for batch in batches:
             prompts = prompts_for(batch, config.vocab_size - tokens.UNIT_OFFSET)
             fns[f"jax_{short}_batch{batch}"] = FirstCall(jax_run(model, prompts))
-            fns[f"torch_{short}_batch{batch}"] = FirstCall(torch_run(twin, prompts))
+            fns[f"torch_{short}_batch{batch}"] = FirstCall(torch_run(twin, prompts, device))
     setup = {
         "torch_threads": torch.get_num_threads(),
+        "torch_device": device,
+        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
         "attn_implementation": twin.config._attn_implementation,
-        "matmul_probe_ms": matmul_probe(),
+        "matmul_probe_ms": matmul_probe(device),
     }
     return fns, setup
 
@@ -159,6 +171,10 @@ def summarise(times: dict[str, list[float]], fns: dict[str, FirstCall], setup: d
         "new_tokens": NEW_TOKENS,
         "sampling": {"temperature": TEMPERATURE, "top_k": TOP_K},
         "torch_threads": setup["torch_threads"],
+        "torch_device": setup["torch_device"],
+        "torch_float32_matmul_precision": setup["torch_float32_matmul_precision"],
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "jax_backend": jax.default_backend(),
         "torch_attn_implementation": setup["attn_implementation"],
         "implementations": implementations,
         "jax_over_torch_tokens_per_s": ratios,
@@ -182,7 +198,10 @@ def report_lines(result: dict) -> list[str]:
     probe = ", ".join(f"{name} {ms:.1f}" for name, ms in result["matmul_probe_ms"].items())
     lines.append(f"matmul probe [rows, 896] x [896, 19456], ms: {probe}")
     machine = result["machine"]
-    lines.append(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load {machine['load_average']}")
+    lines.append(
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores, accelerators {machine['accelerators']}, load "
+        f"{machine['load_average']}; JAX on {result['jax_backend']}, PyTorch on {result['torch_device']}"
+    )
     return lines
 
 

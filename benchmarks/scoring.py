@@ -8,7 +8,8 @@ slam_jax: `evaluation.scoring.Scorer` (sequences packed longest-first into rows 
 jit, float32 master weights cast to the compute dtype). transformers: `Qwen2ForCausalLM` with its weights in
 the same dtype, as the reference scores: length-sorted batches of `batch_size` sequences right-padded to their
 longest with an attention mask, log-softmax in float32, under `torch.inference_mode()`. Implementations
-alternate in rounds after one warm-up each; medians reported.
+alternate in rounds after one warm-up each; medians reported. On a machine with a GPU both run on it (see
+`benchmarks.generate` on float32 matmul precision there).
 """
 
 import argparse
@@ -16,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 
+import jax
 import numpy as np
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -53,7 +55,8 @@ def torch_twin(config: model_config.ModelConfig, params: dict, dtype: str) -> Qw
 
 
 def torch_scores(model: Qwen2ForCausalLM, sequences: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """transformers' mean log-likelihoods: longest first, `batch_size` sequences per right-padded batch."""
+    """transformers' mean log-likelihoods: longest first, `batch_size` sequences per right-padded batch, on the
+    model's device."""
     order = np.argsort([-len(sequence) for sequence in sequences], kind="stable")
     scores = np.zeros(len(sequences), np.float32)
     for start in range(0, len(order), batch_size):
@@ -62,13 +65,14 @@ def torch_scores(model: Qwen2ForCausalLM, sequences: list[np.ndarray], batch_siz
         ids = torch.zeros((len(chosen), width), dtype=torch.long)
         for row, index in enumerate(chosen):
             ids[row, : len(sequences[index])] = torch.from_numpy(sequences[index])
+        ids = ids.to(model.device)
         mask = (ids != 0).long()
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             targets = ids[:, 1:]
             token_log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
             target_mask = (targets != 0).float()
-            scores[chosen] = ((token_log_probs * target_mask).sum(-1) / target_mask.sum(-1)).numpy()
+            scores[chosen] = ((token_log_probs * target_mask).sum(-1) / target_mask.sum(-1)).cpu().numpy()
     return scores
 
 
@@ -85,11 +89,12 @@ def build(num_pairs: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], obj
     sequences = make_pairs(num_pairs, config.vocab_size - 2)
     batch_size = len(sequences)
     torch.set_num_threads(os.cpu_count())
+    device = common.torch_device()
     fns, results = {}, {}
     for short in dtypes:
         model = SpeechLM(qwen2.model_from_params(config.replace(compute_dtype=DTYPES[short]), params))
         scorer = scoring.Scorer(model, batch_size=batch_size)
-        twin = torch_twin(config, params, DTYPES[short])
+        twin = torch_twin(config, params, DTYPES[short]).to(device)
 
         def run_jax(scorer=scorer, short=short):
             results[f"jax_{short}"] = scorer(sequences)
@@ -103,6 +108,7 @@ def build(num_pairs: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], obj
         "batch_size": batch_size,
         "sequence_tokens": [len(sequence) for sequence in sequences],
         "torch_threads": torch.get_num_threads(),
+        "torch_device": device,
         "results": results,
     }
     return fns, setup
@@ -129,6 +135,9 @@ def summarise(times: dict[str, list[float]], setup: dict, repeats: int) -> dict:
         "sequences_per_batch": setup["batch_size"],
         "sequence_tokens": setup["sequence_tokens"],
         "torch_threads": setup["torch_threads"],
+        "torch_device": setup["torch_device"],
+        "jax_backend": jax.default_backend(),
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "implementations": implementations,
         "jax_over_torch_pairs_per_s": {
             short: implementations[f"jax_{short}"]["pairs_per_s"] / implementations[f"torch_{short}"]["pairs_per_s"]
@@ -155,7 +164,10 @@ def report_lines(result: dict) -> list[str]:
         difference = result["max_abs_score_difference"][short]
         lines.append(f"JAX / PyTorch pairs/s, {short}: {ratio:.2f}x (scores differ by at most {difference:.2e})")
     machine = result["machine"]
-    lines.append(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load {machine['load_average']}")
+    lines.append(
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores, accelerators {machine['accelerators']}, load "
+        f"{machine['load_average']}; JAX on {result['jax_backend']}, PyTorch on {result['torch_device']}"
+    )
     return lines
 
 

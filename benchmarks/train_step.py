@@ -1,6 +1,7 @@
-"""One full training step of the `slam` config at batch 1 x 1024: slam_jax against transformers, same run.
+"""One full training step of the `slam` config at batch B x 1024 (default 1): slam_jax against transformers, same run.
 
-    python -m benchmarks.train_step [--json] [--repeats 3] [--reference-bf16 auto|full|extrapolate] [--ablation]
+    python -m benchmarks.train_step [--json] [--repeats 3] [--batch 1] [--reference-bf16 auto|full|extrapolate]
+                                    [--ablation]
 
 JAX runs the project's `jit_train_step` (fp32 master params and AdamW moments, bf16 compute, token-mean
 cross-entropy, clip 0.5, grad_accum 1) on a 1-device mesh. PyTorch runs `Qwen2ForCausalLM` (sdpa attention)
@@ -12,6 +13,11 @@ A CPU without native bf16 arithmetic (no avx512_bf16 / amx_bf16) runs PyTorch's 
 fallback: a full bf16 step then takes tens of minutes. There `--reference-bf16 auto` (the default) times
 bf16 models of 0 and 1 layers and extrapolates linearly to the full depth, and checks that method on fp32,
 where the full model is measured too; `full` times the full bf16 model regardless.
+
+On a machine with a GPU both run on it (JAX's default backend, PyTorch's "cuda"), the bf16 reference in full,
+and MFU is also given against the vendor's dense bf16 peak (PERFORMANCE.md: 989 TFLOP/s for the H100 SXM and
+the H200): a 4096^2 matmul timed from Python is too short there to show the GPU's peak. Leave
+`JAX_DEFAULT_MATMUL_PRECISION` unset there: "highest" made this bf16 step 2.7x slower on an H200.
 """
 
 import argparse
@@ -40,11 +46,21 @@ BATCH, LENGTH = 1, 1024
 LEARNING_RATE = 1e-4
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 PROBE_LAYERS = (0, 1)
+VENDOR_BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # dense bf16 FLOP/s, SXM parts (PERFORMANCE.md)
 
 
-def batch_ids(vocab_size: int) -> np.ndarray:
-    """Random unit tokens [BATCH, LENGTH] (ids 0 and 1 are BOS/EOS)."""
-    return np.random.default_rng(0).integers(2, vocab_size, (BATCH, LENGTH)).astype(np.int32)
+def batch_ids(vocab_size: int, batch: int = BATCH) -> np.ndarray:
+    """Random unit tokens [batch, LENGTH] (ids 0 and 1 are BOS/EOS)."""
+    return np.random.default_rng(0).integers(2, vocab_size, (batch, LENGTH)).astype(np.int32)
+
+
+def vendor_peak() -> float | None:
+    """The vendor's dense bf16 FLOP/s of JAX's first accelerator, when it is one of `VENDOR_BF16_PEAK`'s."""
+    for kind in common.accelerators()[:1]:
+        for name, peak in VENDOR_BF16_PEAK.items():
+            if name in kind:
+                return peak
+    return None
 
 
 def jax_step(cfg: model_config.ModelConfig, ids: np.ndarray, train) -> tuple[Callable[[], object], float]:
@@ -58,8 +74,8 @@ def jax_step(cfg: model_config.ModelConfig, ids: np.ndarray, train) -> tuple[Cal
     holder = {"state": jax.jit(lambda p: step_lib.init_state(p, chain), out_shardings=shardings)(params)}
     batches = {
         "input_ids": jnp.asarray(ids[None]),
-        "segment_ids": jnp.ones((1, BATCH, LENGTH), jnp.int32),
-        "positions": jnp.broadcast_to(jnp.arange(LENGTH, dtype=jnp.int32), (1, BATCH, LENGTH)),
+        "segment_ids": jnp.ones((1, *ids.shape), jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(LENGTH, dtype=jnp.int32), (1, *ids.shape)),
     }
     learning_rate = jnp.asarray(LEARNING_RATE, jnp.float32)
     start = time.perf_counter()
@@ -77,9 +93,11 @@ def jax_step(cfg: model_config.ModelConfig, ids: np.ndarray, train) -> tuple[Cal
     return run, compile_seconds
 
 
-def torch_step(cfg: model_config.ModelConfig, dtype: torch.dtype, ids: np.ndarray, train) -> Callable[[], object]:
-    """One `Qwen2ForCausalLM` training step (loss, backward, clip, AdamW) with weights in `dtype`."""
-    model = torch_model(cfg).to(dtype).train()
+def torch_step(
+    cfg: model_config.ModelConfig, dtype: torch.dtype, ids: np.ndarray, train, device: str = "cpu"
+) -> Callable[[], object]:
+    """One `Qwen2ForCausalLM` training step (loss, backward, clip, AdamW) with weights in `dtype` on `device`."""
+    model = torch_model(cfg).to(device=device, dtype=dtype).train()
     adamw = torch.optim.AdamW(
         model.parameters(),
         lr=LEARNING_RATE,
@@ -87,7 +105,7 @@ def torch_step(cfg: model_config.ModelConfig, dtype: torch.dtype, ids: np.ndarra
         eps=train.adam_eps,
         weight_decay=train.weight_decay,
     )
-    input_ids = torch.from_numpy(ids).long()
+    input_ids = torch.from_numpy(ids).long().to(device)
 
     def run() -> float:
         loss = model(input_ids=input_ids, labels=input_ids).loss
@@ -104,23 +122,31 @@ def has_native_bf16() -> bool:
     return any(flag in common.cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 
-def build(reference_bf16: str) -> tuple[dict[str, Callable[[], object]], dict]:
+def build(reference_bf16: str, batch: int = BATCH) -> tuple[dict[str, Callable[[], object]], dict]:
     """Every timed function by name (alternating JAX and PyTorch), and facts about the set-up."""
     cfg = model_config.slam(compute_dtype="bfloat16")
     train = slam_config.get_config().train
-    ids = batch_ids(cfg.vocab_size)
+    ids = batch_ids(cfg.vocab_size, batch)
     torch.set_num_threads(os.cpu_count())
-    extrapolate = reference_bf16 == "extrapolate" or (reference_bf16 == "auto" and not has_native_bf16())
+    device = common.torch_device()
+    extrapolate = reference_bf16 == "extrapolate" or (
+        reference_bf16 == "auto" and device == "cpu" and not has_native_bf16()
+    )
     fns = {"peak_matmul": peak_matmul()}
     fns["jax"], compile_seconds = jax_step(cfg, ids, train)
-    fns["torch_fp32"] = torch_step(cfg, torch.float32, ids, train)
+    fns["torch_fp32"] = torch_step(cfg, torch.float32, ids, train, device)
     if extrapolate:
         for layers in PROBE_LAYERS:
             for short, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-                fns[f"torch_{short}_{layers}_layers"] = torch_step(cfg.replace(num_layers=layers), dtype, ids, train)
+                fns[f"torch_{short}_{layers}_layers"] = torch_step(
+                    cfg.replace(num_layers=layers), dtype, ids, train, device
+                )
     else:
-        fns["torch_bf16"] = torch_step(cfg, torch.bfloat16, ids, train)
+        fns["torch_bf16"] = torch_step(cfg, torch.bfloat16, ids, train, device)
     setup = {
+        "batch": batch,
+        "torch_device": device,
+        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
         "num_layers": cfg.num_layers,
         "compile_seconds": compile_seconds,
         "reference_bf16_method": f"extrapolated from {PROBE_LAYERS} layers" if extrapolate else "measured",
@@ -152,12 +178,13 @@ def summarise(times: dict[str, list[float]], setup: dict, repeats: int) -> dict:
     """Tokens/s of each implementation, the JAX/PyTorch ratios and MFU against the run's best matmul."""
     peak = 2 * MATMUL_SIZE**3 / min(times["peak_matmul"])
     seconds = step_seconds(times, setup)
-    tokens = {name: BATCH * LENGTH / value for name, value in seconds.items()}
+    tokens = {name: setup["batch"] * LENGTH / value for name, value in seconds.items()}
     model_flops = tokens["jax"] * setup["flops_per_token"]
+    vendor = vendor_peak()
     result = {
         "benchmark": "train_step",
         "config": "slam",
-        "batch": BATCH,
+        "batch": setup["batch"],
         "length": LENGTH,
         "repeats": repeats,
         "tokens_per_second": tokens["jax"],
@@ -166,6 +193,11 @@ def summarise(times: dict[str, list[float]], setup: dict, repeats: int) -> dict:
         "ratio_vs_reference_bf16": tokens["jax"] / tokens["torch_bf16"],
         "ratio_vs_reference_fp32": tokens["jax"] / tokens["torch_fp32"],
         "mfu": model_flops / peak,
+        "vendor_bf16_peak": vendor,
+        "mfu_vendor": model_flops / vendor if vendor else None,
+        "jax_backend": jax.default_backend(),
+        "torch_device": setup["torch_device"],
+        "torch_float32_matmul_precision": setup["torch_float32_matmul_precision"],
         "model_flops_per_second": model_flops,
         "flops_per_token": setup["flops_per_token"],
         "non_embedding_params": setup["non_embedding_params"],
@@ -189,7 +221,12 @@ def report_lines(result: dict) -> list[str]:
         f"slam train step, batch {result['batch']} x {result['length']}, median of {result['repeats']} after a "
         f"warm-up; peak (best bf16->f32 {MATMUL_SIZE}^2 XLA matmul) {peak / 1e9:.0f} GFLOP/s",
         f"slam_jax (bf16 compute, fp32 master)  {seconds['jax']:8.2f} s  {result['tokens_per_second']:7.1f} tokens/s  "
-        f"MFU {result['mfu']:.1%}",
+        f"MFU {result['mfu']:.1%}"
+        + (
+            f" (of the vendor's {result['vendor_bf16_peak'] / 1e12:.0f} TFLOP/s: {result['mfu_vendor']:.1%})"
+            if result["vendor_bf16_peak"]
+            else ""
+        ),
         f"PyTorch bf16 ({result['reference_bf16_method']})  {seconds['torch_bf16']:8.2f} s  "
         f"{result['reference_bf16_tokens_per_second']:7.1f} tokens/s",
         f"PyTorch fp32  {seconds['torch_fp32']:8.2f} s  {result['reference_fp32_tokens_per_second']:7.1f} tokens/s",
@@ -202,8 +239,9 @@ def report_lines(result: dict) -> list[str]:
         )
     machine = result["machine"]
     lines.append(
-        f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average {machine['load_average']}, "
-        f"{machine['versions']}"
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores, accelerators {machine['accelerators']}, load "
+        f"average {machine['load_average']}, {machine['versions']}; JAX on {result['jax_backend']}, PyTorch on "
+        f"{result['torch_device']}"
     )
     return lines
 
@@ -246,6 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up (median reported)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="sequences of 1024 tokens per step")
     parser.add_argument(
         "--reference-bf16",
         choices=("auto", "full", "extrapolate"),
@@ -268,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         common.emit(result, args.json, lines)
         return 0
-    fns, setup = build(args.reference_bf16)
+    fns, setup = build(args.reference_bf16, args.batch)
     result = summarise(common.alternate(fns, args.repeats), setup, args.repeats)
     common.emit(result, args.json, report_lines(result))
     return 0
