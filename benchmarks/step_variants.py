@@ -12,9 +12,7 @@ Run it on a GPU: on a CPU every variant takes minutes.
 """
 
 import argparse
-import contextlib
 import sys
-from unittest import mock
 
 import jax
 import torch
@@ -23,7 +21,6 @@ from benchmarks import common
 from benchmarks import train_step as ts
 from configs import slam as slam_config
 from slam_jax.models import config as model_config
-from slam_jax.models import qwen2
 
 
 def cudnn_attention(q, k, v, mask, config):
@@ -51,18 +48,6 @@ VARIANTS = {  # name: (module patches, matmul precision, remat policy)
 }
 
 
-def time_variant(cfg, ids, train, patches: dict, precision: str | None, repeats: int) -> dict:
-    """Median seconds of the project's step with `patches` applied to `qwen2` while it compiles."""
-    with contextlib.ExitStack() as stack:
-        for attribute, value in patches.items():
-            stack.enter_context(mock.patch.object(qwen2, attribute, value))
-        if precision:
-            stack.enter_context(jax.default_matmul_precision(precision))
-        run, compile_seconds = ts.jax_step(cfg, ids, train)
-    times = common.alternate({"step": run}, repeats)["step"]
-    return {"seconds": common.median(times), "all_seconds": times, "compile_seconds": compile_seconds}
-
-
 def measure(batch: int, repeats: int) -> dict:
     train = slam_config.get_config().train
     cfg = model_config.slam(compute_dtype="bfloat16")
@@ -73,7 +58,9 @@ def measure(batch: int, repeats: int) -> dict:
     found = {"torch_bf16": {"seconds": common.median(reference), "all_seconds": reference}}
     for name, (patches, precision, remat) in VARIANTS.items():
         try:
-            found[name] = time_variant(cfg.replace(remat_policy=remat), ids, train, patches, precision, repeats)
+            found[name] = ts.patched_step_seconds(
+                cfg.replace(remat_policy=remat), ids, train, patches, repeats, precision
+            )
         except Exception as error:  # noqa: BLE001 - one variant failing must not lose the others
             found[name] = {"failed": f"{error.__class__.__name__}: {str(error)[:300]}"}
     for figures in found.values():

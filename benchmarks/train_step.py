@@ -259,6 +259,19 @@ ABLATIONS = {
 }
 
 
+def patched_step_seconds(cfg, ids, train, patches: dict, repeats: int, precision: str | None = None) -> dict:
+    """Median seconds of slam_jax's step compiled with `patches` (attribute: value) applied to `qwen2`, under
+    the matmul `precision` when one is given."""
+    with contextlib.ExitStack() as stack:
+        for attribute, value in patches.items():
+            stack.enter_context(mock.patch.object(qwen2, attribute, value))
+        if precision:
+            stack.enter_context(jax.default_matmul_precision(precision))
+        run, compile_seconds = jax_step(cfg, ids, train)
+    times = common.alternate({"step": run}, repeats)["step"]
+    return {"seconds": common.median(times), "all_seconds": times, "compile_seconds": compile_seconds}
+
+
 def ablation(repeats: int) -> dict:
     """Median step seconds of slam_jax's step under each `ABLATIONS` entry (plus float32 compute), one variant
     after another (each holds a 4.3 GB train state: they do not fit in memory together)."""
@@ -269,14 +282,8 @@ def ablation(repeats: int) -> dict:
     ]
     for name, changes, dtype in variants:
         cfg = model_config.slam(compute_dtype=dtype)
-        with contextlib.ExitStack() as stack:
-            for attribute, value in changes.items():
-                stack.enter_context(mock.patch.object(qwen2, attribute, value))
-            run, compile_seconds = jax_step(cfg, batch_ids(cfg.vocab_size), train)
-        times = common.alternate({name: run}, repeats)[name]
-        found[name] = {"seconds": common.median(times), "all_seconds": times, "compile_seconds": compile_seconds}
+        found[name] = patched_step_seconds(cfg, batch_ids(cfg.vocab_size), train, changes, repeats)
         found[name]["tokens_per_second"] = BATCH * LENGTH / found[name]["seconds"]
-        del run
     return {"benchmark": "train_step_ablation", "repeats": repeats, "variants": found, "machine": common.machine()}
 
 
