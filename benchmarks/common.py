@@ -71,15 +71,39 @@ def accelerators() -> list[str]:
     return [device.device_kind for device in jax.devices() if device.platform != "cpu"]
 
 
+def placement() -> dict[str, str | None]:
+    """Where JAX and PyTorch run, and the float32 matmul precision each uses by default."""
+    import jax
+    import torch
+
+    return {
+        "jax_backend": jax.default_backend(),
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "torch_device": torch_device(),
+        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def describe(machine_report: dict) -> str:
+    """One line of `machine()`'s report: CPU, cores, accelerators, load, and where each library ran."""
+    where = machine_report["placement"]
+    return (
+        f"machine: {machine_report['cpu_model']}, {machine_report['cores']} cores, accelerators "
+        f"{machine_report['accelerators']}, load {machine_report['load_average']}; JAX on {where['jax_backend']}, "
+        f"PyTorch on {where['torch_device']}"
+    )
+
+
 def machine() -> dict:
-    """CPU model, cores, memory, accelerators, OS, versions, threading variables and the load average (1, 5, 15
-    min).
+    """CPU model, cores, memory, accelerators and where JAX and PyTorch run, OS, versions, threading variables
+    and the load average (1, 5, 15 min).
 
     The load average, taken when the report is made, shows whether other work shared the machine meanwhile.
     """
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     return {
         "accelerators": accelerators(),
+        "placement": placement(),
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),

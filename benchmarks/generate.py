@@ -137,8 +137,6 @@ def build(batches: list[int], dtypes: list[str]) -> tuple[dict[str, FirstCall], 
             fns[f"torch_{short}_batch{batch}"] = FirstCall(torch_run(twin, prompts, device))
     setup = {
         "torch_threads": torch.get_num_threads(),
-        "torch_device": device,
-        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
         "attn_implementation": twin.config._attn_implementation,
         "matmul_probe_ms": matmul_probe(device),
     }
@@ -171,10 +169,6 @@ def summarise(times: dict[str, list[float]], fns: dict[str, FirstCall], setup: d
         "new_tokens": NEW_TOKENS,
         "sampling": {"temperature": TEMPERATURE, "top_k": TOP_K},
         "torch_threads": setup["torch_threads"],
-        "torch_device": setup["torch_device"],
-        "torch_float32_matmul_precision": setup["torch_float32_matmul_precision"],
-        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
-        "jax_backend": jax.default_backend(),
         "torch_attn_implementation": setup["attn_implementation"],
         "implementations": implementations,
         "jax_over_torch_tokens_per_s": ratios,
@@ -197,11 +191,7 @@ def report_lines(result: dict) -> list[str]:
         lines.append(f"JAX / PyTorch tokens/s, {short}: " + ", ".join(f"{k} {v:.2f}x" for k, v in by_batch.items()))
     probe = ", ".join(f"{name} {ms:.1f}" for name, ms in result["matmul_probe_ms"].items())
     lines.append(f"matmul probe [rows, 896] x [896, 19456], ms: {probe}")
-    machine = result["machine"]
-    lines.append(
-        f"machine: {machine['cpu_model']}, {machine['cores']} cores, accelerators {machine['accelerators']}, load "
-        f"{machine['load_average']}; JAX on {result['jax_backend']}, PyTorch on {result['torch_device']}"
-    )
+    lines.append(common.describe(result["machine"]))
     return lines
 
 

@@ -17,7 +17,6 @@ import os
 import sys
 from collections.abc import Callable
 
-import jax
 import numpy as np
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -108,7 +107,6 @@ def build(num_pairs: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], obj
         "batch_size": batch_size,
         "sequence_tokens": [len(sequence) for sequence in sequences],
         "torch_threads": torch.get_num_threads(),
-        "torch_device": device,
         "results": results,
     }
     return fns, setup
@@ -135,9 +133,6 @@ def summarise(times: dict[str, list[float]], setup: dict, repeats: int) -> dict:
         "sequences_per_batch": setup["batch_size"],
         "sequence_tokens": setup["sequence_tokens"],
         "torch_threads": setup["torch_threads"],
-        "torch_device": setup["torch_device"],
-        "jax_backend": jax.default_backend(),
-        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "implementations": implementations,
         "jax_over_torch_pairs_per_s": {
             short: implementations[f"jax_{short}"]["pairs_per_s"] / implementations[f"torch_{short}"]["pairs_per_s"]
@@ -163,11 +158,7 @@ def report_lines(result: dict) -> list[str]:
     for short, ratio in result["jax_over_torch_pairs_per_s"].items():
         difference = result["max_abs_score_difference"][short]
         lines.append(f"JAX / PyTorch pairs/s, {short}: {ratio:.2f}x (scores differ by at most {difference:.2e})")
-    machine = result["machine"]
-    lines.append(
-        f"machine: {machine['cpu_model']}, {machine['cores']} cores, accelerators {machine['accelerators']}, load "
-        f"{machine['load_average']}; JAX on {result['jax_backend']}, PyTorch on {result['torch_device']}"
-    )
+    lines.append(common.describe(result["machine"]))
     return lines
 
 

@@ -73,8 +73,6 @@ def measure(batch: int, repeats: int) -> dict:
         "length": ts.LENGTH,
         "repeats": repeats,
         "model_flops_per_step": flops,
-        "torch_device": device,
-        "jax_backend": jax.default_backend(),
         "variants": found,
         "machine": common.machine(),
     }
@@ -90,11 +88,7 @@ def report_lines(result: dict) -> list[str]:
             f"{name:28s} {figures['seconds']:8.4f} s  {figures['model_tflops_per_s']:6.1f} TFLOP/s  "
             f"{figures['over_torch_bf16']:.2f}x PyTorch bf16"
         )
-    machine = result["machine"]
-    lines.append(
-        f"machine: {machine['cpu_model']}, accelerators {machine['accelerators']}; JAX on {result['jax_backend']}, "
-        f"PyTorch on {result['torch_device']}"
-    )
+    lines.append(common.describe(result["machine"]))
     return lines
 
 

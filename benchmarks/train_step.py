@@ -145,8 +145,6 @@ def build(reference_bf16: str, batch: int = BATCH) -> tuple[dict[str, Callable[[
         fns["torch_bf16"] = torch_step(cfg, torch.bfloat16, ids, train, device)
     setup = {
         "batch": batch,
-        "torch_device": device,
-        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
         "num_layers": cfg.num_layers,
         "compile_seconds": compile_seconds,
         "reference_bf16_method": f"extrapolated from {PROBE_LAYERS} layers" if extrapolate else "measured",
@@ -195,9 +193,6 @@ def summarise(times: dict[str, list[float]], setup: dict, repeats: int) -> dict:
         "mfu": model_flops / peak,
         "vendor_bf16_peak": vendor,
         "mfu_vendor": model_flops / vendor if vendor else None,
-        "jax_backend": jax.default_backend(),
-        "torch_device": setup["torch_device"],
-        "torch_float32_matmul_precision": setup["torch_float32_matmul_precision"],
         "model_flops_per_second": model_flops,
         "flops_per_token": setup["flops_per_token"],
         "non_embedding_params": setup["non_embedding_params"],
@@ -237,12 +232,7 @@ def report_lines(result: dict) -> list[str]:
         lines.append(
             f"the extrapolation checked on fp32: {result['fp32_extrapolation_error']:+.1%} off the measured step"
         )
-    machine = result["machine"]
-    lines.append(
-        f"machine: {machine['cpu_model']}, {machine['cores']} cores, accelerators {machine['accelerators']}, load "
-        f"average {machine['load_average']}, {machine['versions']}; JAX on {result['jax_backend']}, PyTorch on "
-        f"{result['torch_device']}"
-    )
+    lines.append(f"{common.describe(result['machine'])}; {result['machine']['versions']}")
     return lines
 
 
