@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -72,16 +73,18 @@ def accelerators() -> list[str]:
 
 
 def placement() -> dict[str, str | None]:
-    """Where JAX and PyTorch run, and the float32 matmul precision each uses by default."""
+    """Where JAX runs, and PyTorch in a benchmark that uses it (one that imported it: this does not import
+    PyTorch for the others), with the float32 matmul precision each uses by default."""
     import jax
-    import torch
 
-    return {
+    found = {
         "jax_backend": jax.default_backend(),
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
-        "torch_device": torch_device(),
-        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
+    if "torch" in sys.modules:
+        found["torch_device"] = torch_device()
+        found["torch_float32_matmul_precision"] = sys.modules["torch"].get_float32_matmul_precision()
+    return found
 
 
 def describe(machine_report: dict) -> str:
@@ -89,8 +92,8 @@ def describe(machine_report: dict) -> str:
     where = machine_report["placement"]
     return (
         f"machine: {machine_report['cpu_model']}, {machine_report['cores']} cores, accelerators "
-        f"{machine_report['accelerators']}, load {machine_report['load_average']}; JAX on {where['jax_backend']}, "
-        f"PyTorch on {where['torch_device']}"
+        f"{machine_report['accelerators']}, load {machine_report['load_average']}; JAX on {where['jax_backend']}"
+        + (f", PyTorch on {where['torch_device']}" if "torch_device" in where else "")
     )
 
 
