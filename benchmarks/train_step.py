@@ -37,8 +37,8 @@ from flax import nnx
 from benchmarks import common
 from benchmarks.forward import MATMUL_SIZE, peak_matmul, torch_model
 from configs import slam as slam_config
+from slam_jax.models import attention, qwen2
 from slam_jax.models import config as model_config
-from slam_jax.models import qwen2
 from slam_jax.training import metrics, optimizer, sharding
 from slam_jax.training import step as step_lib
 
@@ -236,25 +236,26 @@ def report_lines(result: dict) -> list[str]:
     return lines
 
 
-def plain_attention(q, k, v, mask, config):
+def plain_attention(q, k, v, segment_ids):
     """Causal attention as the first session wrote it: one block over every key, scores kept for the backward."""
-    return qwen2.grouped_attention(q, k, v, mask, config)
+    slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
+    return attention.grouped_attention(q, k, v, attention.attention_mask(slots, slots, segment_ids, segment_ids))
 
 
 # slam_jax's step with one change undone each (`--ablation`): the effect of each change on this machine.
 ABLATIONS = {
     "as_is": {},
-    "attention_one_block": {"_ATTENTION_BLOCK": LENGTH},  # rematerialised, but no keys skipped
-    "attention_plain": {"causal_attention": plain_attention},  # neither blocked nor rematerialised
+    "attention_one_block": {"XLA_BLOCK": LENGTH},  # rematerialised, but no keys skipped
+    "attention_plain": {"KERNELS": {**attention.KERNELS, "xla": plain_attention}},  # not blocked, not remat
 }
 
 
 def patched_step_seconds(cfg, ids, train, patches: dict, repeats: int, precision: str | None = None) -> dict:
-    """Median seconds of slam_jax's step compiled with `patches` (attribute: value) applied to `qwen2`, under
-    the matmul `precision` when one is given."""
+    """Median seconds of slam_jax's step compiled with `patches` (attribute: value) applied to the `attention`
+    module, under the matmul `precision` when one is given."""
     with contextlib.ExitStack() as stack:
         for attribute, value in patches.items():
-            stack.enter_context(mock.patch.object(qwen2, attribute, value))
+            stack.enter_context(mock.patch.object(attention, attribute, value))
         if precision:
             stack.enter_context(jax.default_matmul_precision(precision))
         run, compile_seconds = jax_step(cfg, ids, train)

@@ -31,6 +31,7 @@ def get_config() -> ConfigDict:
     # activation recompute: none | full | dots | dots_no_batch. The paper's step (8 x 1024 per micro-batch) needs
     # 35.4 GiB without it and 18.3 GiB with dots_no_batch (benchmarks.memory), so it fits a 24 GB A5000.
     config.model.remat_policy = "dots_no_batch"
+    config.model.attention = "auto"  # attention kernel: auto (per platform) | xla | splash | pallas_gpu | cudnn
 
     config.data = ConfigDict()
     config.data.train_path = ""  # stores, prepared folders, raw unit jsonl/parquet or 'synthetic'; comma list

@@ -8,11 +8,12 @@ from slam_jax import tokens
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "xla", "splash", "pallas_gpu", "cudnn")  # models/attention.py
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture plus the execution knobs (dtype, layer scan, remat) of a Qwen2 decoder."""
+    """Architecture plus the execution knobs (dtype, layer scan, remat, attention kernel) of a Qwen2 decoder."""
 
     vocab_size: int
     hidden_size: int
@@ -28,6 +29,7 @@ class ModelConfig:
     compute_dtype: str = "bfloat16"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -38,6 +40,8 @@ class ModelConfig:
             raise ValueError(f"remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype={self.compute_dtype!r} not in {COMPUTE_DTYPES}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r} not in {ATTENTION_BACKENDS}")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

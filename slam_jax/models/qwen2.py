@@ -1,27 +1,31 @@
 """The Qwen2 decoder in Flax NNX, laid out like `transformers`' Qwen2ForCausalLM.
 
-Parameters are float32 (master weights); matmuls run in `config.compute_dtype` and accumulate in float32.
+Parameters are float32 (master weights); matmuls run in `config.compute_dtype` and accumulate in float32, in
+the forward and the backward pass alike (`precision.py`): a bf16 run multiplies bf16 by bf16 everywhere, while
+RMSNorm, the softmax statistics and the logits stay float32.
 The decoder layers are created stacked (one leading layer axis on every weight) so the forward pass can run
 them under `jax.lax.scan` (one compiled layer, fast compiles) or unrolled, chosen by `config.scan_layers`.
 
 Attention honours packed rows: `segment_ids` keep tokens of different segments apart and `positions`
-restart the rotary phase per segment. Incremental decoding keeps a KV cache that the model creates
-(`init_cache`) and threads functionally through `decode`, so every call stays a pure function under jit.
+restart the rotary phase per segment. A whole sequence goes through the kernel `config.attention` names
+(`attention.py`: the einsum on CPUs, splash on TPUs, a Pallas flash kernel on GPUs). Incremental decoding
+keeps a KV cache that the model creates (`init_cache`) and threads functionally through `decode`, so every
+call stays a pure function under jit.
 """
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from slam_jax.models import attention
 from slam_jax.models.config import ModelConfig
+from slam_jax.models.precision import einsum_f32
 
 Cache = dict[str, jax.Array]
 
 _INIT_STD = 0.02
-_ATTENTION_BLOCK = 256  # queries per block of causal attention (4 blocks at the paper's 1024 context)
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -34,7 +38,10 @@ def _dtype(name: str) -> jnp.dtype:
 
 
 class Dense(nnx.Module):
-    """x @ kernel (+ bias): float32 weights, matmul in the compute dtype with float32 accumulation."""
+    """x @ kernel (+ bias): float32 weights, matmul in the compute dtype (the kernel accumulates in float32).
+
+    The result is in the compute dtype, so the backward pass's cotangent and its two dots are too.
+    """
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool, dtype, rngs: nnx.Rngs):
         init = jax.nn.initializers.normal(_INIT_STD)
@@ -43,7 +50,7 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=self.dtype)
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(self.dtype)
@@ -75,44 +82,6 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Ar
     return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
 
 
-def attention_mask(query_slots, key_slots, query_segments, key_segments) -> jax.Array:
-    """[batch, 1, 1, q, k] boolean: causal by slot in the row, and only within the same segment."""
-    causal = query_slots[:, :, None] >= key_slots[:, None, :]
-    same_segment = query_segments[:, :, None] == key_segments[:, None, :]
-    return (causal & same_segment)[:, None, None, :, :]
-
-
-def grouped_attention(q, k, v, mask, config: ModelConfig) -> jax.Array:
-    """Softmax attention of q [b, t, heads, d] over k, v [b, s, kv_heads, d] under mask [b, 1, 1, t, s].
-
-    The float32 scores are laid out [b, kv_heads, t, groups, s]: the order in which the q.k dot writes them
-    and the probs.v dot reads them, so the t x s matrices are never transposed.
-    """
-    batch, length = q.shape[:2]
-    q = q.reshape(batch, length, config.num_kv_heads, config.num_query_groups, config.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bktgs", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, :, 0, :, None, :], scores * config.head_dim**-0.5, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bktgs,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(batch, length, -1).astype(q.dtype)
-
-
-@functools.partial(jax.checkpoint, static_argnums=(4,), prevent_cse=False)
-def causal_attention(q, k, v, mask, config: ModelConfig) -> jax.Array:
-    """`grouped_attention` of a full sequence (query i at key slot i), by blocks of `_ATTENTION_BLOCK` queries.
-
-    A block's queries only see keys up to its last slot, so the keys after it, all masked, are skipped: the
-    same result for about 5/8 of the work at 4 blocks. Rematerialised: the backward pass recomputes the
-    scores rather than keeping every layer's float32 probabilities.
-    """
-    outputs = []
-    for start in range(0, q.shape[1], _ATTENTION_BLOCK):
-        end = start + _ATTENTION_BLOCK
-        block_mask = mask[..., start:end, :end]
-        outputs.append(grouped_attention(q[:, start:end], k[:, :end], v[:, :end], block_mask, config))
-    return jnp.concatenate(outputs, axis=1)
-
-
 class Attention(nnx.Module):
     """Grouped-query self-attention with q/k/v biases and no output bias."""
 
@@ -125,8 +94,12 @@ class Attention(nnx.Module):
         self.o_proj = Dense(config.num_heads * hd, d, use_bias=False, dtype=dtype, rngs=rngs)
         self.config = config
 
-    def __call__(self, x, positions, mask, layer_cache: Cache | None) -> tuple[jax.Array, Cache | None]:
-        """Attention output and, when decoding, the layer's k/v cache with this call's keys written in."""
+    def __call__(self, x, positions, visible, layer_cache: Cache | None) -> tuple[jax.Array, Cache | None]:
+        """Attention output and, when decoding, the layer's k/v cache with this call's keys written in.
+
+        `visible`: the segment ids [batch, length] of a whole sequence (no cache; the configured backend),
+        or, with a cache, the boolean mask [batch, 1, 1, length, cache slots] (the einsum attention).
+        """
         cfg = self.config
         batch, length, _ = x.shape
         q = self.q_proj(x).reshape(batch, length, cfg.num_heads, cfg.head_dim)
@@ -141,8 +114,9 @@ class Attention(nnx.Module):
             layer_cache = {"k": k, "v": v, "index": layer_cache["index"]}
         k, v = k.astype(q.dtype), v.astype(q.dtype)
         if layer_cache is None:
-            return self.o_proj(causal_attention(q, k, v, mask, cfg)), layer_cache
-        return self.o_proj(grouped_attention(q, k, v, mask, cfg)), layer_cache
+            backend = attention.resolve(cfg.attention)
+            return self.o_proj(attention.causal_attention(q, k, v, visible, backend)), layer_cache
+        return self.o_proj(attention.grouped_attention(q, k, v, visible)), layer_cache
 
 
 class MLP(nnx.Module):
@@ -169,9 +143,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, mask, layer_cache):
-        """The layer output and, when decoding, this layer's updated k/v cache."""
-        attended, layer_cache = self.self_attn(self.input_layernorm(x), positions, mask, layer_cache)
+    def __call__(self, x, positions, visible, layer_cache):
+        """The layer output and, when decoding, this layer's updated k/v cache (`visible`: see Attention)."""
+        attended, layer_cache = self.self_attn(self.input_layernorm(x), positions, visible, layer_cache)
         h = x + attended
         return h + self.mlp(self.post_attention_layernorm(h)), layer_cache
 
@@ -222,10 +196,8 @@ class Qwen2(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         dtype = _dtype(self.config.compute_dtype)
         if self.lm_head is None:
-            head = self.embed_tokens[...].astype(dtype)
-            return jnp.einsum("btd,vd->btv", hidden.astype(dtype), head, preferred_element_type=jnp.float32)
-        kernel = self.lm_head.kernel[...].astype(dtype)
-        return jnp.dot(hidden.astype(dtype), kernel, preferred_element_type=jnp.float32)
+            return einsum_f32("btd,vd->btv", hidden.astype(dtype), self.embed_tokens[...].astype(dtype))
+        return einsum_f32("btd,dv->btv", hidden.astype(dtype), self.lm_head.kernel[...].astype(dtype))
 
     def forward(self, input_ids, segment_ids=None, positions=None, cache=None, keep_hidden_states=False):
         """Final normed hidden states, the updated cache (or None) and, if asked, every layer's input."""
@@ -234,14 +206,14 @@ class Qwen2(nnx.Module):
         query_slots = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
         segment_ids = jnp.ones((batch, length), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
         positions = query_slots if positions is None else positions
-        key_slots, key_segments, layer_caches = query_slots, segment_ids, None
+        visible, layer_caches = segment_ids, None
         if cache is not None:
             key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
             key_slots = jnp.broadcast_to(jnp.arange(key_segments.shape[1], dtype=jnp.int32), key_segments.shape)
+            visible = attention.attention_mask(query_slots, key_slots, segment_ids, key_segments)
             layer_caches = {"k": cache["k"], "v": cache["v"]}
-        mask = attention_mask(query_slots, key_slots, segment_ids, key_segments)
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(_dtype(self.config.compute_dtype))
-        x, layer_caches, per_layer = self._run_layers(x, positions, mask, layer_caches, start, keep_hidden_states)
+        x, layer_caches, per_layer = self._run_layers(x, positions, visible, layer_caches, start, keep_hidden_states)
         if cache is not None:
             cache = {
                 "k": layer_caches["k"],
@@ -251,7 +223,7 @@ class Qwen2(nnx.Module):
             }
         return self.norm(x), cache, per_layer
 
-    def _run_layers(self, x, positions, mask, caches, start, keep_hidden_states):
+    def _run_layers(self, x, positions, visible, caches, start, keep_hidden_states):
         """All decoder layers, scanned or unrolled; per-layer caches and inputs stacked on axis 0."""
         graphdef, kernels, rest = nnx.split(self.layers, nnx.PathContains("kernel"), ...)
         # One cast of the stacked kernels before the loop: cast inside it, each layer's compute-dtype copy
@@ -263,7 +235,7 @@ class Qwen2(nnx.Module):
             layer_state, layer_cache = layer_inputs
             if layer_cache is not None:
                 layer_cache = {**layer_cache, "index": start}
-            out, layer_cache = nnx.merge(graphdef, *layer_state)(carry, positions, mask, layer_cache)
+            out, layer_cache = nnx.merge(graphdef, *layer_state)(carry, positions, visible, layer_cache)
             if layer_cache is not None:
                 layer_cache = {"k": layer_cache["k"], "v": layer_cache["v"]}
             return out, (layer_cache, carry if keep_hidden_states else None)

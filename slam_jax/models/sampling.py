@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax import tokens
-from slam_jax.models import qwen2
+from slam_jax.models import attention, qwen2
 
 _MATRICES = ("kernel", "embed_tokens")
 
@@ -155,7 +155,7 @@ class LayerwiseDecoder:
         query_slots = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
         key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
         key_slots = jnp.broadcast_to(jnp.arange(key_segments.shape[1], dtype=jnp.int32), key_segments.shape)
-        mask = qwen2.attention_mask(query_slots, key_slots, segment_ids, key_segments)
+        mask = attention.attention_mask(query_slots, key_slots, segment_ids, key_segments)
         x = jnp.take(self.model.embed_tokens[...], input_ids, axis=0).astype(jnp.dtype(self.model.config.compute_dtype))
         layers = []
         for layer_state, layer_cache in zip(self.layer_states, cache["layers"], strict=True):

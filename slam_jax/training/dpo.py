@@ -112,7 +112,10 @@ class DPOTrainer(loop.Trainer):
             reference_logps = self.reference_logps()
         self.source = preference.PairSource(self.store, reference_logps)
         step = jax.jit(
-            functools.partial(dpo_step, graphdef=self.graphdef, optimizer=self.optimizer, dpo=config.dpo),
+            sharding.traced_under(
+                self.mesh,
+                functools.partial(dpo_step, graphdef=self.graphdef, optimizer=self.optimizer, dpo=config.dpo),
+            ),
             in_shardings=(
                 self.shardings,
                 None,
@@ -160,7 +163,7 @@ class DPOTrainer(loop.Trainer):
 
     def compute_reference_logps(self) -> np.ndarray:
         params = storage.load_params(self.init_dir, self.model_config)
-        score = jax.jit(functools.partial(sequence_logps, graphdef=self.graphdef))
+        score = jax.jit(sharding.traced_under(self.mesh, functools.partial(sequence_logps, graphdef=self.graphdef)))
         source = preference.PairSource(self.store)
         batch_size = max(1, self.config.train.per_device_batch_size)
         results = []

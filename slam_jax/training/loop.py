@@ -19,8 +19,8 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from slam_jax.data import pipeline, stores
+from slam_jax.models import attention, qwen2, storage
 from slam_jax.models import config as model_config
-from slam_jax.models import qwen2, storage
 from slam_jax.models.config import ModelConfig
 from slam_jax.training import checkpoints, distributed, metrics, optimizer, sharding
 from slam_jax.training.step import TrainState, init_state, jit_eval_step, jit_train_step, state_shardings
@@ -52,6 +52,7 @@ def build_model_config(config: ConfigDict) -> ModelConfig:
         compute_dtype=config.model.compute_dtype,
         scan_layers=config.model.scan_layers,
         remat_policy=config.model.remat_policy,
+        attention=config.model.get("attention", "auto"),
     )
     if config.model.init_from:
         base = storage.load_config(storage.resolve_model_dir(config.model.init_from))
@@ -275,6 +276,11 @@ class Trainer:
         if not train.max_steps and not budget:
             raise ValueError("set train.max_steps and/or train.time_budget")
         iterator = self.data_iterator()
+        self.say(
+            f"attention kernel: {attention.resolve(self.model_config.attention)} "
+            f"(model.attention={self.model_config.attention!r}, {jax.default_backend()}), "
+            f"compute dtype {self.model_config.compute_dtype}"
+        )
         latest = self.checkpointer.latest_step()
         meta = {"step": 0, "tokens_seen": 0.0, "elapsed_seconds": 0.0, "total_steps": int(train.max_steps)}
         if latest is not None:

@@ -6,6 +6,7 @@ over `data` x `fsdp`. A rule names a mesh axis per parameter dimension; an axis 
 dimension is dropped (replicated) rather than failing, so odd sizes such as the 502-row vocab still run.
 """
 
+import functools
 import re
 
 import jax
@@ -95,3 +96,15 @@ def batch_sharding(mesh: Mesh, leading_axes: int = 0, trailing_axes: int = 1) ->
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def traced_under(mesh: Mesh, fn):
+    """`fn` traced with `mesh` as the context mesh, so that kernels XLA cannot partition (a Pallas or cuDNN
+    attention) run per shard under `shard_map` (models/attention.py)."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return traced

@@ -85,7 +85,7 @@ def state_shardings(abstract_state: TrainState, mesh) -> TrainState:
 def jit_train_step(graphdef, optimizer, shardings: TrainState, mesh):
     """`step(state, batches, lr) -> (state, metrics)` compiled with shardings and the state donated."""
     return jax.jit(
-        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer),
+        sharding.traced_under(mesh, functools.partial(train_step, graphdef=graphdef, optimizer=optimizer)),
         in_shardings=(shardings, sharding.batch_sharding(mesh, leading_axes=1), sharding.replicated(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
@@ -94,7 +94,7 @@ def jit_train_step(graphdef, optimizer, shardings: TrainState, mesh):
 
 def jit_eval_step(graphdef, param_shardings, mesh):
     return jax.jit(
-        functools.partial(eval_step, graphdef=graphdef),
+        sharding.traced_under(mesh, functools.partial(eval_step, graphdef=graphdef)),
         in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )
