@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import grain
 import numpy as np
+from absl import flags
 
 from benchmarks import common
 from slam_jax.data import ingest, pipeline, synthetic
@@ -42,9 +44,13 @@ def window(iterator, batches: int) -> tuple[float, int]:
     return time.perf_counter() - start, real
 
 
-def measure_pipeline(store: Path, batches: int, repeats: int) -> dict:
-    """Median slot tokens/s over `repeats` windows of `batches` batches, after a warm-up window."""
+def measure_pipeline(store: Path, batches: int, repeats: int, workers: int = 0) -> dict:
+    """Median slot tokens/s over `repeats` windows of `batches` batches, after a warm-up window; with `workers`
+    > 0 the batches are made in that many Grain worker processes."""
     dataset = pipeline.train_dataset([str(store)], None, LENGTH, rows_per_batch=ROWS, seed=0)
+    if workers:
+        flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     iterator = iter(dataset)
     window(iterator, batches)
     windows = [window(iterator, batches) for _ in range(repeats)]
@@ -55,6 +61,7 @@ def measure_pipeline(store: Path, batches: int, repeats: int) -> dict:
         "real_token_fraction": sum(real for _, real in windows) / (slots * repeats),
         "seconds_per_window": seconds,
         "batches_per_window": batches,
+        "workers": workers,
     }
 
 

@@ -122,9 +122,10 @@ def torch_run(model, prompts: np.ndarray, device: str) -> Callable[[], object]:
     return run
 
 
-def build(batches: list[int], dtypes: list[str]) -> tuple[dict[str, FirstCall], dict]:
-    """Timed functions by name (JAX and PyTorch alternating, per dtype and batch) and facts about the set-up."""
-    config, params = slam_params()
+def build(batches: list[int], dtypes: list[str], preset: str = "slam", **sizes) -> tuple[dict[str, FirstCall], dict]:
+    """Timed functions by name (JAX and PyTorch alternating, per dtype and batch) and facts about the set-up;
+    `preset` and `sizes` (e.g. num_units) choose the model."""
+    config, params = slam_params(preset=preset, **sizes)
     torch.set_num_threads(os.cpu_count())
     device = common.torch_device()
     fns = {}

@@ -33,10 +33,11 @@ UNITS_PER_SECOND = 25
 SECONDS = (3.0, 10.0)
 
 
-def slam_params(seed: int = 0) -> tuple[model_config.ModelConfig, dict]:
-    """The `slam` config (float32) and random weights whose PAD and EOS embedding rows are zero: with the tied
-    head their logit is always 0, far below the top 25, so sampled continuations never stop early."""
-    config = model_config.slam(compute_dtype="float32")
+def slam_params(seed: int = 0, preset: str = "slam", **sizes) -> tuple[model_config.ModelConfig, dict]:
+    """The `slam` config (or another speech preset; float32) and random weights whose PAD and EOS embedding rows
+    are zero: with the tied head their logit is always 0, far below the top 25, so sampled continuations never
+    stop early."""
+    config = model_config.from_preset(preset, compute_dtype="float32", **sizes)
     params = qwen2.get_params(qwen2.init_model(config, seed=seed))
     params["embed_tokens"] = params["embed_tokens"].at[:2].set(0.0)
     return config, params

@@ -63,8 +63,13 @@ def vendor_peak() -> float | None:
     return None
 
 
-def jax_step(cfg: model_config.ModelConfig, ids: np.ndarray, train) -> tuple[Callable[[], object], float]:
-    """The project's compiled train step on one device, ready to call (the state is threaded and donated)."""
+def jax_step(
+    cfg: model_config.ModelConfig, ids: np.ndarray, train, packed: dict | None = None
+) -> tuple[Callable[[], object], float]:
+    """The project's compiled train step on one device, ready to call (the state is threaded and donated).
+
+    Rows are `ids`, one unpacked sequence each, or `packed` ({input_ids, segment_ids, positions} [rows, length]).
+    """
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     chain = optimizer.build(train)
     model = qwen2.init_model(cfg)
@@ -72,11 +77,12 @@ def jax_step(cfg: model_config.ModelConfig, ids: np.ndarray, train) -> tuple[Cal
     abstract = jax.eval_shape(lambda p: step_lib.init_state(p, chain), params)
     shardings = step_lib.state_shardings(abstract, mesh)
     holder = {"state": jax.jit(lambda p: step_lib.init_state(p, chain), out_shardings=shardings)(params)}
-    batches = {
-        "input_ids": jnp.asarray(ids[None]),
-        "segment_ids": jnp.ones((1, *ids.shape), jnp.int32),
-        "positions": jnp.broadcast_to(jnp.arange(LENGTH, dtype=jnp.int32), (1, *ids.shape)),
+    packed = packed or {
+        "input_ids": ids,
+        "segment_ids": np.ones(ids.shape, np.int32),
+        "positions": np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape),
     }
+    batches = {name: jnp.asarray(array)[None] for name, array in packed.items()}
     learning_rate = jnp.asarray(LEARNING_RATE, jnp.float32)
     start = time.perf_counter()
     compiled = (
@@ -94,9 +100,16 @@ def jax_step(cfg: model_config.ModelConfig, ids: np.ndarray, train) -> tuple[Cal
 
 
 def torch_step(
-    cfg: model_config.ModelConfig, dtype: torch.dtype, ids: np.ndarray, train, device: str = "cpu"
+    cfg: model_config.ModelConfig,
+    dtype: torch.dtype,
+    ids: np.ndarray,
+    train,
+    device: str = "cpu",
+    compiled: bool = False,
+    fused: bool = False,
 ) -> Callable[[], object]:
-    """One `Qwen2ForCausalLM` training step (loss, backward, clip, AdamW) with weights in `dtype` on `device`."""
+    """One `Qwen2ForCausalLM` training step (loss, backward, clip, AdamW) with weights in `dtype` on `device`;
+    `compiled`: the model under `torch.compile`; `fused`: AdamW's fused kernel."""
     model = torch_model(cfg).to(device=device, dtype=dtype).train()
     adamw = torch.optim.AdamW(
         model.parameters(),
@@ -104,11 +117,13 @@ def torch_step(
         betas=(train.adam_b1, train.adam_b2),
         eps=train.adam_eps,
         weight_decay=train.weight_decay,
+        fused=fused or None,
     )
+    forward = torch.compile(model) if compiled else model
     input_ids = torch.from_numpy(ids).long().to(device)
 
     def run() -> float:
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss = forward(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         adamw.step()

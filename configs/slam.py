@@ -64,6 +64,7 @@ def get_config() -> ConfigDict:
     config.train.adam_b2 = 0.999  # (paper: 0.999)
     config.train.adam_eps = 1e-8  # (paper: 1e-8)
     config.train.weight_decay = 0.0  # decoupled weight decay (paper: 0)
+    config.train.mu_dtype = "float32"  # Adam's first moment: float32 | bfloat16 (half the memory and traffic)
     config.train.eval_every = 1000  # steps between validation losses (paper: 1000)
     config.train.eval_batches = 100  # validation batches per evaluation (0 = the whole split)
     config.train.peak_flops_per_device = 0.0  # for MFU; 0 = vendor figure, or a matmul measured on CPU

@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu and the CUDA plugin are installed only to compile for them
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -4,6 +4,8 @@ The Pallas kernels (splash for TPUs, the Triton flash kernel for GPUs) run in in
 cuDNN has no interpreter and is checked against the same reference by the GPU suite on a GPU.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from slam_jax.models import attention
+from slam_jax.models import attention, qwen2, sampling
+from slam_jax.models import config as model_config
 from slam_jax.training import sharding
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM = 2, 40, 4, 2, 16  # 40: not a block multiple, so padding is exercised
@@ -149,3 +152,23 @@ def test_kernel_names_are_found_in_program_text():
     assert attention.kernel_in_program('name = "mha_forward"') == "mha_forward"
     assert attention.kernel_in_program('"mha_forward" x "mha_backward" y "mha_forward"') == "mha_backward,mha_forward"
     assert attention.kernel_in_program("dot(bf16[2,3] %a, bf16[3,4] %b)") == "none"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_prefill_through_a_kernel_equals_attention_over_the_cache(backend, monkeypatch):
+    """Generation's prefill (left-padded prompts into an empty cache) runs the configured kernel; its logits and
+    cache equal the einsum attention over the cache slots (the decode path)."""
+    if backend != "xla":
+        interpreted = functools.partial(attention.KERNELS[backend], interpret=True)
+        monkeypatch.setitem(attention.KERNELS, backend, interpreted)
+    model = qwen2.init_model(model_config.tiny(attention=backend), seed=1)
+    prompts = np.random.default_rng(3).integers(2, 22, (2, 12)).astype(np.int32)
+    prompts[1, :5] = 0  # left padding
+    segments, positions, _ = sampling.left_pad_layout(jnp.asarray(prompts))
+    cache = model.init_cache(2, 20)
+    logits, filled = model.prefill(jnp.asarray(prompts), cache, segments, positions)
+    want_logits, want_cache = model.decode(jnp.asarray(prompts), cache, segments, positions)
+    real = np.asarray(segments, bool)
+    np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(want_logits)[real], atol=2e-5)
+    for key in ("k", "v", "segment_ids", "index"):
+        np.testing.assert_allclose(np.asarray(filled[key]), np.asarray(want_cache[key]), atol=1e-6, err_msg=key)

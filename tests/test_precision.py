@@ -129,20 +129,28 @@ def test_bf16_loss_and_gradients_stay_near_float32():
     assert grad16.dtype == np.float32  # master gradients stay float32
 
 
-def test_einsum_f32_keeps_float32_results_and_operand_dtype_gradients():
+def test_einsum_accumulates_in_float32_and_differentiates_in_the_operand_dtype():
     rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.normal(size=(3, 5)), jnp.bfloat16)
+    a = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.bfloat16)
     b = jnp.asarray(rng.normal(size=(5, 4)), jnp.bfloat16)
-    out = precision.einsum_f32("ij,jk->ik", a, b)
-    assert out.dtype == jnp.float32
-    exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
-    np.testing.assert_allclose(np.asarray(out), exact, rtol=1e-6, atol=1e-6)  # bf16 products are exact in f32
-    weights = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
-    grad_a, grad_b = jax.grad(lambda a, b: jnp.sum(precision.einsum_f32("ij,jk->ik", a, b) * weights), (0, 1))(a, b)
+    out = precision.einsum("...i,io->...o", a, b, jnp.float32)
+    assert out.dtype == jnp.float32 and precision.einsum("...i,io->...o", a, b).dtype == jnp.bfloat16
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    np.testing.assert_allclose(np.asarray(out), a64 @ b64, rtol=1e-6, atol=1e-6)  # bf16 products are exact in f32
+    weights = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+    loss = lambda a, b: jnp.sum(precision.einsum("...i,io->...o", a, b, jnp.float32) * weights)  # noqa: E731
+    grad_a, grad_b = jax.grad(loss, (0, 1))(a, b)
     assert grad_a.dtype == grad_b.dtype == jnp.bfloat16
-    w = np.asarray(weights.astype(jnp.bfloat16), np.float64)
-    np.testing.assert_allclose(np.asarray(grad_a, np.float64), w @ np.asarray(b, np.float64).T, rtol=2e-2, atol=2e-2)
-    np.testing.assert_allclose(np.asarray(grad_b, np.float64), np.asarray(a, np.float64).T @ w, rtol=2e-2, atol=2e-2)
+    w = np.asarray(weights.astype(jnp.bfloat16), np.float64)  # the cotangent is rounded to bf16 first
+    np.testing.assert_allclose(np.asarray(grad_a, np.float64), w @ b64.T, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(grad_b, np.float64), np.einsum("bti,bto->io", a64, w), rtol=1e-2, atol=2e-2)
+    f32 = [x.astype(jnp.float32) for x in (a, b)]  # float32 operands: exactly the ordinary einsum's gradient
+    for mine, plain in zip(
+        jax.grad(loss, (0, 1))(*f32),
+        jax.grad(lambda a, b: jnp.sum(jnp.einsum("...i,io->...o", a, b) * weights), (0, 1))(*f32),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(plain), rtol=1e-6, atol=1e-6)
 
 
 def test_census_counts_float32_operands_of_compiled_gpu_style_calls():

@@ -21,10 +21,10 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
-from slam_jax.models import config
-from slam_jax.models.precision import einsum_f32, matmul_einsum
+from slam_jax.models import config, precision
 
 CHOICES = config.ATTENTION_BACKENDS
 BACKENDS = CHOICES[1:]
@@ -77,10 +77,10 @@ def grouped_attention(q, k, v, mask) -> jax.Array:
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    scores = einsum_f32("btkgd,bskd->bktgs", q, k)
+    scores = checkpoint_name(precision.einsum("btkgd,bskd->bktgs", q, k, jnp.float32), "attention")
     scores = jnp.where(mask[:, :, 0, :, None, :], scores * head_dim**-0.5, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = matmul_einsum("bktgs,bskd->btkgd", probs, v)
+    out = checkpoint_name(precision.einsum("bktgs,bskd->btkgd", probs, v), "attention")
     return out.reshape(batch, length, -1)
 
 

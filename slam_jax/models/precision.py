@@ -1,15 +1,15 @@
 """Matmuls of a mixed-precision run: compute-dtype operands in both passes, float32 accumulation in the kernel.
 
 A plain `jnp.einsum(..., preferred_element_type=float32)` of bf16 operands hands a float32 cotangent to the
-backward pass, and its transposed dots then multiply float32 by float32 (TF32/fp32 rates on a GPU). Two
-helpers keep every dot of a bf16 run in bf16:
+backward pass, and its transposed dots then multiply float32 by float32 (TF32/fp32 rates on a GPU). `einsum`
+here has a custom backward: the cotangent is cast to the operands' dtype and each transposed dot again takes
+operands of that dtype and accumulates in float32, its result cast to the operand's dtype. Every dot asks for
+a float32 result (bf16 x bf16 -> f32 is the fast path on GPUs, TPUs and XLA's CPU backend alike; bf16 x bf16 ->
+bf16 ran 5x slower on a CPU here), then is cast to the dtype asked for. With float32 operands it is the
+ordinary float32 einsum.
 
-- `matmul_einsum`: the result in the operands' dtype (the kernel accumulates in float32 on GPUs and TPUs, and
-  XLA's CPU backend upcasts bf16 dots), so the cotangent and the transposed dots are bf16 too;
-- `einsum_f32`: a float32 result (attention scores, logits: softmax statistics and the loss stay float32)
-  whose backward casts the cotangent to the operands' dtype before the transposed dots.
-
-With float32 operands both are the ordinary float32 einsum.
+The outputs carry `checkpoint_name`s ("dense" for projections and the head, "attention" for the attention
+matmuls) that the remat policies of qwen2.py select: a policy cannot see the dots inside a custom derivative.
 """
 
 import functools
@@ -19,30 +19,35 @@ import jax
 import jax.numpy as jnp
 
 
-def matmul_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """`einsum(spec, a, b)` in the operands' common dtype."""
-    dtype = jnp.result_type(a, b)
-    return jnp.einsum(spec, a, b, preferred_element_type=dtype)
+def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
+    """`einsum(spec, a, b)` accumulated in float32, returned in `out_dtype` (default: the operands' dtype).
+
+    `spec` is a two-operand einsum whose indices each appear in at least two of a, b and the output (matmul
+    shapes: batch, contracted and free indices).
+    """
+    return _einsum(spec, jnp.dtype(out_dtype or jnp.result_type(a, b)), a, b)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def einsum_f32(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """`einsum(spec, a, b)` with a float32 result; the backward pass multiplies in the operands' dtype."""
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _einsum(spec: str, out_dtype, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
 
 
-def _einsum_f32_fwd(spec, a, b):
-    return einsum_f32(spec, a, b), (a, b)
+def _einsum_fwd(spec, out_dtype, a, b):
+    return _einsum(spec, out_dtype, a, b), (a, b)
 
 
-def _einsum_f32_bwd(spec, residuals, cotangent):
+def _einsum_bwd(spec, out_dtype, residuals, cotangent):
     a, b = residuals
-    _, vjp = jax.vjp(functools.partial(matmul_einsum, spec), a, b)
-    grad_a, grad_b = vjp(cotangent.astype(jnp.result_type(a, b)))
+    inputs, out = spec.split("->")
+    a_spec, b_spec = inputs.split(",")
+    cotangent = cotangent.astype(jnp.result_type(a, b))
+    grad_a = jnp.einsum(f"{out},{b_spec}->{a_spec}", cotangent, b, preferred_element_type=jnp.float32)
+    grad_b = jnp.einsum(f"{a_spec},{out}->{b_spec}", a, cotangent, preferred_element_type=jnp.float32)
     return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
 
 
-einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
 
 
 _INSTRUCTION = re.compile(

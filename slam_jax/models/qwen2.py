@@ -18,18 +18,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
-from slam_jax.models import attention
+from slam_jax.models import attention, precision
 from slam_jax.models.config import ModelConfig
-from slam_jax.models.precision import einsum_f32
 
 Cache = dict[str, jax.Array]
 
 _INIT_STD = 0.02
+# Matmul outputs are saved by name (precision.py): "dense" = projections (no batch dims), "attention" = the
+# einsum attention's matmuls. A fused kernel's own residuals are recomputed unless no remat is asked for.
 _REMAT_POLICIES = {
     "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots": jax.checkpoint_policies.save_only_these_names("dense", "attention"),
+    "dots_no_batch": jax.checkpoint_policies.save_only_these_names("dense"),
 }
 
 
@@ -38,10 +40,7 @@ def _dtype(name: str) -> jnp.dtype:
 
 
 class Dense(nnx.Module):
-    """x @ kernel (+ bias): float32 weights, matmul in the compute dtype (the kernel accumulates in float32).
-
-    The result is in the compute dtype, so the backward pass's cotangent and its two dots are too.
-    """
+    """x @ kernel (+ bias): float32 weights, matmul in the compute dtype accumulated in float32, both passes."""
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool, dtype, rngs: nnx.Rngs):
         init = jax.nn.initializers.normal(_INIT_STD)
@@ -50,7 +49,9 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=self.dtype)
+        y = checkpoint_name(
+            precision.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype)), "dense"
+        )
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(self.dtype)
@@ -97,8 +98,9 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, visible, layer_cache: Cache | None) -> tuple[jax.Array, Cache | None]:
         """Attention output and, when decoding, the layer's k/v cache with this call's keys written in.
 
-        `visible`: the segment ids [batch, length] of a whole sequence (no cache; the configured backend),
-        or, with a cache, the boolean mask [batch, 1, 1, length, cache slots] (the einsum attention).
+        `visible`: the segment ids [batch, length] when this call's tokens are a whole sequence (training,
+        scoring, the prefill of an empty cache: the configured kernel), or the boolean mask [batch, 1, 1, length,
+        cache slots] of new tokens attending over a cache (the einsum attention).
         """
         cfg = self.config
         batch, length, _ = x.shape
@@ -107,16 +109,18 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
         q = rotary_embedding(q, positions, cfg.rope_theta)
         k = rotary_embedding(k, positions, cfg.rope_theta)
+        keys, values = k, v
         if layer_cache is not None:
             start = (0, layer_cache["index"], 0, 0)
-            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
-            layer_cache = {"k": k, "v": v, "index": layer_cache["index"]}
-        k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if layer_cache is None:
+            keys = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
+            values = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
+            layer_cache = {"k": keys, "v": values, "index": layer_cache["index"]}
+        if visible.ndim == 2:  # a whole sequence: its own keys only, through the configured kernel
             backend = attention.resolve(cfg.attention)
-            return self.o_proj(attention.causal_attention(q, k, v, visible, backend)), layer_cache
-        return self.o_proj(attention.grouped_attention(q, k, v, visible)), layer_cache
+            out = attention.causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), visible, backend)
+        else:  # new tokens over the cache
+            out = attention.grouped_attention(q, keys.astype(q.dtype), values.astype(q.dtype), visible)
+        return self.o_proj(out), layer_cache
 
 
 class MLP(nnx.Module):
@@ -181,6 +185,12 @@ class Qwen2(nnx.Module):
         hidden, cache, _ = self.forward(input_ids, segment_ids, positions, cache=cache)
         return self.logits(hidden), cache
 
+    def prefill(self, input_ids, cache: Cache, segment_ids=None, positions=None) -> tuple[jax.Array, Cache]:
+        """`decode` of a prompt into an EMPTY cache: its attention is a whole sequence's, so the configured
+        kernel (`config.attention`) computes it, and the keys and values are written into the cache."""
+        hidden, cache, _ = self.forward(input_ids, segment_ids, positions, cache=cache, whole_sequence=True)
+        return self.logits(hidden), cache
+
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> Cache:
         """An empty KV cache for `max_length` tokens (slots with segment 0 are never attended)."""
         cfg = self.config
@@ -196,11 +206,18 @@ class Qwen2(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         dtype = _dtype(self.config.compute_dtype)
         if self.lm_head is None:
-            return einsum_f32("btd,vd->btv", hidden.astype(dtype), self.embed_tokens[...].astype(dtype))
-        return einsum_f32("btd,dv->btv", hidden.astype(dtype), self.lm_head.kernel[...].astype(dtype))
+            head, spec = self.embed_tokens[...], "btd,vd->btv"
+        else:
+            head, spec = self.lm_head.kernel[...], "btd,dv->btv"
+        return precision.einsum(spec, hidden.astype(dtype), head.astype(dtype), jnp.float32)
 
-    def forward(self, input_ids, segment_ids=None, positions=None, cache=None, keep_hidden_states=False):
-        """Final normed hidden states, the updated cache (or None) and, if asked, every layer's input."""
+    def forward(
+        self, input_ids, segment_ids=None, positions=None, cache=None, keep_hidden_states=False, whole_sequence=False
+    ):
+        """Final normed hidden states, the updated cache (or None) and, if asked, every layer's input.
+
+        `whole_sequence` (with an empty `cache`): the tokens attend only to each other, through the kernel.
+        """
         batch, length = input_ids.shape
         start = cache["index"] if cache is not None else 0
         query_slots = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
@@ -210,7 +227,8 @@ class Qwen2(nnx.Module):
         if cache is not None:
             key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
             key_slots = jnp.broadcast_to(jnp.arange(key_segments.shape[1], dtype=jnp.int32), key_segments.shape)
-            visible = attention.attention_mask(query_slots, key_slots, segment_ids, key_segments)
+            if not whole_sequence:
+                visible = attention.attention_mask(query_slots, key_slots, segment_ids, key_segments)
             layer_caches = {"k": cache["k"], "v": cache["v"]}
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(_dtype(self.config.compute_dtype))
         x, layer_caches, per_layer = self._run_layers(x, positions, visible, layer_caches, start, keep_hidden_states)

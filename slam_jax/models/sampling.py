@@ -144,7 +144,7 @@ class LayerwiseDecoder:
     def prefill(self, prompt_ids, max_length: int, segment_ids, positions) -> tuple[jax.Array, dict]:
         """Logits of the prompt and a per-layer cache of `max_length` slots holding it."""
         cache = self.model.init_cache(prompt_ids.shape[0], max_length)
-        logits, cache = self.model.decode(prompt_ids, cache, segment_ids, positions)
+        logits, cache = self.model.prefill(prompt_ids, cache, segment_ids, positions)
         layers = [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(self.model.config.num_layers)]
         return logits, {"layers": layers, "segment_ids": cache["segment_ids"], "index": cache["index"]}
 

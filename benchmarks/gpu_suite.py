@@ -1,0 +1,405 @@
+"""The accelerator suite: everything worth measuring when a GPU is lent, in one run, each part saved as it ends.
+
+    python -m benchmarks.gpu_suite --out DIR [--tiny] [--repeats 5] [--parts attention,train,torch,...]
+    bash benchmarks/gpu_suite.sh          # on the device machine: writes under $OUT
+
+Parts, in this order (the most important first, so a run cut short keeps them), each written to
+DIR/<part>.json the moment it ends, and all of them to DIR/suite.json:
+- `attention`: every attention backend this platform runs against the float32 einsum on packed rows with
+  grouped-query heads (outputs and gradients), and its forward + backward time at the step's shape;
+- `train`: the project's `jit_train_step` at the paper's per-device batch (8 x 1024, packed rows, one
+  micro-batch) per attention backend with scanned layers, the `auto` backend unrolled, with the paper's remat
+  and with a bf16 first Adam moment (`train.mu_dtype`); seconds, tokens/s and MFU (of the vendor's dense bf16
+  peak on a known accelerator);
+- `torch`: PyTorch as slamkit runs it (transformers Qwen2, bf16 weights, sdpa, torch.optim.AdamW) and a strong
+  PyTorch (the same under torch.compile, fused AdamW), same batch, same process;
+- `dpo`: the DPO step (one pair of 2 x 1024, precomputed reference) beside a pre-training step of 2 x 1024;
+- `decode`: 150 sampled tokens after 76-token prompts at batch 1 and 32, bf16, slam_jax against transformers;
+- `pipeline`: the Grain pipeline's packed 8 x 1024 batches per second, in-process and with worker processes,
+  against what the fastest train step consumes;
+- `xla_flags`: the `auto` train step again in a fresh process per XLA flag set (latency-hiding scheduler,
+  Triton GEMM off, command buffers off).
+`--tiny` runs every part at toy sizes: on a CPU that checks the suite end to end in a few minutes (the Pallas
+kernels then run in interpret mode; cuDNN is reported as not available). A part that fails is recorded with
+its error and the suite goes on.
+"""
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from configs import slam as slam_config
+from slam_jax.models import attention
+from slam_jax.models import config as model_config
+from slam_jax.training import metrics
+
+PARTS = ("attention", "train", "torch", "dpo", "decode", "pipeline", "xla_flags")
+GPU_FLAG_SETS = {
+    "latency_hiding_scheduler": "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "triton_gemm_off": "--xla_gpu_enable_triton_gemm=false",
+    "command_buffers_off": "--xla_gpu_enable_command_buffer=",
+}
+CPU_FLAG_SETS = {"cpu_fast_math_off": "--xla_cpu_enable_fast_math=false"}  # the same machinery, checked on a CPU
+
+
+@functools.cache
+def platform() -> str:
+    return jax.default_backend()
+
+
+def sizes(tiny: bool) -> dict:
+    """Model, batch and decode sizes: the paper's, or toys that run in seconds on a CPU."""
+    if tiny:
+        cfg = model_config.tiny(num_units=20, compute_dtype="bfloat16", max_position_embeddings=64)
+        return {"cfg": cfg, "rows": 2, "length": 64, "decode_batches": [1, 2], "files": 300, "pipeline_batches": 4}
+    cfg = model_config.slam(compute_dtype="bfloat16")
+    return {"cfg": cfg, "rows": 8, "length": 1024, "decode_batches": [1, 32], "files": 20_000, "pipeline_batches": 50}
+
+
+def runnable_backends() -> list[str]:
+    """Backends that run on this platform (Pallas kernels in interpret mode on a CPU; cuDNN only on a GPU)."""
+    if platform() == "gpu":
+        return ["xla", "pallas_gpu", "cudnn"]
+    if platform() == "tpu":
+        return ["xla", "splash"]
+    return ["xla", "pallas_gpu", "splash"]
+
+
+@contextlib.contextmanager
+def kernels_for_this_platform():
+    """On a CPU, the Pallas kernels in interpret mode, so the model's own path runs them; elsewhere as they are."""
+    if platform() != "cpu":
+        yield
+        return
+    interpreted = {
+        name: functools.partial(attention.KERNELS[name], interpret=True) for name in ("splash", "pallas_gpu")
+    }
+    with mock.patch.object(attention, "KERNELS", {**attention.KERNELS, **interpreted}):
+        yield
+
+
+def packed_rows(rows: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Rows packed like the pipeline's: documents of 40-400 tokens (10-40% of a short context), then padding."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(2, vocab, (rows, length)).astype(np.int32)
+    segments, positions = np.zeros_like(ids), np.zeros_like(ids)
+    low, high = max(4, length // 25), max(8, length * 2 // 5)
+    for row in range(rows):
+        start, segment = 0, 1
+        while start < length - low:
+            size = min(int(rng.integers(low, high)), length - start)
+            segments[row, start : start + size], positions[row, start : start + size] = segment, np.arange(size)
+            start, segment = start + size, segment + 1
+    ids[segments == 0] = 0
+    return {"input_ids": ids, "segment_ids": segments, "positions": positions}
+
+
+def timed(fn, repeats: int) -> dict:
+    """First call (compile) seconds, then the median of `repeats` calls."""
+    first = common.seconds(fn)
+    times = [common.seconds(fn) for _ in range(repeats)]
+    return {"seconds": common.median(times), "all_seconds": times, "first_call_seconds": first}
+
+
+# ---- attention ---------------------------------------------------------------------------------------------
+
+
+def attention_part(size: dict, repeats: int) -> dict:
+    cfg, rows, length = size["cfg"], size["rows"], size["length"]
+    rng = np.random.default_rng(0)
+    shape_q = (rows, length, cfg.num_heads, cfg.head_dim)
+    shape_kv = (rows, length, cfg.num_kv_heads, cfg.head_dim)
+    q, k, v = (jnp.asarray(rng.normal(size=s), jnp.bfloat16) for s in (shape_q, shape_kv, shape_kv))
+    segments = jnp.asarray(packed_rows(rows, length, 10)["segment_ids"])
+    weights = jnp.asarray(rng.normal(size=(rows, length, cfg.num_heads * cfg.head_dim)), jnp.float32)
+
+    def loss(backend, q, k, v):
+        out = attention.causal_attention(q, k, v, segments, backend, interpret=platform() == "cpu")
+        return jnp.sum(out.astype(jnp.float32) * weights)
+
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    want_out = attention.xla_attention(*f32, segments)
+    want_grads = jax.grad(functools.partial(loss, "xla"), argnums=(0, 1, 2))(*f32)
+    found = {}
+    for backend in runnable_backends():
+        value_and_grad = jax.jit(jax.value_and_grad(functools.partial(loss, backend), argnums=(0, 1, 2)))
+        forward = jax.jit(
+            lambda q, k, v, backend=backend: attention.causal_attention(
+                q, k, v, segments, backend, interpret=platform() == "cpu"
+            )
+        )
+        try:
+            out = forward(q, k, v)
+            _, grads = value_and_grad(q, k, v)
+            errors = {"out": float(jnp.max(jnp.abs(out.astype(jnp.float32) - want_out)))}
+            errors.update(
+                {
+                    f"d{n}": float(jnp.max(jnp.abs(g.astype(jnp.float32) - w)))
+                    for n, g, w in zip("qkv", grads, want_grads, strict=True)
+                }
+            )
+            timing = timed(functools.partial(lambda fn: jax.block_until_ready(fn(q, k, v)), value_and_grad), repeats)
+            found[backend] = {"max_abs_error_vs_f32_einsum": errors, "forward_backward": timing}
+        except Exception as error:  # noqa: BLE001 - one backend failing must not lose the others
+            found[backend] = {"failed": f"{error.__class__.__name__}: {str(error)[:300]}"}
+    return {"shape": [rows, length, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim], "backends": found}
+
+
+# ---- train -------------------------------------------------------------------------------------------------
+
+
+def train_variants(auto: str) -> dict[str, dict]:
+    """name -> (model config changes, train config changes)."""
+    variants = {f"{name}_scan": ({"attention": name}, {}) for name in runnable_backends()}
+    variants[f"{auto}_unrolled"] = ({"attention": auto, "scan_layers": False}, {})
+    variants[f"{auto}_remat_dots_no_batch"] = ({"attention": auto, "remat_policy": "dots_no_batch"}, {})
+    variants[f"{auto}_mu_bf16"] = ({"attention": auto}, {"mu_dtype": "bfloat16"})
+    return variants
+
+
+def jax_train_step(cfg, train, batch: dict):
+    """The project's compiled train step on one device over `batch` (one micro-batch), ready to call."""
+    from benchmarks import train_step
+
+    return train_step.jax_step(cfg, batch["input_ids"], train, batch)
+
+
+def peak_flops() -> float | None:
+    from benchmarks import train_step
+
+    return train_step.vendor_peak()
+
+
+def with_rates(figures: dict, tokens: int, flops_per_token: float) -> dict:
+    if "seconds" in figures:
+        figures["tokens_per_second"] = tokens / figures["seconds"]
+        figures["model_tflops_per_second"] = flops_per_token * figures["tokens_per_second"] / 1e12
+        peak = peak_flops()
+        figures["mfu_vendor"] = figures["model_tflops_per_second"] * 1e12 / peak if peak else None
+    return figures
+
+
+def train_part(size: dict, repeats: int, only: list[str] | None = None) -> dict:
+    cfg, rows, length = size["cfg"], size["rows"], size["length"]
+    batch = packed_rows(rows, length, cfg.vocab_size)
+    flops_per_token = metrics.flops_per_token(cfg, length)
+    auto = attention.resolve("auto")
+    found = {}
+    for name, (model_changes, train_changes) in train_variants(auto).items():
+        if only and name not in only:
+            continue
+        train = slam_config.get_config().train
+        train.update(train_changes)
+        try:
+            with kernels_for_this_platform():
+                run, compile_seconds = jax_train_step(cfg.replace(**model_changes), train, batch)
+            figures = timed(run, repeats)
+            figures["compile_seconds"] = compile_seconds
+            found[name] = with_rates(figures, rows * length, flops_per_token)
+        except Exception as error:  # noqa: BLE001
+            found[name] = {"failed": f"{error.__class__.__name__}: {str(error)[:300]}"}
+        jax.clear_caches()
+    return {"auto_backend": auto, "batch": [rows, length], "flops_per_token": flops_per_token, "variants": found}
+
+
+# ---- torch -------------------------------------------------------------------------------------------------
+
+
+def torch_part(size: dict, repeats: int) -> dict:
+    import torch
+
+    from benchmarks import train_step
+
+    cfg, rows, length = size["cfg"], size["rows"], size["length"]
+    train = slam_config.get_config().train
+    ids = packed_rows(rows, length, cfg.vocab_size)["input_ids"]
+    device = common.torch_device()
+    found = {}
+    for name, strong in (("slamkit_like", False), ("compiled_fused_adamw", True)):
+        try:
+            run = train_step.torch_step(cfg, torch.bfloat16, ids, train, device, compiled=strong, fused=strong)
+            found[name] = with_rates(timed(run, repeats), rows * length, metrics.flops_per_token(cfg, length))
+        except Exception as error:  # noqa: BLE001
+            found[name] = {"failed": f"{error.__class__.__name__}: {str(error)[:300]}"}
+        torch.cuda.empty_cache() if device == "cuda" else None
+    return {"device": device, "torch": torch.__version__, "batch": [rows, length], "variants": found}
+
+
+# ---- dpo, decode, pipeline ---------------------------------------------------------------------------------
+
+
+def dpo_part(size: dict, repeats: int) -> dict:
+    from benchmarks import dpo_step
+
+    preset = "tiny" if size["rows"] < 8 else "slam"
+    with kernels_for_this_platform():
+        runs = dpo_step.steps(preset, size["length"])
+        found = {name: timed(runs[name], repeats) for name in ("pretrain", "precomputed")}
+    found["dpo_over_pretrain"] = found["precomputed"]["seconds"] / found["pretrain"]["seconds"]
+    return {"preset": preset, "length": size["length"], "steps": found}
+
+
+def decode_part(size: dict, repeats: int) -> dict:
+    from benchmarks import generate
+
+    # the toy model needs more than top-k 25 units, so its zeroed EOS logit is never sampled (no early stop)
+    preset, model, lengths = ("slam", {}, {})
+    if size["rows"] < 8:
+        preset, model, lengths = ("tiny", {"num_units": 200}, {"NEW_TOKENS": 8, "PROMPT_UNITS": 6})
+    with contextlib.ExitStack() as stack:
+        for name, value in lengths.items():
+            stack.enter_context(mock.patch.object(generate, name, value))
+        fns, setup = generate.build(size["decode_batches"], ["bf16"], preset=preset, **model)
+        return generate.summarise(common.alternate(fns, repeats), fns, setup, repeats)
+
+
+def pipeline_part(size: dict, repeats: int, train_tokens_per_second: float | None) -> dict:
+    from benchmarks import data_pipeline
+
+    with tempfile.TemporaryDirectory() as folder:
+        store, _ = data_pipeline.prepare_store(Path(folder), size["files"])
+        found = {}
+        for workers in (0, max(1, min(8, (os.cpu_count() or 2) // 2))):
+            found[f"workers_{workers}"] = data_pipeline.measure_pipeline(
+                store, size["pipeline_batches"], repeats, workers=workers
+            )
+    best = max(figures["tokens_per_second"] for figures in found.values())
+    return {
+        "pipelines": found,
+        "train_tokens_per_second": train_tokens_per_second,
+        "pipeline_over_train": best / train_tokens_per_second if train_tokens_per_second else None,
+    }
+
+
+def xla_flags_part(out: Path, tiny: bool, repeats: int, auto: str) -> dict:
+    """The `auto` train step once per flag set, each in a fresh process (XLA reads its flags at start-up)."""
+    flag_sets = GPU_FLAG_SETS if platform() == "gpu" else CPU_FLAG_SETS
+    found = {}
+    for name, flags in flag_sets.items():
+        folder = out / f"xla_flags_{name}"
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_suite",
+            "--out",
+            str(folder),
+            "--parts",
+            "train",
+            "--repeats",
+            str(repeats),
+            "--variants",
+            f"{auto}_scan",
+        ] + (["--tiny"] if tiny else [])
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        try:
+            variant = json.loads((folder / "train.json").read_text())["variants"][f"{auto}_scan"]
+            found[name] = {"flags": flags, **variant}
+        except (OSError, KeyError, ValueError):
+            found[name] = {"flags": flags, "failed": (done.stderr or done.stdout)[-500:]}
+    return {"variant": f"{auto}_scan", "flag_sets": found}
+
+
+# ---- driver ------------------------------------------------------------------------------------------------
+
+
+def fastest_train(results: dict) -> float | None:
+    variants = results.get("train", {}).get("variants", {})
+    rates = [figures["tokens_per_second"] for figures in variants.values() if "tokens_per_second" in figures]
+    return max(rates) if rates else None
+
+
+def run_part(name: str, args, size: dict, results: dict) -> dict:
+    repeats = args.repeats
+    if name == "attention":
+        return attention_part(size, repeats)
+    if name == "train":
+        return train_part(size, repeats, args.variants.split(",") if args.variants else None)
+    if name == "torch":
+        return torch_part(size, repeats)
+    if name == "dpo":
+        return dpo_part(size, repeats)
+    if name == "decode":
+        return decode_part(size, repeats)
+    if name == "pipeline":
+        return pipeline_part(size, repeats, fastest_train(results))
+    return xla_flags_part(args.out, args.tiny, repeats, attention.resolve("auto"))
+
+
+_NAMED_FIGURES = ("variants", "backends", "implementations", "steps", "pipelines", "flag_sets")
+
+
+def report_lines(results: dict) -> list[str]:
+    lines = []
+    for part, result in results.items():
+        if part == "machine":
+            continue
+        if "failed" in result:
+            lines.append(f"{part}: failed: {result['failed'][:200]}")
+            continue
+        named = next((result[key] for key in _NAMED_FIGURES if isinstance(result.get(key), dict)), {})
+        for name, figures in named.items():
+            if not isinstance(figures, dict):
+                continue
+            figures = figures.get("forward_backward", figures)
+            rate = figures.get("tokens_per_second") or figures.get("tokens_per_s")
+            rate = f"  {rate:,.0f} tok/s" if rate else ""
+            if "seconds" in figures:
+                mfu = f"  MFU {figures['mfu_vendor']:.1%}" if figures.get("mfu_vendor") else ""
+                lines.append(f"{part:9s} {name:34s} {figures['seconds']:9.4f} s{rate}{mfu}")
+            elif rate:
+                lines.append(f"{part:9s} {name:34s} {'':11s}{rate}")
+            else:
+                lines.append(f"{part:9s} {name:34s} {figures.get('failed', '')[:150]}")
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for <part>.json and suite.json")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (checks the suite end to end on a CPU)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls after the first (median reported)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
+    parser.add_argument("--variants", default="", help="train variants to run (default: all)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.parts.split(",")) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown {unknown}; choose from {PARTS}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    size = sizes(args.tiny)
+    results = {"machine": common.machine()}
+    for name in args.parts.split(","):
+        start = time.perf_counter()
+        try:
+            results[name] = run_part(name, args, size, results)
+        except Exception as error:  # noqa: BLE001 - the other parts still run
+            results[name] = {"failed": f"{error.__class__.__name__}: {error}", "traceback": traceback.format_exc()}
+        results[name]["part_seconds"] = time.perf_counter() - start
+        (args.out / f"{name}.json").write_text(json.dumps(results[name], indent=2, default=str) + "\n")
+        print(f"[gpu_suite] {name} done in {results[name]['part_seconds']:.1f} s", flush=True)
+    (args.out / "suite.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print("\n".join(report_lines(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
