@@ -1,1 +1,1 @@
-"""Benchmarks of slam_jax: checkpoint conversion and the forward pass (see PERFORMANCE.md for conventions)."""
+"""Benchmarks of slam_jax: checkpoint conversion and the forward pass (see docs/performance.md for conventions)."""

@@ -5,7 +5,7 @@
 JAX runs the model with float32 master weights cast to the compute dtype inside the jitted forward, with the
 layers under `lax.scan` and unrolled; PyTorch runs `Qwen2ForCausalLM` (sdpa attention) with its weights in
 bfloat16 or float32 under `torch.inference_mode()`. All implementations, and the 4096x4096 bf16->f32 XLA matmul
-that sets the CPU's peak for MFU (PERFORMANCE.md), are timed in alternating rounds after one warm-up each.
+that sets the CPU's peak for MFU (docs/performance.md), are timed in alternating rounds after one warm-up each.
 """
 
 import argparse

@@ -7,7 +7,7 @@ JAX runs the project's `jit_train_step` (fp32 master params and AdamW moments, b
 cross-entropy, clip 0.5, grad_accum 1) on a 1-device mesh. PyTorch runs `Qwen2ForCausalLM` (sdpa attention)
 with `torch.optim.AdamW` and the same clip, its weights in bfloat16 (`model.to(torch.bfloat16)`, the
 reference's recipe) or float32. Every implementation, and the 4096x4096 bf16->f32 XLA matmul that sets the
-CPU's peak for MFU (PERFORMANCE.md), is timed in alternating rounds after one warm-up each.
+CPU's peak for MFU (docs/performance.md), is timed in alternating rounds after one warm-up each.
 
 A CPU without native bf16 arithmetic (no avx512_bf16 / amx_bf16) runs PyTorch's bf16 matmuls in a scalar
 fallback: a full bf16 step then takes tens of minutes. There `--reference-bf16 auto` (the default) times
@@ -15,7 +15,7 @@ bf16 models of 0 and 1 layers and extrapolates linearly to the full depth, and c
 where the full model is measured too; `full` times the full bf16 model regardless.
 
 On a machine with a GPU both run on it (JAX's default backend, PyTorch's "cuda"), the bf16 reference in full,
-and MFU is also given against the vendor's dense bf16 peak (PERFORMANCE.md: 989 TFLOP/s for the H100 SXM and
+and MFU is also given against the vendor's dense bf16 peak (docs/performance.md: 989 TFLOP/s for the H100 SXM and
 the H200): a 4096^2 matmul timed from Python is too short there to show the GPU's peak. Leave
 `JAX_DEFAULT_MATMUL_PRECISION` unset there: "highest" made this bf16 step 2.7x slower on an H200.
 """
@@ -46,7 +46,7 @@ BATCH, LENGTH = 1, 1024
 LEARNING_RATE = 1e-4
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 PROBE_LAYERS = (0, 1)
-VENDOR_BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # dense bf16 FLOP/s, SXM parts (PERFORMANCE.md)
+VENDOR_BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # dense bf16 FLOP/s, SXM parts (docs/performance.md)
 
 
 def batch_ids(vocab_size: int, batch: int = BATCH) -> np.ndarray:

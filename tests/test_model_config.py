@@ -11,7 +11,7 @@ def test_slam_counts_exactly_the_papers_parameters():
     assert slam.vocab_size == 502 and slam.rope_theta == 10_000.0 and slam.max_position_embeddings == 1024
     assert slam.num_params() == 358_347_904
     assert qwen2.count_params(slam) == 358_347_904
-    assert slam.num_params(include_embedding=False) == 357_898_112  # PERFORMANCE.md's N
+    assert slam.num_params(include_embedding=False) == 357_898_112  # docs/performance.md's N
 
 
 def test_qwen2_5_0_5b_counts_the_published_494m():

@@ -61,8 +61,9 @@ def final_params(workdir, step):
     return jax.tree.leaves(jax.device_get(storage.load_params(Path(workdir) / "checkpoints" / str(step))))
 
 
-def test_training_logs_learns_and_saves_a_loadable_model(tmp_path):
+def test_training_logs_learns_and_saves_a_loadable_model(tmp_path, capsys):
     result = loop.run(tiny_config(**{"train.max_steps": 12}), tmp_path)
+    assert "[pretrain] attention kernel: xla (model.attention='auto', cpu)" in capsys.readouterr().out
     assert result["step"] == 12 and result["stop_reason"] == "max_steps"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_rows = [row for row in rows if "loss" in row]

@@ -28,7 +28,7 @@ PEAK_FLOPS = {
 
 
 def flops_per_token(config: ModelConfig, context_length: int) -> float:
-    """Training FLOPs per token (PERFORMANCE.md): 6 N + 6 L d T with N the non-embedding parameters."""
+    """Training FLOPs per token (docs/performance.md): 6 N + 6 L d T with N the non-embedding parameters."""
     non_embedding = config.num_params(include_embedding=False)
     return 6.0 * non_embedding + 6.0 * config.num_layers * config.hidden_size * context_length
 
