@@ -162,13 +162,30 @@ def attention_part(size: dict, repeats: int) -> dict:
 # ---- train -------------------------------------------------------------------------------------------------
 
 
-def train_variants(auto: str) -> dict[str, dict]:
-    """name -> (model config changes, train config changes)."""
-    variants = {f"{name}_scan": ({"attention": name}, {}) for name in runnable_backends()}
-    variants[f"{auto}_unrolled"] = ({"attention": auto, "scan_layers": False}, {})
-    variants[f"{auto}_remat_dots_no_batch"] = ({"attention": auto, "remat_policy": "dots_no_batch"}, {})
-    variants[f"{auto}_mu_bf16"] = ({"attention": auto}, {"mu_dtype": "bfloat16"})
-    return variants
+VARIANT_CHANGES = {  # variant suffix -> (model config changes, train config changes)
+    "scan": ({}, {}),
+    "unrolled": ({"scan_layers": False}, {}),
+    "remat_dots_no_batch": ({"remat_policy": "dots_no_batch"}, {}),
+    "mu_bf16": ({}, {"mu_dtype": "bfloat16"}),
+    "unrolled_remat_dots_no_batch": ({"scan_layers": False, "remat_policy": "dots_no_batch"}, {}),
+}
+
+
+def train_variants(auto: str) -> list[str]:
+    """The default variants: every runnable backend scanned, and the `auto` one unrolled, with remat, bf16 mu."""
+    return [f"{name}_scan" for name in runnable_backends()] + [
+        f"{auto}_{suffix}" for suffix in ("unrolled", "remat_dots_no_batch", "mu_bf16")
+    ]
+
+
+def variant_changes(name: str) -> tuple[dict, dict]:
+    """(model, train) config changes of a variant named `<backend>_<suffix>` (e.g. cudnn_unrolled)."""
+    for backend in attention.BACKENDS:
+        suffix = name.removeprefix(backend + "_")
+        if suffix != name and suffix in VARIANT_CHANGES:
+            model, train = VARIANT_CHANGES[suffix]
+            return {"attention": backend, **model}, train
+    raise ValueError(f"train variant {name!r}: not <backend>_<{'|'.join(VARIANT_CHANGES)}>")
 
 
 def jax_train_step(cfg, train, batch: dict):
@@ -199,9 +216,8 @@ def train_part(size: dict, repeats: int, only: list[str] | None = None) -> dict:
     flops_per_token = metrics.flops_per_token(cfg, length)
     auto = attention.resolve("auto")
     found = {}
-    for name, (model_changes, train_changes) in train_variants(auto).items():
-        if only and name not in only:
-            continue
+    for name in only or train_variants(auto):
+        model_changes, train_changes = variant_changes(name)
         train = slam_config.get_config().train
         train.update(train_changes)
         try:

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The GPU suite on a lent device machine (the `device` tool runs this in a copy of the repository):
-#   bash benchmarks/gpu_suite.sh [extra gpu_suite arguments]
-# Installs slam_jax without touching the machine's jax/torch, then writes every part's JSON under $OUT.
+# The GPU suite on a GPU machine: bash benchmarks/gpu_suite.sh [python -m benchmarks.gpu_suite arguments]
+# Writes under $OUT (default gpu_suite_out): suite/<part>.json as each part ends, log.txt, nvidia-smi.txt.
+# Installs nothing from the network: the machine's jax, torch and transformers are used as they are, run from
+# the repository root; packages it lacks (grain, ml-collections, ...) can travel as wheels in .whl/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_suite_out}"
 mkdir -p "$OUT"
-python -m pip install --quiet --no-deps -e . >"$OUT/install.log" 2>&1 || echo "pip install -e . failed (see install.log)"
-python -m pip install --quiet ml-collections grain orbax-checkpoint optax flax librosa soundfile espeakng-loader \
-  tensorboardX >>"$OUT/install.log" 2>&1 || echo "some dependencies did not install (see install.log)"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
-python -m benchmarks.gpu_suite --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_suite.log"
+export PYTHONUNBUFFERED=1
+python3 -m benchmarks.gpu_suite --out "$OUT/suite" "$@" 2>&1 | tee "$OUT/log.txt"

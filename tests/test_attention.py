@@ -139,6 +139,12 @@ def test_auto_picks_the_backend_per_platform():
         attention.resolve("flash")
 
 
+def test_every_configurable_backend_has_a_kernel():
+    assert set(attention.KERNELS) == set(attention.BACKENDS) == set(model_config.ATTENTION_BACKENDS) - {"auto"}
+    with pytest.raises(ValueError, match="attention='flash'"):
+        model_config.tiny(attention="flash")
+
+
 def test_mesh_axis_names_are_the_sharding_rules():
     assert attention.ROW_AXES == sharding.BATCH_AXES
     assert attention.HEAD_AXIS in sharding.MESH_AXES

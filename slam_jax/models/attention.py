@@ -156,7 +156,7 @@ def pallas_gpu_attention(q, k, v, segment_ids, *, interpret: bool = False) -> ja
 
     batch, length, heads, head_dim = q.shape
     groups = heads // k.shape[2]
-    block = _block_for(length, 128, 16)
+    block = min(128, max(16, 1 << (length - 1).bit_length()))  # Triton blocks are powers of two
     backward_block = min(block, 64)
     q, k, v, segments = _pad_to_block(q, k, v, segment_ids, block)
     sizes = flash.BlockSizes(
