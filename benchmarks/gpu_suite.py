@@ -43,7 +43,7 @@ import numpy as np
 
 from benchmarks import common
 from configs import slam as slam_config
-from slam_jax.models import attention
+from slam_jax.models import attention, precision, qwen2
 from slam_jax.models import config as model_config
 from slam_jax.training import metrics
 
@@ -168,14 +168,23 @@ VARIANT_CHANGES = {  # variant suffix -> (model config changes, train config cha
     "remat_dots_no_batch": ({"remat_policy": "dots_no_batch"}, {}),
     "mu_bf16": ({}, {"mu_dtype": "bfloat16"}),
     "unrolled_remat_dots_no_batch": ({"scan_layers": False, "remat_policy": "dots_no_batch"}, {}),
+    "unrolled_onehot_embed": ({"scan_layers": False}, {}),  # and the embedding as a one-hot matmul (below)
 }
 
 
 def train_variants(auto: str) -> list[str]:
-    """The default variants: every runnable backend scanned, and the `auto` one unrolled, with remat, bf16 mu."""
-    return [f"{name}_scan" for name in runnable_backends()] + [
-        f"{auto}_{suffix}" for suffix in ("unrolled", "remat_dots_no_batch", "mu_bf16")
-    ]
+    """The default variants: every runnable backend scanned, and the `auto` one unrolled (also with the embedding
+    as a one-hot matmul), with remat, with a bf16 first moment."""
+    suffixes = ("unrolled", "unrolled_onehot_embed", "remat_dots_no_batch", "mu_bf16")
+    return [f"{name}_scan" for name in runnable_backends()] + [f"{auto}_{suffix}" for suffix in suffixes]
+
+
+def onehot_embed(model, input_ids):
+    """`Qwen2.embed` as a one-hot [tokens, vocab] x [vocab, hidden] matmul in the compute dtype: on an
+    accelerator its backward is a matmul too, instead of the gather's scatter-add."""
+    dtype = jnp.dtype(model.config.compute_dtype)
+    one_hot = jax.nn.one_hot(input_ids, model.config.vocab_size, dtype=dtype)
+    return precision.einsum("btv,vd->btd", one_hot, model.embed_tokens[...].astype(dtype))
 
 
 def variant_changes(name: str) -> tuple[dict, dict]:
@@ -220,8 +229,9 @@ def train_part(size: dict, repeats: int, only: list[str] | None = None) -> dict:
         model_changes, train_changes = variant_changes(name)
         train = slam_config.get_config().train
         train.update(train_changes)
+        embedding = onehot_embed if name.endswith("onehot_embed") else qwen2.Qwen2.embed
         try:
-            with kernels_for_this_platform():
+            with kernels_for_this_platform(), mock.patch.object(qwen2.Qwen2, "embed", embedding):
                 run, compile_seconds = jax_train_step(cfg.replace(**model_changes), train, batch)
             figures = timed(run, repeats)
             figures["compile_seconds"] = compile_seconds

@@ -72,6 +72,7 @@ def pretrain_stage() -> ConfigDict:
     config.model.preset = "demo"  # 4 layers x 128 wide, 0.8M params
     config.model.compute_dtype = "float32"  # fp32 is as fast as bf16 on most CPUs at this size
     config.model.remat_policy = "none"  # a small model: activations fit, recompute would only cost time
+    config.model.scan_layers = True  # one compiled layer: the fastest compile for a small CPU model
     config.model.attention = "auto"  # attention kernel: auto (per platform) | xla | splash | pallas_gpu | cudnn
     config.data.train_path = "{workdir}/stories/units/features.jsonl"
     config.data.num_units = NUM_UNITS
@@ -95,6 +96,7 @@ def dpo_stage() -> ConfigDict:
     config.seed = SEED
     config.model.compute_dtype = "float32"
     config.model.remat_policy = "none"
+    config.model.scan_layers = True
     config.model.attention = "auto"  # attention kernel: auto (per platform) | xla | splash | pallas_gpu | cudnn
     config.model.init_from = "{workdir}/pretrain"
     config.data.num_units = NUM_UNITS

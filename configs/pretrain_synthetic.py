@@ -14,6 +14,7 @@ def get_config():
     config.model.preset = "demo"  # 4 layers x 128 wide, ~0.8M params
     config.model.compute_dtype = "float32"  # fp32 is as fast as bf16 on most CPUs at this size
     config.model.remat_policy = "none"  # a small model: activations fit, recompute would only cost time
+    config.model.scan_layers = True  # one compiled layer: the fastest compile for a small CPU model
     config.model.attention = "auto"  # attention kernel: auto (per platform) | xla | splash | pallas_gpu | cudnn
     config.data.train_path = "synthetic"  # the grammar corpus, written and prepared in WORKDIR/data
     config.data.num_units = 100  # units of the synthetic corpus

@@ -145,6 +145,20 @@ def test_every_configurable_backend_has_a_kernel():
         model_config.tiny(attention="flash")
 
 
+def test_triton_blocks_are_powers_of_two():
+    assert [attention.triton_block(n) for n in (1, 5, 16, 17, 40, 80, 128, 1000, 1024)] == [
+        16,
+        16,
+        16,
+        32,
+        64,
+        128,
+        128,
+        128,
+        128,
+    ]
+
+
 def test_mesh_axis_names_are_the_sharding_rules():
     assert attention.ROW_AXES == sharding.BATCH_AXES
     assert attention.HEAD_AXIS in sharding.MESH_AXES

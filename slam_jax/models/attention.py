@@ -118,6 +118,12 @@ def _block_for(length: int, preferred: int, smallest: int) -> int:
     return min(preferred, -(-length // smallest) * smallest)
 
 
+def triton_block(length: int) -> int:
+    """The Pallas/Triton block for a sequence: 128, or the next power of two (>= 16) for a shorter one. Triton
+    lowers only power-of-two shapes (an 80-token prefill failed on a GPU with a block of 80)."""
+    return min(128, max(16, 1 << (length - 1).bit_length()))
+
+
 def splash_attention(q, k, v, segment_ids, *, interpret: bool = False) -> jax.Array:
     """Pallas splash attention (TPU): causal mask x segment ids, grouped-query heads native to the kernel."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
@@ -156,7 +162,7 @@ def pallas_gpu_attention(q, k, v, segment_ids, *, interpret: bool = False) -> ja
 
     batch, length, heads, head_dim = q.shape
     groups = heads // k.shape[2]
-    block = min(128, max(16, 1 << (length - 1).bit_length()))  # Triton blocks are powers of two
+    block = triton_block(length)
     backward_block = min(block, 64)
     q, k, v, segments = _pad_to_block(q, k, v, segment_ids, block)
     sizes = flash.BlockSizes(

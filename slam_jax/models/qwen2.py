@@ -203,6 +203,10 @@ class Qwen2(nnx.Module):
             "index": jnp.zeros((), jnp.int32),
         }
 
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings [batch, length, hidden] in the compute dtype (a gather from the float32 table)."""
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(_dtype(self.config.compute_dtype))
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         dtype = _dtype(self.config.compute_dtype)
         if self.lm_head is None:
@@ -230,7 +234,7 @@ class Qwen2(nnx.Module):
             if not whole_sequence:
                 visible = attention.attention_mask(query_slots, key_slots, segment_ids, key_segments)
             layer_caches = {"k": cache["k"], "v": cache["v"]}
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(_dtype(self.config.compute_dtype))
+        x = self.embed(input_ids)
         x, layer_caches, per_layer = self._run_layers(x, positions, visible, layer_caches, start, keep_hidden_states)
         if cache is not None:
             cache = {

@@ -156,7 +156,7 @@ class LayerwiseDecoder:
         key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
         key_slots = jnp.broadcast_to(jnp.arange(key_segments.shape[1], dtype=jnp.int32), key_segments.shape)
         mask = attention.attention_mask(query_slots, key_slots, segment_ids, key_segments)
-        x = jnp.take(self.model.embed_tokens[...], input_ids, axis=0).astype(jnp.dtype(self.model.config.compute_dtype))
+        x = self.model.embed(input_ids)
         layers = []
         for layer_state, layer_cache in zip(self.layer_states, cache["layers"], strict=True):
             layer = nnx.merge(self.layer_graphdef, layer_state)
