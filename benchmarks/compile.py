@@ -128,7 +128,8 @@ def compile_report(name: str, config) -> dict:
         compiled = step.lower(*inputs).compile()
     except Exception as error:  # noqa: BLE001 - the report says why the target did not compile
         first_line = (str(error).strip().splitlines() or [""])[0]
-        return {**result, "compiled": False, "error": f"{error.__class__.__name__}: {first_line[:500]}"}
+        failed = {"attention_kernel": "none", "bytes_per_device": None, "dots_with_f32_operand": None}
+        return {**result, **failed, "compiled": False, "error": f"{error.__class__.__name__}: {first_line[:500]}"}
     stats = compiled.memory_analysis()
     used = stats.argument_size_in_bytes + stats.temp_size_in_bytes + stats.output_size_in_bytes
     used -= stats.alias_size_in_bytes
