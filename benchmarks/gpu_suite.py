@@ -127,9 +127,11 @@ def attention_part(size: dict, repeats: int) -> dict:
     segments = jnp.asarray(packed_rows(rows, length, 10)["segment_ids"])
     weights = jnp.asarray(rng.normal(size=(rows, length, cfg.num_heads * cfg.head_dim)), jnp.float32)
 
+    def attend(backend, q, k, v):
+        return attention.causal_attention(q, k, v, segments, backend, interpret=platform() == "cpu")
+
     def loss(backend, q, k, v):
-        out = attention.causal_attention(q, k, v, segments, backend, interpret=platform() == "cpu")
-        return jnp.sum(out.astype(jnp.float32) * weights)
+        return jnp.sum(attend(backend, q, k, v).astype(jnp.float32) * weights)
 
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
     want_out = attention.xla_attention(*f32, segments)
@@ -137,11 +139,7 @@ def attention_part(size: dict, repeats: int) -> dict:
     found = {}
     for backend in runnable_backends():
         value_and_grad = jax.jit(jax.value_and_grad(functools.partial(loss, backend), argnums=(0, 1, 2)))
-        forward = jax.jit(
-            lambda q, k, v, backend=backend: attention.causal_attention(
-                q, k, v, segments, backend, interpret=platform() == "cpu"
-            )
-        )
+        forward = jax.jit(functools.partial(attend, backend))
         try:
             out = forward(q, k, v)
             _, grads = value_and_grad(q, k, v)

@@ -253,8 +253,7 @@ def report_lines(result: dict) -> list[str]:
 
 def plain_attention(q, k, v, segment_ids):
     """Causal attention as the first session wrote it: one block over every key, scores kept for the backward."""
-    slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
-    return attention.grouped_attention(q, k, v, attention.attention_mask(slots, slots, segment_ids, segment_ids))
+    return attention.grouped_attention(q, k, v, attention.sequence_mask(segment_ids))
 
 
 # slam_jax's step with one change undone each (`--ablation`): the effect of each change on this machine.

@@ -48,6 +48,7 @@ class Scorer:
         self.graphdef, state = nnx.split(model.model)
         self.state = jax.device_put(state, sharding.replicated(self.mesh))
         self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self._log_probs = sharding.traced_under(self.mesh, _target_log_probs)  # a fused attention kernel per shard
 
     def __call__(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """Float32 log-likelihood of each sequence, in input order."""
@@ -68,8 +69,7 @@ class Scorer:
             arrays = (
                 jax.device_put(jnp.asarray(array), self.batch_sharding) for array in (input_ids, segment_ids, positions)
             )
-            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):  # a fused attention kernel runs per shard
-                target_log_probs = np.asarray(_target_log_probs(self.graphdef, self.state, *arrays), np.float64)
+            target_log_probs = np.asarray(self._log_probs(self.graphdef, self.state, *arrays), np.float64)
             for row, (index, offset) in placements:
                 targets = target_log_probs[row, offset : offset + lengths[index] - 1]  # token t scores t + 1
                 scores[index] = targets.sum() / max(len(targets), 1)

@@ -68,6 +68,12 @@ def attention_mask(query_slots, key_slots, query_segments, key_segments) -> jax.
     return (causal & same_segment)[:, None, None, :, :]
 
 
+def sequence_mask(segment_ids) -> jax.Array:
+    """`attention_mask` of a whole sequence: token i sees tokens j <= i of its own segment."""
+    slots = jnp.broadcast_to(jnp.arange(segment_ids.shape[1], dtype=jnp.int32), segment_ids.shape)
+    return attention_mask(slots, slots, segment_ids, segment_ids)
+
+
 def grouped_attention(q, k, v, mask) -> jax.Array:
     """Softmax attention of q [b, t, heads, d] over k, v [b, s, kv_heads, d] under mask [b, 1, 1, t, s].
 
@@ -92,8 +98,7 @@ def xla_attention(q, k, v, segment_ids) -> jax.Array:
     at 4 blocks. Rematerialised: the backward pass recomputes the scores rather than keeping every layer's
     float32 probabilities.
     """
-    slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
-    mask = attention_mask(slots, slots, segment_ids, segment_ids)
+    mask = sequence_mask(segment_ids)
     outputs = []
     for start in range(0, q.shape[1], XLA_BLOCK):
         end = start + XLA_BLOCK
