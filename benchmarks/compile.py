@@ -40,8 +40,9 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from slam_jax import parallel  # noqa: E402
 from slam_jax.models import attention, precision, qwen2  # noqa: E402
-from slam_jax.training import loop, metrics, optimizer, sharding  # noqa: E402
+from slam_jax.training import loop, metrics, optimizer  # noqa: E402
 from slam_jax.training import step as step_lib  # noqa: E402
 
 TARGET_DIR = Path(__file__).resolve().parent / "targets"
@@ -89,12 +90,12 @@ def device_memory(target: Target) -> int:
 def abstract_step(config, devices):
     """The project's compiled-step function and shape-only (state, batches, lr) for `devices`."""
     model_cfg = loop.build_model_config(config)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     chain = optimizer.build(config.train)
     model = qwen2.abstract_model(model_cfg)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     state = jax.eval_shape(lambda p: step_lib.init_state(p, chain), params)
-    step = step_lib.jit_train_step(nnx.graphdef(model), chain, step_lib.state_shardings(state, mesh), mesh)
+    step = step_lib.jit_train_step(nnx.graphdef(model), chain, step_lib.train_state_shardings(state, mesh), mesh)
     rows = config.train.per_device_batch_size * mesh.shape["data"] * mesh.shape["fsdp"]
     shape = (config.train.grad_accum_steps, rows, config.data.context_length)
     ids = jax.ShapeDtypeStruct(shape, jnp.int32)

@@ -20,9 +20,10 @@ from flax import nnx
 
 from benchmarks import common
 from configs import slam as slam_config
+from slam_jax import parallel
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2
-from slam_jax.training import optimizer, sharding
+from slam_jax.training import optimizer
 from slam_jax.training import step as step_lib
 
 PER_DEVICE_BATCH, LENGTH, ACCUMULATION = 8, 1024, 16
@@ -32,12 +33,12 @@ GIB = 2**30
 
 def abstract_inputs(cfg: model_config.ModelConfig, train) -> tuple:
     """Shape-only (state, batches, learning rate) of the paper's step, and the compiled step function."""
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
     chain = optimizer.build(train)
     model = qwen2.abstract_model(cfg)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     state = jax.eval_shape(lambda p: step_lib.init_state(p, chain), params)
-    step = step_lib.jit_train_step(nnx.graphdef(model), chain, step_lib.state_shardings(state, mesh), mesh)
+    step = step_lib.jit_train_step(nnx.graphdef(model), chain, step_lib.train_state_shardings(state, mesh), mesh)
     rows = jax.ShapeDtypeStruct((ACCUMULATION, PER_DEVICE_BATCH, LENGTH), jnp.int32)
     batches = {"input_ids": rows, "segment_ids": rows, "positions": rows}
     return step, (state, batches, jax.ShapeDtypeStruct((), jnp.float32))

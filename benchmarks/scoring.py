@@ -23,6 +23,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from benchmarks import common
 from conversion import qwen2_hf
+from slam_jax import tokens
 from slam_jax.evaluation import scoring
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2
@@ -80,7 +81,7 @@ def make_pairs(num_pairs: int, num_units: int, seed: int = 0) -> list[np.ndarray
     """2 x num_pairs sequences `[1, units + 2, 1]` of 3 to 10 s of units."""
     rng = np.random.default_rng(seed)
     low, high = (int(seconds * UNITS_PER_SECOND) for seconds in SECONDS)
-    return [scoring.to_sequence(rng.integers(0, num_units, rng.integers(low, high + 1))) for _ in range(2 * num_pairs)]
+    return [tokens.unit_sequence(rng.integers(0, num_units, rng.integers(low, high + 1))) for _ in range(2 * num_pairs)]
 
 
 def build(num_pairs: int, dtypes: list[str]) -> tuple[dict[str, Callable[[], object]], dict]:

@@ -37,9 +37,10 @@ from flax import nnx
 from benchmarks import common
 from benchmarks.forward import MATMUL_SIZE, peak_matmul, torch_model
 from configs import slam as slam_config
+from slam_jax import parallel
 from slam_jax.models import attention, qwen2
 from slam_jax.models import config as model_config
-from slam_jax.training import metrics, optimizer, sharding
+from slam_jax.training import metrics, optimizer
 from slam_jax.training import step as step_lib
 
 BATCH, LENGTH = 1, 1024
@@ -70,12 +71,12 @@ def jax_step(
 
     Rows are `ids`, one unpacked sequence each, or `packed` ({input_ids, segment_ids, positions} [rows, length]).
     """
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
     chain = optimizer.build(train)
     model = qwen2.init_model(cfg)
     graphdef, params = nnx.graphdef(model), qwen2.get_params(model)
     abstract = jax.eval_shape(lambda p: step_lib.init_state(p, chain), params)
-    shardings = step_lib.state_shardings(abstract, mesh)
+    shardings = step_lib.train_state_shardings(abstract, mesh)
     holder = {"state": jax.jit(lambda p: step_lib.init_state(p, chain), out_shardings=shardings)(params)}
     packed = packed or {
         "input_ids": ids,

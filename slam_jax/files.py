@@ -1,12 +1,20 @@
-"""Atomic writes: outputs appear complete or not at all."""
+"""Files: atomic writes (outputs appear complete or not at all) and the readers of jsonl / parquet records.
+
+The lowest layer of the package with `errors`: every subpackage reads and writes through here.
+"""
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from slam_jax.errors import DataError
+
+RECORD_SUFFIXES = (".jsonl", ".parquet")
 
 
 @contextlib.contextmanager
@@ -51,3 +59,45 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """The objects of a jsonl file (blank lines skipped), or [] if the file does not exist."""
     path = Path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def expand_paths(spec: str) -> list[Path]:
+    """Files named by a comma-separated list of files, folders (searched recursively) and globs."""
+    files: list[Path] = []
+    for part in filter(None, (piece.strip() for piece in spec.split(","))):
+        path = Path(part)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in RECORD_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            matches = sorted(Path(match) for match in glob.glob(part, recursive=True))
+            if not matches:
+                raise DataError(f"{part}: no such file, folder or glob match")
+            files += [match for match in matches if match.is_file()]
+    return files
+
+
+def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(`file:line` or `file:row`, record) of a jsonl or parquet file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as error:  # noqa: BLE001 - any pyarrow failure becomes one line naming the file
+            raise DataError(f"{path}: not a readable parquet file ({error})") from None
+        for row, record in enumerate(table.to_pylist()):
+            yield f"{path}:row {row}", record
+        return
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object")
+            yield f"{path}:{number}", record

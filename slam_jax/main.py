@@ -10,10 +10,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from conversion.safetensors_io import CheckpointError
-from slam_jax.data.ingest import DataError
-from slam_jax.modes import MODES
-from slam_jax.training.loop import TrainingError
+from slam_jax import modes
+from slam_jax.errors import USER_ERRORS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: workdir/<config file name>).")
@@ -24,14 +22,14 @@ def main(argv: list[str]) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
     config = _CONFIG.value
-    if config.mode not in MODES:
-        print(f"error: --config.mode={config.mode!r} is not one of {sorted(MODES)}", file=sys.stderr)
+    if config.mode not in modes.MODES:
+        print(f"error: --config.mode={config.mode!r} is not one of {sorted(modes.MODES)}", file=sys.stderr)
         return 2
     workdir = Path(_WORKDIR.value or Path("workdir") / Path(flags.FLAGS["config"].config_filename).stem)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        MODES[config.mode](config, workdir)
-    except (DataError, TrainingError, CheckpointError, ValueError, FileNotFoundError, FileExistsError) as error:
+        modes.job(config.mode)(config, workdir)
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

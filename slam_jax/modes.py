@@ -1,23 +1,35 @@
-"""Every job `python -m slam_jax.main` can run, by the name a config's `mode` gives it."""
+"""Every job `python -m slam_jax.main` can run, by the name a config's `mode` gives it.
 
-from slam_jax import pipeline, selfcheck
-from slam_jax.data import stores
-from slam_jax.demo import report, text
-from slam_jax.evaluation import generation, pair_metrics
-from slam_jax.speech import spoken_sets
-from slam_jax.speech import tokenize as tokenize_mode
-from slam_jax.training import dpo, loop
+The registry names each job's module and function; `job(name)` imports that module only when the job runs, so a
+job loads only what it uses (a TPU pre-training run never imports the TTS or matplotlib).
+"""
+
+import importlib
+from collections.abc import Callable
 
 MODES = {
-    "selfcheck": selfcheck.run,
-    "pretrain": loop.run,
-    "prepare": stores.run_prepare,
-    "dpo": dpo.run,
-    "pipeline": pipeline.run,
-    "tokenize": tokenize_mode.run,
-    "eval": pair_metrics.run,
-    "generate": generation.run,
-    "synthesize": spoken_sets.run,
-    "demo_text": text.run,
-    "report": report.run,
+    "selfcheck": "slam_jax.selfcheck:run",
+    "pretrain": "slam_jax.training.loop:run",
+    "prepare": "slam_jax.data.stores:run_prepare",
+    "dpo": "slam_jax.training.dpo:run",
+    "pipeline": "slam_jax.pipeline:run",
+    "tokenize": "slam_jax.speech.tokenize:run",
+    "eval": "slam_jax.evaluation.pair_metrics:run",
+    "generate": "slam_jax.evaluation.generation:run",
+    "synthesize": "slam_jax.speech.spoken_sets:run",
+    "demo_text": "slam_jax.demo.text:run",
+    "report": "slam_jax.demo.report:run",
 }
+
+
+def check(name: str, key: str = "mode") -> None:
+    """A one-line error naming `key` unless `name` is a registered job."""
+    if name not in MODES:
+        raise ValueError(f"{key}={name!r} is not one of {sorted(MODES)}")
+
+
+def job(name: str) -> Callable:
+    """The function that runs the job `name` (its module imported now)."""
+    check(name)
+    module, function = MODES[name].split(":")
+    return getattr(importlib.import_module(module), function)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from slam_jax import modes
+
 DONE = "stage_done.json"
 WORKDIR = "{workdir}"
 
@@ -40,8 +42,6 @@ def with_workdir(config: ConfigDict, workdir: Path) -> ConfigDict:
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:
-    from slam_jax.modes import MODES  # the registry imports this module
-
     workdir = Path(workdir)
     stages = stage_names(config)
     results = {}
@@ -54,14 +54,16 @@ def run(config: ConfigDict, workdir: Path) -> dict:
             continue
         stage_config = with_workdir(config[stage], workdir)
         mode = stage_config.get("mode", stage)
-        if mode not in MODES:
-            raise ValueError(f"config.{stage}.mode={mode!r} is not one of {sorted(MODES)}")
+        modes.check(mode, key=f"config.{stage}.mode")
         if mode == "dpo" and not stage_config.model.init_from and "pretrain" in stages:
             stage_config.model.init_from = str(workdir / "pretrain")
         print(f"[pipeline] {stage}: running {mode} in {stage_dir}")
         stage_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        results[stage] = {**(MODES[mode](stage_config, stage_dir) or {}), "stage_seconds": time.perf_counter() - start}
+        results[stage] = {
+            **(modes.job(mode)(stage_config, stage_dir) or {}),
+            "stage_seconds": time.perf_counter() - start,
+        }
         if results[stage].get("stop_reason") == "preempted":
             print(f"[pipeline] {stage}: preempted; re-run the same command to resume")
             return results

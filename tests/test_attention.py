@@ -13,9 +13,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from slam_jax import parallel
 from slam_jax.models import attention, qwen2, sampling
 from slam_jax.models import config as model_config
-from slam_jax.training import sharding
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM = 2, 40, 4, 2, 16  # 40: not a block multiple, so padding is exercised
 
@@ -118,10 +118,10 @@ def test_segments_never_mix():
 
 def test_kernel_runs_per_shard_under_the_step_mesh(inputs):
     """Under a 2 x 2 (data, tensor) mesh in context the kernel runs in shard_map, with the same result."""
-    mesh = sharding.make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
+    mesh = parallel.make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
     q, k, v, segments = inputs
-    spec = NamedSharding(mesh, P(sharding.BATCH_AXES))
-    fn = jax.jit(sharding.traced_under(mesh, lambda *args: run("pallas_gpu", *args)), in_shardings=spec)
+    spec = NamedSharding(mesh, P(parallel.BATCH_AXES))
+    fn = jax.jit(parallel.traced_under(mesh, lambda *args: run("pallas_gpu", *args)), in_shardings=spec)
     text = fn.lower(q, k, v, segments).as_text()
     assert "manual_computation" in text  # shard_map's region (absent when traced without the mesh)
     np.testing.assert_allclose(np.asarray(fn(q, k, v, segments)), reference(q, k, v, segments), atol=2e-5)
@@ -157,11 +157,6 @@ def test_triton_blocks_are_powers_of_two():
         128,
         128,
     ]
-
-
-def test_mesh_axis_names_are_the_sharding_rules():
-    assert attention.ROW_AXES == sharding.BATCH_AXES
-    assert attention.HEAD_AXIS in sharding.MESH_AXES
 
 
 def test_kernel_names_are_found_in_program_text():

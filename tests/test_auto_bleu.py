@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from slam_jax.evaluation.auto_bleu import auto_bleu, auto_bleu_text, words
+from slam_jax.data.auto_bleu import auto_bleu, auto_bleu_text, words
 
 
 def reference_auto_bleu(items: list, n: int) -> float:

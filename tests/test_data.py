@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from slam_jax.data import ingest, pipeline
-from slam_jax.data.ingest import DataError
 from slam_jax.data.unit_store import UnitStore
+from slam_jax.errors import DataError
 
 
 def write_jsonl(path, records):

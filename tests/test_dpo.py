@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from configs import pretrain_synthetic, slam_dpo
 from slam_jax import tokens
 from slam_jax.data import preference
-from slam_jax.data.ingest import DataError
+from slam_jax.errors import DataError
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2, storage
 from slam_jax.training import dpo, dpo_loss, loop

@@ -11,9 +11,9 @@ import torch
 
 from configs import eval as eval_config
 from conversion import hf_to_flax
-from slam_jax.evaluation import audio_units, pair_metrics
+from slam_jax.evaluation import pair_metrics
 from slam_jax.models import kmeans
-from slam_jax.speech import audio, features, units
+from slam_jax.speech import audio, audio_units, features, units
 from slam_jax.speech import encoder as unit_encoder
 
 NUM_UNITS = 20

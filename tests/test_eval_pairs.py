@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from slam_jax.data.ingest import DataError
+from slam_jax.errors import DataError
 from slam_jax.evaluation import pairs
 from slam_jax.evaluation.pairs import SALMON_PARTS, Pair
 

@@ -14,9 +14,9 @@ import torch
 import slam_jax
 from configs import eval as eval_config
 from conversion import hf_to_flax
-from slam_jax.data.ingest import DataError
+from slam_jax import parallel, tokens
+from slam_jax.errors import DataError
 from slam_jax.evaluation import pair_metrics, scoring
-from slam_jax.training import sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_UNITS = 20
@@ -46,7 +46,7 @@ def test_log_likelihoods_equal_transformers_mean_nll(converted):
     hf_model, path = converted
     model = slam_jax.load_model(path, compute_dtype="float32")
     units = random_units(np.random.default_rng(0), (3, 14, 0, 25, 9, 30, 1))
-    scores = scoring.Scorer(model, batch_size=8)([scoring.to_sequence(u) for u in units])
+    scores = scoring.Scorer(model, batch_size=8)([tokens.unit_sequence(u) for u in units])
     expected = [torch_mean_log_likelihood(hf_model, u) for u in units]
     np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
 
@@ -54,8 +54,8 @@ def test_log_likelihoods_equal_transformers_mean_nll(converted):
 def test_batching_padding_sharding_and_order_change_no_score(converted):
     _, path = converted
     model = slam_jax.load_model(path, compute_dtype="float32")
-    sequences = [scoring.to_sequence(u) for u in random_units(np.random.default_rng(1), (2, 13, 29, 7, 20, 11))]
-    one_at_a_time = scoring.Scorer(model, batch_size=1, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+    sequences = [tokens.unit_sequence(u) for u in random_units(np.random.default_rng(1), (2, 13, 29, 7, 20, 11))]
+    one_at_a_time = scoring.Scorer(model, batch_size=1, mesh=parallel.make_mesh(devices=jax.devices()[:1]))
     alone = np.array([one_at_a_time([sequence])[0] for sequence in sequences])
     sharded = scoring.Scorer(model, batch_size=8)
     together = sharded(sequences)
@@ -78,9 +78,9 @@ def test_packed_rows_score_each_sequence_as_alone(converted):
     _, path = converted
     model = slam_jax.load_model(path, compute_dtype="float32")
     lengths = (30, 1, 3, 2, 5, 0, 8, 4, 1, 6)
-    sequences = [scoring.to_sequence(u) for u in random_units(np.random.default_rng(2), lengths)]
+    sequences = [tokens.unit_sequence(u) for u in random_units(np.random.default_rng(2), lengths)]
     alone = np.array([model.log_likelihood([sequence])[0] for sequence in sequences])
-    packed = scoring.Scorer(model, batch_size=1, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+    packed = scoring.Scorer(model, batch_size=1, mesh=parallel.make_mesh(devices=jax.devices()[:1]))
     assert max(len(row) for _, (row,) in scoring.pack([len(s) for s in sequences], 1)) == 4  # of 5, 4, 3 and 3 tokens
     np.testing.assert_allclose(packed(sequences), alone, atol=1e-5, rtol=0)
 

@@ -11,8 +11,8 @@ import soundfile
 import slam_jax
 from configs import generate as generate_config
 from conversion import hf_to_flax
+from slam_jax.data.auto_bleu import auto_bleu
 from slam_jax.evaluation import generation
-from slam_jax.evaluation.auto_bleu import auto_bleu
 from slam_jax.models import kmeans
 from slam_jax.speech import audio, features, units
 from slam_jax.speech import encoder as unit_encoder

@@ -13,10 +13,11 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
+from slam_jax import parallel
 from slam_jax.models import config as model_config
 from slam_jax.models import hubert, precision, qwen2
 from slam_jax.models.speech_lm import next_token_log_probs
-from slam_jax.training import dpo, sharding
+from slam_jax.training import dpo
 from slam_jax.training import step as step_lib
 
 TRAIN = ConfigDict(dict(grad_clip=0.5, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0))
@@ -43,8 +44,8 @@ def train_step_hlo(cfg):
     graphdef, params = nnx.graphdef(model), qwen2.get_params(model)
     chain = optax.adamw(1e-3)
     state = step_lib.init_state(params, chain)
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    step = step_lib.jit_train_step(graphdef, chain, step_lib.state_shardings(state, mesh), mesh)
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    step = step_lib.jit_train_step(graphdef, chain, step_lib.train_state_shardings(state, mesh), mesh)
     return step.lower(state, packed_batches(), jnp.float32(1e-3)).as_text(dialect="hlo")
 
 

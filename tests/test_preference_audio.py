@@ -7,10 +7,10 @@ import pytest
 import soundfile
 
 from configs import slam_dpo
-from slam_jax.data import preference, preference_audio
-from slam_jax.data.ingest import DataError
-from slam_jax.evaluation.audio_units import audio_units
-from slam_jax.speech import tts
+from slam_jax.data import preference
+from slam_jax.errors import DataError
+from slam_jax.speech import preference_audio, tts
+from slam_jax.speech.audio_units import audio_units
 
 NUM_UNITS = 8
 TEXTS = {

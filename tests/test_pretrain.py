@@ -13,6 +13,7 @@ import pytest
 
 import slam_jax
 from configs import pretrain_synthetic
+from slam_jax.errors import TrainingError
 from slam_jax.models import storage
 from slam_jax.training import checkpoints, loop
 
@@ -105,7 +106,7 @@ def test_budget_planner_fits_the_cosine_to_the_remaining_time():
 
 
 def test_nan_loss_stops_without_saving_the_nan_state(tmp_path):
-    with pytest.raises(loop.TrainingError, match="loss is (nan|inf).*stopped without saving"):
+    with pytest.raises(TrainingError, match="loss is (nan|inf).*stopped without saving"):
         loop.run(tiny_config(**{"train.max_steps": 12, "train.learning_rate": 1e38, "train.warmup_steps": 0}), tmp_path)
     for step_dir in (tmp_path / "checkpoints").glob("[0-9]*"):
         assert all(np.isfinite(leaf).all() for leaf in final_params(tmp_path, int(step_dir.name)))

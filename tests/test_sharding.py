@@ -6,10 +6,11 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
+from slam_jax import parallel
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2
-from slam_jax.training import optimizer, sharding
-from slam_jax.training.step import init_state, jit_train_step, state_shardings
+from slam_jax.training import optimizer
+from slam_jax.training.step import init_state, jit_train_step, train_state_shardings
 
 TRAIN = ConfigDict(dict(grad_clip=0.5, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0))
 # Sizes divisible by 2 and 4 so every rule really shards.
@@ -20,9 +21,9 @@ def run_step(mesh, params, batches):
     chain = optimizer.build(TRAIN)
     graphdef = nnx.graphdef(qwen2.abstract_model(CONFIG))
     abstract = jax.eval_shape(lambda p: init_state(p, chain), params)
-    shardings = state_shardings(abstract, mesh)
+    shardings = train_state_shardings(abstract, mesh)
     state = jax.jit(lambda p: init_state(p, chain), out_shardings=shardings)(jax.device_put(params, shardings.params))
-    batches = jax.device_put(batches, sharding.batch_sharding(mesh, leading_axes=1))
+    batches = jax.device_put(batches, parallel.batch_sharding(mesh, leading_axes=1))
     step = jit_train_step(graphdef, chain, shardings, mesh)
     return step(state, batches, np.float32(1e-3))
 
@@ -43,8 +44,8 @@ def test_eight_devices_are_available():
 @pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)])
 def test_sharded_step_equals_single_device_step(shape):
     params = qwen2.get_params(qwen2.init_model(CONFIG, seed=0))
-    single_state, single_metrics = run_step(sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]), params, batches())
-    state, metrics = run_step(sharding.make_mesh(*shape), params, batches())
+    single_state, single_metrics = run_step(parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1]), params, batches())
+    state, metrics = run_step(parallel.make_mesh(*shape), params, batches())
 
     np.testing.assert_allclose(metrics["loss"], single_metrics["loss"], rtol=1e-6)
     for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(single_state.params), strict=True):
@@ -62,13 +63,13 @@ def test_sharded_step_equals_single_device_step(shape):
 
 
 def test_indivisible_dimensions_are_replicated_not_refused():
-    mesh = sharding.make_mesh(1, 4, 2)
-    spec = sharding.spec_for("embed_tokens", (502, 896), mesh)
+    mesh = parallel.make_mesh(1, 4, 2)
+    spec = parallel.spec_for("embed_tokens", (502, 896), mesh)
     assert spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-    assert sharding.spec_for("embed_tokens", (501, 30), mesh) == jax.sharding.PartitionSpec(None, None)
+    assert parallel.spec_for("embed_tokens", (501, 30), mesh) == jax.sharding.PartitionSpec(None, None)
 
 
 def test_mesh_shape_errors_are_clear():
     with pytest.raises(ValueError, match="does not use the 8 devices"):
-        sharding.make_mesh(3, 1, 1)
-    assert dict(sharding.make_mesh(-1, 2, 2).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+        parallel.make_mesh(3, 1, 1)
+    assert dict(parallel.make_mesh(-1, 2, 2).shape) == {"data": 2, "fsdp": 2, "tensor": 2}

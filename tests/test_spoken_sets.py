@@ -10,7 +10,7 @@ import pytest
 from configs import spokenswag as spokenswag_config
 from configs import stinystories as stinystories_config
 from slam_jax.data import ingest, preference
-from slam_jax.data.ingest import DataError
+from slam_jax.errors import DataError
 from slam_jax.speech import spoken_sets, tts
 
 NUM_UNITS = 8

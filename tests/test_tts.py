@@ -10,7 +10,7 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 
-from slam_jax.data.ingest import DataError
+from slam_jax.errors import DataError
 from slam_jax.speech import tts
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."

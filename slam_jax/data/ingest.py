@@ -8,44 +8,21 @@ Each file (row) becomes `[1, u0 + 2, ..., 1]`. The validation split takes the ro
 below `valid_fraction`: stable across runs, machines, folders and input order.
 """
 
-import glob
 import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from slam_jax import tokens
 from slam_jax.data.unit_store import UnitStoreWriter
-from slam_jax.files import atomic_dir
+from slam_jax.errors import DataError
+from slam_jax.files import atomic_dir, expand_paths, read_records
 
 _UNIT = re.compile(r"<Un(\d+)>")
-_SUFFIXES = (".jsonl", ".parquet")
 SUMMARY = "prepare_summary.json"
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and line (or row)."""
-
-
-def expand_paths(spec: str) -> list[Path]:
-    """Files named by a comma-separated list of files, folders (searched recursively) and globs."""
-    files: list[Path] = []
-    for part in filter(None, (piece.strip() for piece in spec.split(","))):
-        path = Path(part)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
-        elif path.is_file():
-            files.append(path)
-        else:
-            matches = sorted(Path(match) for match in glob.glob(part, recursive=True))
-            if not matches:
-                raise DataError(f"{part}: no such file, folder or glob match")
-            files += [match for match in matches if match.is_file()]
-    return files
 
 
 def parse_units(record: dict, where: str, num_units: int) -> np.ndarray:
@@ -71,31 +48,6 @@ def parse_units(record: dict, where: str, num_units: int) -> np.ndarray:
     return array
 
 
-def read_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """(`file:line` or `file:row`, record) of a jsonl or parquet file."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as error:  # noqa: BLE001 - any pyarrow failure becomes one line naming the file
-            raise DataError(f"{path}: not a readable parquet file ({error})") from None
-        for row, record in enumerate(table.to_pylist()):
-            yield f"{path}:row {row}", record
-        return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object")
-            yield f"{path}:{number}", record
-
-
 def is_validation(name: str, valid_fraction: float) -> bool:
     """Stable split: the first 8 bytes of sha1(base name) as a fraction of 2**64.
 
@@ -105,10 +57,6 @@ def is_validation(name: str, valid_fraction: float) -> bool:
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     digest = int.from_bytes(hashlib.sha1(base.encode()).digest()[:8], "big")
     return digest < valid_fraction * 2.0**64
-
-
-def to_sequence(units: np.ndarray) -> np.ndarray:
-    return np.concatenate([[tokens.BOS_ID], units + tokens.UNIT_OFFSET, [tokens.EOS_ID]])
 
 
 def prepare(spec: str, out: str | Path, num_units: int, valid_fraction: float = 0.01, overwrite: bool = False) -> dict:
@@ -129,7 +77,7 @@ def prepare(spec: str, out: str | Path, num_units: int, valid_fraction: float = 
                     continue
                 name = str(record.get("file_name", where))
                 split = "valid" if is_validation(name, valid_fraction) else "train"
-                writers[split].add(to_sequence(units), source=path.name)
+                writers[split].add(tokens.unit_sequence(units), source=path.name)
         manifests = {split: writer.close() for split, writer in writers.items()}
         if not manifests["train"]["num_sequences"]:
             raise DataError(f"{spec}: no non-empty sequences to train on")

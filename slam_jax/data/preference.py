@@ -17,9 +17,10 @@ import grain
 import numpy as np
 
 from slam_jax import tokens
-from slam_jax.data.ingest import DataError, expand_paths, parse_units, read_records
-from slam_jax.evaluation.auto_bleu import auto_bleu_text
-from slam_jax.files import atomic_dir
+from slam_jax.data.auto_bleu import auto_bleu_text
+from slam_jax.data.ingest import parse_units
+from slam_jax.errors import DataError
+from slam_jax.files import atomic_dir, expand_paths, read_records
 
 FIELDS = ("prompt", "chosen", "rejected")
 MANIFEST = "preference_manifest.json"

@@ -21,20 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from slam_jax import tokens
+from slam_jax import parallel, tokens
 from slam_jax.data import ingest
-from slam_jax.data.ingest import DataError
-from slam_jax.evaluation import audio_units
-from slam_jax.evaluation.auto_bleu import auto_bleu
-from slam_jax.files import write_text
+from slam_jax.data.auto_bleu import auto_bleu
+from slam_jax.errors import DataError
+from slam_jax.files import read_records, write_text
 from slam_jax.models import sampling, storage
 from slam_jax.models.speech_lm import SpeechLM, load_model
-from slam_jax.speech import audio
-from slam_jax.training import sharding
+from slam_jax.speech import audio, audio_units
 
 GENERATIONS, SUMMARY = "generations.jsonl", "summary.json"
 _REPORTED_SETTINGS = (
@@ -118,13 +115,13 @@ def generate_batched(
 ) -> np.ndarray:
     """New ids [len(prompt_ids), max_new_tokens]: length-sorted batches sharded over all devices; row i of the
     input samples from (seed, i) whatever its batch."""
-    mesh = sharding.make_mesh(devices=jax.local_devices())
-    devices = int(np.prod([mesh.shape[axis] for axis in sharding.BATCH_AXES]))
+    mesh = parallel.local_mesh()
+    devices = parallel.data_parallel_size(mesh)
     rows = -(-batch_size // devices) * devices
     graphdef, state = nnx.split(model.model)
-    state = jax.device_put(state, sharding.replicated(mesh))
-    batch_sharding = sharding.batch_sharding(mesh)
-    row_sharding = NamedSharding(mesh, PartitionSpec(sharding.BATCH_AXES))
+    state = jax.device_put(state, parallel.replicated(mesh))
+    batch_sharding = parallel.batch_sharding(mesh)
+    row_sharding = parallel.batch_sharding(mesh, trailing_axes=0)
     order = np.argsort([-len(ids) for ids in prompt_ids], kind="stable")
     new_ids = np.zeros((len(prompt_ids), settings.max_new_tokens), np.int32)
     for start in tqdm(range(0, len(order), rows), desc="generating", unit="batch", disable=not progress):
@@ -164,7 +161,7 @@ def crop_to_seconds(
 
 def _jsonl_prompts(path: Path, settings: ConfigDict, num_units: int) -> tuple[list[str], list[list[int]]]:
     names, prompts = [], []
-    for where, record in ingest.read_records(path):
+    for where, record in read_records(path):
         units = ingest.parse_units(record, where, num_units)
         durations = np.asarray(record["duration"], np.int64) if "duration" in record else None
         if durations is not None and durations.shape != units.shape:

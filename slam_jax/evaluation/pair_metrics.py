@@ -17,12 +17,13 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from slam_jax import tokens
-from slam_jax.data.ingest import DataError
-from slam_jax.evaluation import audio_units, scoring
+from slam_jax.errors import DataError
 from slam_jax.evaluation import pairs as pair_io
+from slam_jax.evaluation import scoring
 from slam_jax.files import write_text
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import load_model
+from slam_jax.speech import audio_units
 
 
 def run(config: ConfigDict, workdir: Path) -> dict[str, dict]:
@@ -65,7 +66,7 @@ def evaluate(
         raise DataError(f"{name}: all {len(pairs)} pairs skipped, e.g. {skipped[0]['file']}: {skipped[0]['reason']}")
     num_units = scorer.config.vocab_size - tokens.UNIT_OFFSET
     sequences = [
-        scoring.to_sequence(_units(side, units, num_units, pair.pair_id))
+        tokens.unit_sequence(_units(side, units, num_units, pair.pair_id))
         for pair in kept
         for side in (pair.positive, pair.negative)
     ]

@@ -22,7 +22,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from slam_jax.data.ingest import DataError
+from slam_jax.errors import DataError
 from slam_jax.speech import audio
 
 SALMON_PARTS = (

@@ -22,18 +22,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from slam_jax import tokens
+from slam_jax import parallel, tokens
 from slam_jax.models.speech_lm import SpeechLM, next_token_log_probs
 from slam_jax.speech.encoder import bucket_length
-from slam_jax.training import sharding
 
 LENGTH_QUANTUM = 16
 BUCKETS_PER_OCTAVE = 4
-
-
-def to_sequence(units: Sequence[int]) -> np.ndarray:
-    """`[BOS, u0 + 2, ..., EOS]` of a unit sequence."""
-    return np.concatenate([[tokens.BOS_ID], np.asarray(units, np.int64) + tokens.UNIT_OFFSET, [tokens.EOS_ID]])
 
 
 class Scorer:
@@ -41,14 +35,14 @@ class Scorer:
 
     def __init__(self, model: SpeechLM, batch_size: int = 32, mesh=None, progress: bool = False):
         self.config = model.config
-        self.mesh = mesh or sharding.make_mesh(devices=jax.local_devices())
-        self.devices = int(np.prod([self.mesh.shape[axis] for axis in sharding.BATCH_AXES]))
+        self.mesh = mesh or parallel.local_mesh()
+        self.devices = parallel.data_parallel_size(self.mesh)
         self.rows = -(-batch_size // self.devices) * self.devices
         self.progress = progress
         self.graphdef, state = nnx.split(model.model)
-        self.state = jax.device_put(state, sharding.replicated(self.mesh))
-        self.batch_sharding = sharding.batch_sharding(self.mesh)
-        self._log_probs = sharding.traced_under(self.mesh, _target_log_probs)  # a fused attention kernel per shard
+        self.state = jax.device_put(state, parallel.replicated(self.mesh))
+        self.batch_sharding = parallel.batch_sharding(self.mesh)
+        self._log_probs = parallel.traced_under(self.mesh, _target_log_probs)  # a fused attention kernel per shard
 
     def __call__(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """Float32 log-likelihood of each sequence, in input order."""

@@ -24,15 +24,13 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
+from slam_jax import parallel
 from slam_jax.models import config, precision
 
 CHOICES = config.ATTENTION_BACKENDS
 BACKENDS = CHOICES[1:]
 XLA_BLOCK = 256  # queries per block of the einsum backend (4 blocks at the paper's 1024 context)
 _PAD_SEGMENT = -1  # segment id of the positions added to reach a kernel's block multiple
-# The mesh axes of slam_jax.training.sharding (rows over data x fsdp, heads over tensor; a test keeps them equal).
-ROW_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
 
 
 def choose(platform: str, device_kind: str = "") -> str:
@@ -220,17 +218,17 @@ def _per_shard(kernel, q, k, v, segment_ids) -> jax.Array:
     """`kernel` on each device's rows (and heads), under `shard_map` when a mesh is in context.
 
     XLA cannot partition a Pallas (Mosaic, Triton) or cuDNN call by itself; the jitted steps trace under
-    their mesh (`sharding.traced_under`), so the kernel runs per shard: rows split over data x fsdp, heads
+    their mesh (`parallel.traced_under`), so the kernel runs per shard: rows split over data x fsdp, heads
     over tensor where it divides both head counts. Without a mesh in context the kernel sees whole arrays.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return kernel(q, k, v, segment_ids)
     size = dict(mesh.shape)
-    rows = tuple(axis for axis in ROW_AXES if size.get(axis, 1) > 1)
+    rows = tuple(axis for axis in parallel.BATCH_AXES if size.get(axis, 1) > 1)
     rows = rows if rows and q.shape[0] % int(np.prod([size[axis] for axis in rows])) == 0 else ()
-    heads = size.get(HEAD_AXIS, 1)
-    head_axis = HEAD_AXIS if heads > 1 and q.shape[2] % heads == 0 and k.shape[2] % heads == 0 else None
+    heads = size.get(parallel.TENSOR_AXIS, 1)
+    head_axis = parallel.TENSOR_AXIS if heads > 1 and q.shape[2] % heads == 0 and k.shape[2] % heads == 0 else None
     if not rows and head_axis is None:
         return kernel(q, k, v, segment_ids)
     row_spec = rows or None

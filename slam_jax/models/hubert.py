@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from slam_jax import parallel
 from slam_jax.files import atomic_dir
 
 CONFIG_FILE = "encoder_config.json"
@@ -545,7 +546,7 @@ def load_encoder(directory: str | Path, **config_overrides) -> Hubert:
     if not is_encoder_dir(directory):
         raise FileNotFoundError(f"{directory}: not a converted encoder (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
     config = HubertConfig.load(directory / CONFIG_FILE).replace(**config_overrides)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = parallel.first_device()
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), param_shapes(config)
     )

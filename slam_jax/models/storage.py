@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from slam_jax import parallel
 from slam_jax.files import atomic_dir
 from slam_jax.models import qwen2
 from slam_jax.models.config import ModelConfig
@@ -91,7 +92,7 @@ def load_params(directory: str | Path, config: ModelConfig | None = None, shardi
     if not is_model_dir(directory):
         raise FileNotFoundError(f"{directory}: not a converted model (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
     config = config or load_config(directory)
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = sharding or parallel.first_device()
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), qwen2.param_shapes(config)
     )

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
+from slam_jax import parallel
 from slam_jax.models import hubert, kmeans
 from slam_jax.speech import features as spectral
 
@@ -35,7 +36,7 @@ def micro_batched(fn: Callable, mesh: Mesh, micro_batch: int) -> Callable:
     Smaller steps keep the activation buffers small: less memory and, on CPUs, fewer page faults and better
     cache use; rows never interact, so the result is the same.
     """
-    spec = PartitionSpec("data")
+    spec = PartitionSpec(parallel.BATCH_AXES)
 
     def per_device(params, waveforms, lengths):
         rows = waveforms.shape[0]
@@ -75,15 +76,15 @@ class UnitEncoder:
         micro_batch: int = 0,
     ):
         devices = list(devices or jax.local_devices())
-        self.mesh = Mesh(np.asarray(devices), ("data",))
+        self.mesh = parallel.make_mesh(devices=devices)
         self.num_devices = len(devices)
         self.rows = -(-batch_size // len(devices)) * len(devices)
         self.frame_samples, self.item_padding = frame_samples, item_padding
         self.reference_padding, self.buckets_per_octave = reference_padding, buckets_per_octave
         self.num_frames = num_frames
         self.step_rows = micro_batch * len(devices)
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        rows = NamedSharding(self.mesh, PartitionSpec("data"))
+        replicated = parallel.replicated(self.mesh)
+        rows = parallel.batch_sharding(self.mesh, trailing_axes=0)
         self.params = jax.device_put(params, replicated)
         self.centroids = None if centroids is None else jax.device_put(jnp.asarray(centroids, jnp.float32), replicated)
         features = micro_batched(features_fn, self.mesh, micro_batch)
@@ -97,7 +98,7 @@ class UnitEncoder:
 
     def set_centroids(self, centroids: np.ndarray) -> None:
         """Use `centroids` [num_units, dim] from now on (e.g. once fitted on this encoder's features)."""
-        replicated = NamedSharding(self.mesh, PartitionSpec())
+        replicated = parallel.replicated(self.mesh)
         self.centroids = jax.device_put(jnp.asarray(centroids, jnp.float32), replicated)
 
     def encode(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:

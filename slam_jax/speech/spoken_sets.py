@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
-from slam_jax.data.ingest import DataError, read_records
 from slam_jax.data.preference import filter_score
-from slam_jax.files import write_text
+from slam_jax.errors import DataError
+from slam_jax.files import read_records, write_text
 from slam_jax.speech import tokenize, tts
 
 STORY_SEPARATOR = "<|endoftext|>"

@@ -33,13 +33,14 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from slam_jax import parallel
 from slam_jax.data import ingest
+from slam_jax.errors import DataError
 from slam_jax.files import write_text
 from slam_jax.models import hubert, kmeans
 from slam_jax.speech import audio, units
 from slam_jax.speech import encoder as unit_encoder
 from slam_jax.speech import features as spectral
-from slam_jax.training import distributed
 
 FEATURES = "features.jsonl"
 ERRORS = "errors.jsonl"
@@ -56,7 +57,7 @@ MFCC = "mfcc"
 def run(config: ConfigDict, workdir: Path) -> dict:
     """Tokenise `config.tokenize.data_path` into `config.tokenize.out_path`; returns (and saves) the report."""
     settings = config.tokenize
-    distributed.maybe_initialize()
+    parallel.maybe_initialize()
     if not settings.data_path:
         raise ValueError("tokenize.data_path is empty: give an audio folder, list file or glob")
     out = Path(settings.out_path or Path(workdir) / "units")
@@ -331,7 +332,7 @@ def _write_store(out: Path, num_units: int, valid_fraction: float) -> dict:
     """OUT/store from OUT/features.jsonl (rewritten whole on every run); a folder of failures gets none."""
     try:
         summary = ingest.prepare(str(out / FEATURES), out / STORE, num_units, valid_fraction, overwrite=True)
-    except ingest.DataError as error:
+    except DataError as error:
         return {"path": None, "reason": str(error)}
     return {"path": str(out / STORE), "train_tokens": summary["train_num_tokens"]}
 

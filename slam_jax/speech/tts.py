@@ -45,8 +45,8 @@ import soundfile
 import soxr
 from tqdm import tqdm
 
-from slam_jax.data.ingest import DataError, read_records
-from slam_jax.files import write_text
+from slam_jax.errors import DataError
+from slam_jax.files import read_records, write_text
 from slam_jax.speech.audio import SAMPLE_RATE
 
 AUDIO = "audio"

@@ -18,11 +18,13 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from slam_jax.data import preference, preference_audio
-from slam_jax.data.ingest import expand_paths
+from slam_jax import parallel
+from slam_jax.data import preference
+from slam_jax.files import expand_paths
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import next_token_log_probs
-from slam_jax.training import distributed, loop, metrics, sharding
+from slam_jax.speech import preference_audio
+from slam_jax.training import loop, metrics
 from slam_jax.training.dpo_loss import dpo_loss, dpo_metrics
 from slam_jax.training.step import TrainState
 
@@ -112,17 +114,17 @@ class DPOTrainer(loop.Trainer):
             reference_logps = self.reference_logps()
         self.source = preference.PairSource(self.store, reference_logps)
         step = jax.jit(
-            sharding.traced_under(
+            parallel.traced_under(
                 self.mesh,
                 functools.partial(dpo_step, graphdef=self.graphdef, optimizer=self.optimizer, dpo=config.dpo),
             ),
             in_shardings=(
                 self.shardings,
                 None,
-                sharding.replicated(self.mesh),
+                parallel.replicated(self.mesh),
                 None if self.reference_params is None else self.shardings.params,
             ),
-            out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+            out_shardings=(self.shardings, parallel.replicated(self.mesh)),
             donate_argnums=0,
         )
         self.train_step = lambda state, batch, lr: step(state, batch, lr, self.reference_params)
@@ -148,7 +150,7 @@ class DPOTrainer(loop.Trainer):
                 spec = preference_audio.resolve(spec, self.config.tokenize, out.parent, Path(cache), self.config.seed)
             manifest = preference.prepare(spec, out, self.config.data.num_units, limits, overwrite=True)
             print(f"[dpo] {manifest['num_pairs']} pairs prepared into {out}; skipped {manifest['skipped']}")
-        distributed.barrier("slam_jax: preference pairs prepared")
+        parallel.barrier("slam_jax: preference pairs prepared")
         return out
 
     def reference_logps(self) -> np.ndarray:
@@ -158,12 +160,12 @@ class DPOTrainer(loop.Trainer):
             if jax.process_index() == 0:
                 np.save(path.with_suffix(".tmp.npy"), self.compute_reference_logps())
                 path.with_suffix(".tmp.npy").rename(path)
-            distributed.barrier("slam_jax: reference log-probs written")
+            parallel.barrier("slam_jax: reference log-probs written")
         return np.load(path)
 
     def compute_reference_logps(self) -> np.ndarray:
         params = storage.load_params(self.init_dir, self.model_config)
-        score = jax.jit(sharding.traced_under(self.mesh, functools.partial(sequence_logps, graphdef=self.graphdef)))
+        score = jax.jit(parallel.traced_under(self.mesh, functools.partial(sequence_logps, graphdef=self.graphdef)))
         source = preference.PairSource(self.store)
         batch_size = max(1, self.config.train.per_device_batch_size)
         results = []

@@ -18,19 +18,17 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from slam_jax import parallel
 from slam_jax.data import pipeline, stores
+from slam_jax.errors import TrainingError
 from slam_jax.models import attention, qwen2, storage
 from slam_jax.models import config as model_config
 from slam_jax.models.config import ModelConfig
-from slam_jax.training import checkpoints, distributed, metrics, optimizer, sharding
-from slam_jax.training.step import TrainState, init_state, jit_eval_step, jit_train_step, state_shardings
+from slam_jax.training import checkpoints, metrics, optimizer
+from slam_jax.training.step import TrainState, init_state, jit_eval_step, jit_train_step, train_state_shardings
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
 _SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
 
 
 def parse_duration(text: str) -> float:
@@ -147,13 +145,13 @@ def resolve_stores(config: ConfigDict, workdir: Path) -> tuple[list[str], list[s
     """Process 0 prepares raw inputs while the others wait; then every process opens the same stores."""
     if jax.process_index() == 0:
         stores.resolve(config.data, workdir, config.seed)
-    distributed.barrier("slam_jax: unit stores prepared")
+    parallel.barrier("slam_jax: unit stores prepared")
     return stores.resolve(config.data, workdir, config.seed)
 
 
 def run(config: ConfigDict, workdir: Path, trainer_class: type["Trainer"] | None = None) -> dict:
     """Train as configured (pre-training, or the task of `trainer_class`); returns the final metrics."""
-    distributed.maybe_initialize()
+    parallel.maybe_initialize()
     trainer = (trainer_class or Trainer)(config, Path(workdir))
     try:
         return trainer.fit()
@@ -169,14 +167,14 @@ class Trainer:
     def __init__(self, config: ConfigDict, workdir: Path):
         self.config, self.workdir = config, workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         self.model_config = build_model_config(config)
         self.optimizer = optimizer.build(config.train)
         abstract_model = qwen2.abstract_model(self.model_config)
         self.graphdef = nnx.graphdef(abstract_model)
         abstract_params = nnx.state(abstract_model, nnx.Param).to_pure_dict()
         abstract_state = jax.eval_shape(lambda p: init_state(p, self.optimizer), abstract_params)
-        self.shardings = state_shardings(abstract_state, self.mesh)
+        self.shardings = train_state_shardings(abstract_state, self.mesh)
         self.abstract_state = jax.tree.map(
             lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, self.shardings
         )
@@ -235,7 +233,7 @@ class Trainer:
         arrays = {}
         for key, value in local.items():
             rest = value.shape[1:]
-            target = sharding.batch_sharding(self.mesh, leading_axes=len(leading), trailing_axes=len(rest))
+            target = parallel.batch_sharding(self.mesh, leading_axes=len(leading), trailing_axes=len(rest))
             global_shape = (*leading, self.global_rows, *rest)
             local_value = value.reshape(*leading, self.local_rows, *rest)
             arrays[key] = jax.make_array_from_process_local_data(target, local_value, global_shape)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from slam_jax import parallel
 from slam_jax.models.speech_lm import next_token_log_probs
-from slam_jax.training import sharding
 
 
 class TrainState(NamedTuple):
@@ -76,25 +76,25 @@ def eval_step(params, batch, graphdef) -> tuple[jax.Array, jax.Array]:
     return loss_sums(params, batch, graphdef)
 
 
-def state_shardings(abstract_state: TrainState, mesh) -> TrainState:
-    params = sharding.param_shardings(abstract_state.params, mesh)
-    opt_state = sharding.state_shardings(abstract_state.opt_state, abstract_state.params, mesh)
-    return TrainState(params, opt_state, sharding.replicated(mesh))
+def train_state_shardings(abstract_state: TrainState, mesh) -> TrainState:
+    params = parallel.param_shardings(abstract_state.params, mesh)
+    opt_state = parallel.param_like_shardings(abstract_state.opt_state, abstract_state.params, mesh)
+    return TrainState(params, opt_state, parallel.replicated(mesh))
 
 
 def jit_train_step(graphdef, optimizer, shardings: TrainState, mesh):
     """`step(state, batches, lr) -> (state, metrics)` compiled with shardings and the state donated."""
     return jax.jit(
-        sharding.traced_under(mesh, functools.partial(train_step, graphdef=graphdef, optimizer=optimizer)),
-        in_shardings=(shardings, sharding.batch_sharding(mesh, leading_axes=1), sharding.replicated(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
+        parallel.traced_under(mesh, functools.partial(train_step, graphdef=graphdef, optimizer=optimizer)),
+        in_shardings=(shardings, parallel.batch_sharding(mesh, leading_axes=1), parallel.replicated(mesh)),
+        out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
     )
 
 
 def jit_eval_step(graphdef, param_shardings, mesh):
     return jax.jit(
-        sharding.traced_under(mesh, functools.partial(eval_step, graphdef=graphdef)),
-        in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=sharding.replicated(mesh),
+        parallel.traced_under(mesh, functools.partial(eval_step, graphdef=graphdef)),
+        in_shardings=(param_shardings, parallel.batch_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh),
     )

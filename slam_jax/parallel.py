@@ -1,4 +1,7 @@
-"""The device mesh and the ONE table of sharding rules for parameters, optimiser state and batches.
+"""Devices, meshes, THE table of sharding rules, and multi-host start-up: every job's parallelism in one place.
+
+`make_mesh` builds every mesh (training, scoring, generation, the unit encoder); `local_mesh` is the
+data-parallel mesh over this process's devices that inference jobs use.
 
 Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism with parameters and optimiser state
 sharded, ZeRO-3 style) and `tensor` (Megatron-style splits of heads and MLP columns). Batches are split
@@ -7,6 +10,7 @@ dimension is dropped (replicated) rather than failing, so odd sizes such as the 
 """
 
 import functools
+import os
 import re
 
 import jax
@@ -15,7 +19,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # rows of every batch
+TENSOR_AXIS = "tensor"  # attention heads, MLP columns
 
 # (regex on the "/"-joined parameter path, mesh axis per dimension); the first match wins.
 # Stacked layer weights have a leading layer axis, never sharded.
@@ -45,6 +50,16 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return Mesh(devices.reshape(sizes), MESH_AXES)
 
 
+def local_mesh() -> Mesh:
+    """Pure data parallelism over this process's devices (inference: scoring, generation, tokenising)."""
+    return make_mesh(devices=jax.local_devices())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many shards a batch's rows are split into (data x fsdp)."""
+    return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+
 def path_name(path) -> str:
     """'layers/self_attn/q_proj/kernel' from a pytree key path (dict keys and attribute names only)."""
     names = [getattr(key, "key", getattr(key, "name", None)) for key in path]
@@ -71,7 +86,7 @@ def param_shardings(params, mesh: Mesh):
     )
 
 
-def state_shardings(tree, params, mesh: Mesh):
+def param_like_shardings(tree, params, mesh: Mesh):
     """Shardings of a tree that embeds parameter-shaped subtrees (optimiser moments): a leaf whose path
     ends with a parameter's path and has its shape gets that parameter's sharding; others are replicated."""
     by_name = {
@@ -98,6 +113,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def first_device() -> jax.sharding.SingleDeviceSharding:
+    """Where a model loaded outside any mesh is placed."""
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
 def traced_under(mesh: Mesh, fn):
     """`fn` traced with `mesh` as the context mesh, so that kernels XLA cannot partition (a Pallas or cuDNN
     attention) run per shard under `shard_map` (models/attention.py)."""
@@ -108,3 +128,43 @@ def traced_under(mesh: Mesh, fn):
             return fn(*args, **kwargs)
 
     return traced
+
+
+# Multi-host start-up: `jax.distributed.initialize()` when the launcher's environment asks for it.
+_EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def wants_distributed(environ=os.environ) -> bool:
+    """True under an explicit coordinator (JAX_COORDINATOR_ADDRESS), a multi-task SLURM job or a TPU pod."""
+    if environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if int(environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    return len(environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+
+
+def maybe_initialize(environ=os.environ) -> None:
+    """Join the job's processes (once, before any computation); a no-op for a single process."""
+    if not wants_distributed(environ) or jax.distributed.is_initialized():
+        return
+    if environ.get("JAX_COORDINATOR_ADDRESS"):
+        missing = [name for name in _EXPLICIT if not environ.get(name)]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {missing} are not")
+        if environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(environ["JAX_NUM_PROCESSES"]),
+            process_id=int(environ["JAX_PROCESS_ID"]),
+        )
+    else:
+        jax.distributed.initialize()
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (a no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
-from slam_jax.data.ingest import expand_paths, read_records
-from slam_jax.evaluation.audio_units import audio_units
-from slam_jax.files import write_text
+from slam_jax.files import expand_paths, read_records, write_text
+from slam_jax.speech.audio_units import audio_units
 
 FIELDS = ("prompt", "chosen", "rejected")
 

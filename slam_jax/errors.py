@@ -1,0 +1,16 @@
+"""The errors a user can cause, each reported by `python -m slam_jax.main` as one `error:` line.
+
+Every subpackage raises these (or `ValueError` / `FileNotFoundError` / `FileExistsError`) for bad input and
+settings, with a message that names the file and line, or the config key, and what to do.
+"""
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line (or row)."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
+
+
+USER_ERRORS = (DataError, TrainingError, ValueError, FileNotFoundError, FileExistsError)
