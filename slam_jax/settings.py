@@ -1,7 +1,8 @@
 """Typed settings: a config section (or a JSON file) becomes a frozen dataclass, checked once, at the job's entry.
 
 A settings class is a frozen dataclass deriving from `Settings`. Its fields' types are checked and converted
-(`int`, `float`, `bool`, `str`, `tuple[T, ...]`; an int is a valid float, a list a valid tuple), and a field can
+(`int`, `float`, `bool`, `str`, `tuple[T, ...]`, or a nested `Settings` class for a sub-section; an int is a
+valid float, a list a valid tuple), and a field can
 carry limits in its metadata through `setting(...)`: `choices`, `minimum`, `maximum`, `above` (exclusive) and
 `exists` (a non-empty value must name an existing path). Every failure is one `ValueError` line naming the key as
 the config spells it (`train.learning_rate=-1.0: must be > 0`), so a mistyped value stops a job before it starts,
@@ -34,6 +35,14 @@ def setting(
 
 def _convert(value: Any, kind: Any, key: str) -> Any:
     """`value` as the annotated `kind`, or a one-line error naming `key`."""
+    if isinstance(kind, type) and issubclass(kind, Settings):
+        if isinstance(value, kind):
+            return value
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        if not isinstance(value, typing.Mapping):
+            raise ValueError(f"{key}={value!r}: expected a section of keys")
+        return kind.from_dict(value, key)
     origin = typing.get_origin(kind)
     if origin is tuple:
         item_kind = typing.get_args(kind)[0]
