@@ -44,6 +44,7 @@ from slam_jax import parallel  # noqa: E402
 from slam_jax.models import attention, precision, qwen2  # noqa: E402
 from slam_jax.training import loop, metrics, optimizer  # noqa: E402
 from slam_jax.training import step as step_lib  # noqa: E402
+from slam_jax.training.settings import ModelSettings, TrainSettings  # noqa: E402
 
 TARGET_DIR = Path(__file__).resolve().parent / "targets"
 GIB = 2**30
@@ -89,9 +90,11 @@ def device_memory(target: Target) -> int:
 
 def abstract_step(config, devices):
     """The project's compiled-step function and shape-only (state, batches, lr) for `devices`."""
-    model_cfg = loop.build_model_config(config)
+    model_cfg = loop.build_model_config(
+        ModelSettings.from_config(config.model, "model"), config.data.context_length, config.data.num_units
+    )
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
-    chain = optimizer.build(config.train)
+    chain = optimizer.build(TrainSettings.from_config(config.train, "train"))
     model = qwen2.abstract_model(model_cfg)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     state = jax.eval_shape(lambda p: step_lib.init_state(p, chain), params)

@@ -21,6 +21,7 @@ from slam_jax.models import config as model_config
 from slam_jax.models import qwen2
 from slam_jax.training import optimizer
 from slam_jax.training.dpo import dpo_step
+from slam_jax.training.settings import DpoSettings, TrainSettings
 from slam_jax.training.step import init_state, train_step
 
 
@@ -56,10 +57,12 @@ def steps(preset: str, length: int) -> dict:
     recipe = slam_dpo.get_config()
     model = recipe.model
     config = model_config.from_preset(preset, compute_dtype=model.compute_dtype, remat_policy=model.remat_policy)
-    chain = optimizer.build(recipe.train)
+    chain = optimizer.build(TrainSettings.from_config(recipe.train, "train"))
     graphdef, state = nnx.split(qwen2.init_model(config))
     params = state.to_pure_dict()
-    dpo_config = recipe.dpo  # the objective's settings (beta, loss type, RPO) as the DPO mode reads them
+    dpo_config = DpoSettings.from_config(
+        recipe.dpo, "dpo"
+    )  # the objective's settings (beta, loss type, RPO) as the DPO mode reads them
     pretrain = jax.jit(functools.partial(train_step, graphdef=graphdef, optimizer=chain), donate_argnums=0)
     dpo = jax.jit(functools.partial(dpo_step, graphdef=graphdef, optimizer=chain, dpo=dpo_config), donate_argnums=0)
     holder = {"state": init_state(jax.tree.map(jnp.array, params), chain)}

@@ -46,6 +46,7 @@ from configs import slam as slam_config
 from slam_jax.models import attention, precision, qwen2
 from slam_jax.models import config as model_config
 from slam_jax.training import metrics
+from slam_jax.training.settings import TrainSettings
 
 PARTS = ("attention", "train", "torch", "dpo", "decode", "pipeline", "xla_flags")
 GPU_FLAG_SETS = {
@@ -225,8 +226,7 @@ def train_part(size: dict, repeats: int, only: list[str] | None = None) -> dict:
     found = {}
     for name in only or train_variants(auto):
         model_changes, train_changes = variant_changes(name)
-        train = slam_config.get_config().train
-        train.update(train_changes)
+        train = TrainSettings.from_config(slam_config.get_config().train, "train").replace(**train_changes)
         embedding = onehot_embed if name.endswith("onehot_embed") else qwen2.Qwen2.embed
         try:
             with kernels_for_this_platform(), mock.patch.object(qwen2.Qwen2, "embed", embedding):

@@ -25,6 +25,7 @@ from slam_jax.models import config as model_config
 from slam_jax.models import qwen2
 from slam_jax.training import optimizer
 from slam_jax.training import step as step_lib
+from slam_jax.training.settings import TrainSettings
 
 PER_DEVICE_BATCH, LENGTH, ACCUMULATION = 8, 1024, 16
 POLICIES = ("none", "dots_no_batch", "full")
@@ -47,7 +48,7 @@ def abstract_inputs(cfg: model_config.ModelConfig, train) -> tuple:
 def analyse(policy: str, budget_bytes: float) -> dict:
     """Compiled memory figures of the paper's step under one remat policy."""
     cfg = model_config.slam(compute_dtype="bfloat16", remat_policy=policy)
-    step, inputs = abstract_inputs(cfg, slam_config.get_config().train)
+    step, inputs = abstract_inputs(cfg, TrainSettings.from_config(slam_config.get_config().train, "train"))
     start = time.perf_counter()
     stats = step.lower(*inputs).compile().memory_analysis()
     total = (

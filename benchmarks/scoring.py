@@ -3,7 +3,7 @@
     python -m benchmarks.scoring [--json] [--repeats 3] [--pairs 8] [--dtypes bf16,fp32]
 
 Both score the same pairs of random unit sequences (3 to 10 s at 25 Hz, like StoryCloze utterances) with the
-same random weights: log-likelihood = minus the mean NLL of `[1, units + 2, 1]` (RECIPE.md section 6).
+same random weights: log-likelihood = minus the mean NLL of `[1, units + 2, 1]` (docs/recipe.md §6).
 slam_jax: `evaluation.scoring.Scorer` (sequences packed longest-first into rows of length-bucketed batches,
 jit, float32 master weights cast to the compute dtype). transformers: `Qwen2ForCausalLM` with its weights in
 the same dtype, as the reference scores: length-sorted batches of `batch_size` sequences right-padded to their

@@ -36,7 +36,6 @@ import jax
 import numpy as np
 import torch
 import transformers
-from ml_collections import ConfigDict
 from sklearn.cluster import KMeans
 
 from benchmarks import common
@@ -98,11 +97,12 @@ def reference_units(model, kmeans: KMeans, waves: list[np.ndarray]) -> list[np.n
     return result
 
 
-def settings(encoder_dir: Path, dtype: str, **overrides) -> ConfigDict:
+def settings(encoder_dir: Path, dtype: str, **overrides) -> tokenize.TokenizeSettings:
     """configs/tokenize.py's `tokenize` section (what `mode: tokenize` runs) for the converted encoder."""
-    values = tokenize_config.get_config().tokenize
-    values.update(dict(encoder_path=str(encoder_dir), layer=LAYER, compute_dtype=dtype, batch_size=BATCH, **overrides))
-    return values
+    values = tokenize.TokenizeSettings.from_config(tokenize_config.get_config().tokenize, "tokenize")
+    return values.replace(
+        encoder_path=str(encoder_dir), layer=LAYER, compute_dtype=dtype, batch_size=BATCH, **overrides
+    )
 
 
 def sklearn_kmeans(centroids: np.ndarray) -> KMeans:

@@ -42,6 +42,7 @@ from slam_jax.models import attention, qwen2
 from slam_jax.models import config as model_config
 from slam_jax.training import metrics, optimizer
 from slam_jax.training import step as step_lib
+from slam_jax.training.settings import TrainSettings
 
 BATCH, LENGTH = 1, 1024
 LEARNING_RATE = 1e-4
@@ -141,7 +142,7 @@ def has_native_bf16() -> bool:
 def build(reference_bf16: str, batch: int = BATCH) -> tuple[dict[str, Callable[[], object]], dict]:
     """Every timed function by name (alternating JAX and PyTorch), and facts about the set-up."""
     cfg = model_config.slam(compute_dtype="bfloat16")
-    train = slam_config.get_config().train
+    train = TrainSettings.from_config(slam_config.get_config().train, "train")
     ids = batch_ids(cfg.vocab_size, batch)
     torch.set_num_threads(os.cpu_count())
     device = common.torch_device()
@@ -281,7 +282,7 @@ def patched_step_seconds(cfg, ids, train, patches: dict, repeats: int, precision
 def ablation(repeats: int) -> dict:
     """Median step seconds of slam_jax's step under each `ABLATIONS` entry (plus float32 compute), one variant
     after another (each holds a 4.3 GB train state: they do not fit in memory together)."""
-    train = slam_config.get_config().train
+    train = TrainSettings.from_config(slam_config.get_config().train, "train")
     found = {}
     variants = [(name, changes, "bfloat16") for name, changes in ABLATIONS.items()] + [
         ("float32_compute", {}, "float32")

@@ -1,4 +1,4 @@
-"""Pair metrics, RECIPE.md section 6: sBLIMP, sStoryCloze, tStoryCloze, sWUGGY, SALMon (or a pairs jsonl).
+"""Pair metrics, docs/recipe.md §6: sBLIMP, sStoryCloze, tStoryCloze, sWUGGY, SALMon (or a pairs jsonl).
 
     python -m slam_jax.main --config configs/eval.py --config.eval.metric=tstorycloze \\
         --config.eval.data_path=DIR --config.eval.model=PATH [--workdir W]

@@ -1,4 +1,4 @@
-"""Speech continuation, RECIPE.md section 6: prompt = first 3 s of audio, 150 new tokens, T 0.8, top-k 25.
+"""Speech continuation, docs/recipe.md §6: prompt = first 3 s of audio, 150 new tokens, T 0.8, top-k 25.
 
     python -m slam_jax.main --config configs/generate.py --config.generate.data_path=AUDIO_OR_JSONL \\
         --config.generate.model=PATH [--workdir W]

@@ -1,4 +1,4 @@
-"""SpokenSwag, RECIPE.md section 5's DPO data: SWAG rows read by TTS (one voice per row), tokenised into pairs.
+"""SpokenSwag, docs/recipe.md §5's DPO data: SWAG rows read by TTS (one voice per row), tokenised into pairs.
 
     python -m slam_jax.main --config configs/spokenswag.py --config.synth.text_path=swag/train.csv
 

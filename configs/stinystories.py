@@ -1,4 +1,4 @@
-"""sTinyStories, RECIPE.md section 4's synthetic pre-training data: TinyStories text read by TTS, then tokenised.
+"""sTinyStories, docs/recipe.md §4's synthetic pre-training data: TinyStories text read by TTS, then tokenised.
 
     python -m slam_jax.main --config configs/stinystories.py --config.synth.text_path=TinyStories-train.txt \\
         [--config.tokenize.encoder_path=mfcc --config.tokenize.kmeans_path= --config.tokenize.fit_units=100]

@@ -1,4 +1,4 @@
-"""Speech tokeniser, RECIPE.md section 1: audio -> mHuBERT-25Hz layer 11 -> 500 k-means units, deduplicated.
+"""Speech tokeniser, docs/recipe.md §1: audio -> mHuBERT-25Hz layer 11 -> 500 k-means units, deduplicated.
 
     python -m conversion.hubert_to_flax --model PATH/mhubert-base-25hz --out models/mhubert_25hz
     python -m conversion.kmeans_to_npy --kmeans mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin \\

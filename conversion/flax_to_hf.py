@@ -10,15 +10,14 @@ reference's speech-LM layout (`model_type` speech_language_model, nested `base_c
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conversion import qwen2_hf
-from conversion.safetensors_io import CheckpointError, save_checkpoint
+from conversion import command, qwen2_hf
+from conversion.safetensors_io import save_checkpoint
 from slam_jax.files import atomic_dir
 from slam_jax.models import storage
 
@@ -70,21 +69,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    start = time.perf_counter()
-    try:
-        out = export(
+    return command.finish(
+        lambda: export(
             args.checkpoint,
             args.out,
             format=args.format,
             dtype=args.dtype,
             max_shard_bytes=args.max_shard_size_mb * 1024 * 1024,
             overwrite=args.overwrite,
-        )
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} ({args.format}, {args.dtype}) in {time.perf_counter() - start:.1f} s")
-    return 0
+        ),
+        lambda out: f" ({args.format}, {args.dtype})",
+    )
 
 
 if __name__ == "__main__":

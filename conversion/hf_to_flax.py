@@ -11,13 +11,12 @@ the vocabulary becomes `num_units + 2` rows taken from the start of the text emb
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from conversion import qwen2_hf
+from conversion import command, qwen2_hf
 from conversion.safetensors_io import CheckpointError, CheckpointReader
 from slam_jax import tokens
 from slam_jax.models import storage
@@ -107,8 +106,7 @@ def convert(
     overwrite: bool = False,
 ) -> Path:
     """Convert `model` into a slam_jax model dir at `out` (see the module docstring)."""
-    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:  # fail before the slow read
-        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    command.refuse_non_empty(out, overwrite)
     folder = resolve_source(model)
     config, params, hf_config = read_checkpoint(folder)
     base_config, is_slamkit = qwen2_hf.split_slamkit(hf_config)
@@ -156,9 +154,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    start = time.perf_counter()
-    try:
-        out = convert(
+    return command.finish(
+        lambda: convert(
             args.model,
             args.out,
             twist_vocab=args.twist,
@@ -168,16 +165,18 @@ def main(argv: list[str] | None = None) -> int:
             twist_init=args.twist_init,
             seed=args.seed,
             overwrite=args.overwrite,
-        )
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    config = storage.load_config(out)
-    print(
-        f"wrote {out}: {config.num_params():,} parameters, vocab {config.vocab_size}, "
-        f"{config.num_layers} layers, rope_theta {config.rope_theta:g} in {time.perf_counter() - start:.1f} s"
+        ),
+        summary,
     )
-    return 0
+
+
+def summary(out: Path) -> str:
+    """What `wrote OUT` is followed by: the size and the shape of the converted model."""
+    config = storage.load_config(out)
+    return (
+        f": {config.num_params():,} parameters, vocab {config.vocab_size}, "
+        f"{config.num_layers} layers, rope_theta {config.rope_theta:g}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ stripped.
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from conversion import command
 from conversion.qwen2_hf import read_config_json
 from conversion.safetensors_io import CheckpointError, CheckpointReader
 from slam_jax.models import hubert
@@ -178,8 +178,7 @@ def _lookup(tree: dict, path: tuple[str, ...]):
 
 def convert(model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Convert the HF Hubert checkpoint folder `model` into a slam_jax encoder dir at `out`."""
-    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:  # fail before the slow read
-        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    command.refuse_non_empty(out, overwrite)
     folder = Path(model)
     if not folder.is_dir():
         raise CheckpointError(f"{model}: no such checkpoint folder")
@@ -201,18 +200,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    start = time.perf_counter()
-    try:
-        out = convert(args.model, args.out, overwrite=args.overwrite)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return command.finish(lambda: convert(args.model, args.out, overwrite=args.overwrite), summary)
+
+
+def summary(out: Path) -> str:
+    """What `wrote OUT` is followed by: the shape of the converted encoder."""
     config = hubert.HubertConfig.load(out / hubert.CONFIG_FILE)
-    print(
-        f"wrote {out}: {config.num_layers} layers x {config.hidden_size}, {config.feat_extract_norm}-norm front end, "
-        f"{config.frame_samples} samples per frame in {time.perf_counter() - start:.1f} s"
+    return (
+        f": {config.num_layers} layers x {config.hidden_size}, {config.feat_extract_norm}-norm front end, "
+        f"{config.frame_samples} samples per frame"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conversion import command
 from slam_jax.models import kmeans
 
 PICKLE_REFUSAL = (
@@ -70,14 +71,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        out = convert(args.kmeans, args.out, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
-    except (PermissionError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return command.finish(
+        lambda: convert(args.kmeans, args.out, allow_pickle=args.allow_pickle, overwrite=args.overwrite),
+        summary,
+        timed=False,
+    )
+
+
+def summary(out: Path) -> str:
+    """What `wrote OUT` is followed by: the number and the dimension of the centroids."""
     centroids = np.load(out)
-    print(f"wrote {out}: {centroids.shape[0]} centroids of dimension {centroids.shape[1]}")
-    return 0
+    return f": {centroids.shape[0]} centroids of dimension {centroids.shape[1]}"
 
 
 if __name__ == "__main__":

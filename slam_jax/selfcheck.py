@@ -5,6 +5,7 @@ swap, scores unit sequences, checks KV-cache decoding against the full forward p
 speech LM through the slamkit format. Every step prints what it did; any mismatch fails the run.
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,22 +19,65 @@ from slam_jax import tokens
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2, storage
 from slam_jax.models.speech_lm import load_model
+from slam_jax.settings import Settings, setting
 
 _TOLERANCE = 1e-5
 
 
+@dataclasses.dataclass(frozen=True)
+class SelfcheckModelSettings(Settings):
+    """`model`: the size of the random text model."""
+
+    preset: str = setting("demo", choices=tuple(model_config.PRESETS))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfcheckSettings(Settings):
+    """`selfcheck`: the random model's text vocabulary, the units after the TWIST swap, the scored lengths."""
+
+    text_vocab_size: int = setting(2048, above=0)
+    num_units: int = setting(500, above=0)
+    lengths: tuple[int, ...] = (50, 125, 250)
+
+    def validate(self) -> None:
+        vocab = tokens.vocab_size_for(self.num_units)
+        if self.text_vocab_size < vocab:
+            raise ValueError(
+                f"{self._source}.text_vocab_size={self.text_vocab_size}: the TWIST swap keeps num_units + "
+                f"{vocab - self.num_units} = {vocab} of its rows"
+            )
+        if not self.lengths or min(self.lengths) < 1:
+            raise ValueError(f"{self._source}.lengths={self.lengths}: give one or more lengths >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfcheckJob(Settings):
+    """A whole `mode: selfcheck` config."""
+
+    mode: str = setting("selfcheck", choices=("selfcheck",))
+    seed: int = 0  # weights and unit sequences
+    model: SelfcheckModelSettings = SelfcheckModelSettings()
+    selfcheck: SelfcheckSettings = SelfcheckSettings()
+
+
 def run(config: ConfigDict, workdir: Path) -> dict:
+    """`mode: selfcheck`: the config checked into a `SelfcheckJob`, then `check_all`."""
+    return check_all(SelfcheckJob.from_config(config, "config"), workdir)
+
+
+def check_all(job: SelfcheckJob, workdir: Path) -> dict:
     """Run every step under `workdir/selfcheck/` and return (and save) the measured figures."""
-    root = workdir / "selfcheck"
+    settings = job.selfcheck
+    root = Path(workdir) / "selfcheck"
     start = time.perf_counter()
-    text_config = model_config.from_preset(config.model.preset, vocab_size=config.selfcheck.text_vocab_size)
-    text_model = qwen2.init_model(text_config, seed=config.seed)
+    text_config = model_config.from_preset(job.model.preset, vocab_size=settings.text_vocab_size)
+    text_model = qwen2.init_model(text_config, seed=job.seed)
     storage.save_model(root / "text_flax", text_config, qwen2.get_params(text_model), overwrite=True)
     flax_to_hf.export(root / "text_flax", root / "text_hf", format="hf", overwrite=True)
     _say(f"random text LM: {text_config.num_params():,} params, vocab {text_config.vocab_size} -> {root / 'text_hf'}")
 
     hf_to_flax.convert(
-        str(root / "text_hf"), root / "speech", twist_vocab=True, num_units=config.selfcheck.num_units, overwrite=True
+        str(root / "text_hf"), root / "speech", twist_vocab=True, num_units=settings.num_units, overwrite=True
     )
     speech = load_model(root / "speech", compute_dtype="float32")
     first_rows = np.asarray(text_model.embed_tokens[...])[: speech.config.vocab_size]
@@ -43,8 +87,8 @@ def run(config: ConfigDict, workdir: Path) -> dict:
         f"TWIST speech LM: vocab {speech.config.vocab_size}, {speech.config.num_params():,} params, rows copied exactly"
     )
 
-    rng = np.random.default_rng(config.seed)
-    units = [rng.integers(0, config.selfcheck.num_units, length) for length in config.selfcheck.lengths]
+    rng = np.random.default_rng(job.seed)
+    units = [rng.integers(0, settings.num_units, length) for length in settings.lengths]
     sequences = [[tokens.BOS_ID, *(unit_ids + tokens.UNIT_OFFSET), tokens.EOS_ID] for unit_ids in units]
     log_likelihoods = speech.log_likelihood(sequences)
     _say(f"log-likelihood of {len(sequences)} unit sequences: {np.round(log_likelihoods, 3).tolist()}")

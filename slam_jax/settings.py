@@ -12,6 +12,7 @@ dataclass and never read a raw config.
 
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, Self
@@ -44,6 +45,11 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
             raise ValueError(f"{key}={value!r}: expected a section of keys")
         return kind.from_dict(value, key)
     origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: an optional sub-section or value
+        if value is None:
+            return None
+        (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return _convert(value, kind, key)
     if origin is tuple:
         item_kind = typing.get_args(kind)[0]
         if isinstance(value, str) or not isinstance(value, (list, tuple)):

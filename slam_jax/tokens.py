@@ -1,4 +1,4 @@
-"""Token ids shared with the reference implementation (RECIPE.md section 2).
+"""Token ids shared with the reference implementation (docs/recipe.md §2).
 
 PAD is 0, `<S>` (both BOS and EOS) is 1, and speech unit u has id u + UNIT_OFFSET.
 """

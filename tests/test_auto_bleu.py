@@ -1,4 +1,4 @@
-"""Auto-BLEU-n (RECIPE.md section 6) on hand-computed examples, and against the reference's formula written out."""
+"""Auto-BLEU-n (docs/recipe.md §6) on hand-computed examples, and against the reference's formula written out."""
 
 import numpy as np
 import pytest

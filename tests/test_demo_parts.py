@@ -98,10 +98,17 @@ def test_pipeline_substitutes_workdir_and_checks_stages(tmp_path):
     resolved = pipeline.with_workdir(config.a, tmp_path)
     assert resolved.x == f"{tmp_path}/in,{tmp_path}/b" and resolved.n == 3 and resolved.nested.y == str(tmp_path)
     assert config.a.x == "{workdir}/in,{workdir}/b"  # the original is untouched
+    stages = {"a": {"mode": "report"}, "report": {}}  # a section without a mode runs the job its name names
+    job, sections = pipeline.parse(ConfigDict({"pipeline": {"stages": "a, report"}, **stages}))
+    assert job.pipeline.names() == ["a", "report"] and sorted(sections) == ["a", "report"]
     with pytest.raises(ValueError, match="stage 'missing' has no config section"):
-        pipeline.stage_names(ConfigDict({"pipeline": {"stages": "a,missing"}, "a": {"mode": "report"}}))
+        pipeline.parse(ConfigDict({"pipeline": {"stages": "a,missing"}, "a": {"mode": "report"}}))
     with pytest.raises(ValueError, match="cannot nest"):
-        pipeline.stage_names(ConfigDict({"pipeline": {"stages": "a"}, "a": {"mode": "pipeline"}}))
+        pipeline.parse(ConfigDict({"pipeline": {"stages": "a"}, "a": {"mode": "pipeline"}}))
+    with pytest.raises(ValueError, match=r"config\.a\.mode='bogus' is not one of"):
+        pipeline.parse(ConfigDict({"pipeline": {"stages": "a"}, "a": {"mode": "bogus"}}))
+    with pytest.raises(ValueError, match=r"config: unknown keys \['stage'\]"):
+        pipeline.parse(ConfigDict({"pipeline": {"stages": "a"}, "a": {"mode": "report"}, "stage": "a"}))
 
 
 def _eval_file(folder, metric, accuracy, pairs=200):

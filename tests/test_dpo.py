@@ -289,3 +289,26 @@ def test_pipeline_resumes_between_stages(tmp_path):
     again = jax.tree.leaves(jax.device_get(storage.load_params(tmp_path / "run" / "dpo" / "checkpoints" / "2")))
     for got, want in zip(again, final, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_two_micro_batches_of_three_pairs_step_like_one_batch_of_six(tmp_path):
+    """The shared accumulation (training/step.py): micro-batching changes neither the update nor the metrics."""
+    write_pairs(tmp_path / "p.jsonl", count=6)
+    preference.prepare(str(tmp_path / "p.jsonl"), tmp_path / "store", 20, LIMITS)
+    reference = np.random.default_rng(2).normal(-20, 2, (6, 2)).astype(np.float32)
+    source = preference.PairSource(tmp_path / "store", reference)
+    whole = {key: jnp.asarray(np.stack([source[i][key] for i in range(6)]))[None] for key in source[0]}
+    split = jax.tree.map(lambda x: x.reshape(2, 3, *x.shape[2:]), whole)
+    graphdef, state = nnx.split(qwen2.init_model(model_config.tiny()))
+    params = state.to_pure_dict()
+    settings = ConfigDict({"beta": 0.1, "label_smoothing": 0.1, "loss_type": "sigmoid", "rpo_alpha": 0.5})
+    optimizer = optax.identity()  # the update is the gradient itself
+    start = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    step = jax.jit(lambda s, b: dpo_module.dpo_step(s, b, 1.0, None, graphdef, optimizer, settings))
+    (whole_state, whole_metrics), (split_state, split_metrics) = step(start, whole), step(start, split)
+    assert int(split_state.step) == int(whole_state.step) == 1
+    assert set(split_metrics) == set(whole_metrics)
+    for name in whole_metrics:
+        np.testing.assert_allclose(split_metrics[name], whole_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for got, want in zip(jax.tree.leaves(split_state.params), jax.tree.leaves(whole_state.params), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-6)

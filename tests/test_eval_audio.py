@@ -15,6 +15,7 @@ from slam_jax.evaluation import pair_metrics
 from slam_jax.models import kmeans
 from slam_jax.speech import audio, audio_units, features, units
 from slam_jax.speech import encoder as unit_encoder
+from slam_jax.speech.tokenize import TokenizeSettings
 
 NUM_UNITS = 20
 RATE = 16_000
@@ -98,7 +99,7 @@ def test_a_second_metric_over_the_same_audio_reads_the_unit_cache(benchmark, tmp
     config, _, _, _ = benchmark
     workdir = tmp_path / "run"
     first = pair_metrics.run(config, workdir)["tstorycloze"]
-    cache = audio_units.cache_folder(config.tokenize, workdir / "units_cache")
+    cache = audio_units.cache_folder(TokenizeSettings.from_config(config.tokenize, "tokenize"), workdir / "units_cache")
     assert json.loads((cache / "report.json").read_text())["tokenized_this_run"] == 7
     config.eval.metric = "sstorycloze"
     second = pair_metrics.run(config, workdir)["sstorycloze"]

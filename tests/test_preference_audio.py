@@ -11,6 +11,7 @@ from slam_jax.data import preference
 from slam_jax.errors import DataError
 from slam_jax.speech import preference_audio, tts
 from slam_jax.speech.audio_units import audio_units
+from slam_jax.speech.tokenize import TokenizeSettings
 
 NUM_UNITS = 8
 TEXTS = {
@@ -41,10 +42,11 @@ def rows(tmp_path_factory):
     return folder, path
 
 
-def settings():
+def settings() -> TokenizeSettings:
+    """configs/slam_dpo.py's tokeniser, as the DPO job turns it into settings, set for MFCC fitted on the data."""
     tokenize = slam_dpo.get_config().tokenize
     tokenize.update(encoder_path="mfcc", kmeans_path="", fit_units=NUM_UNITS, fit_num_init=1, progress=False)
-    return tokenize
+    return TokenizeSettings.from_config(tokenize, "tokenize")
 
 
 def test_audio_fields_become_the_tokenisers_units(rows, tmp_path):

@@ -5,7 +5,7 @@ import torch
 import transformers
 
 from slam_jax.training import optimizer
-from slam_jax.training.loop import parse_duration
+from slam_jax.training.settings import parse_duration
 
 
 def transformers_lrs(make, steps: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""SpeechLM: load_model, log-likelihood as RECIPE.md section 6 defines it, against a torch computation."""
+"""SpeechLM: load_model, log-likelihood as docs/recipe.md §6 defines it, against a torch computation."""
 
 import numpy as np
 import pytest

@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from ml_collections import ConfigDict
 
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2
 from slam_jax.training import optimizer
 from slam_jax.training import step as train_lib
+from slam_jax.training.settings import TrainSettings
 from slam_jax.training.step import init_state, train_step
 
-TRAIN = ConfigDict(dict(grad_clip=0.5, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0))
+TRAIN = TrainSettings(grad_clip=0.5, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0)
 
 
 def accumulated_gradients(params, batches, graphdef):
@@ -75,6 +75,22 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight():
     np.testing.assert_allclose(loss_split, loss_whole, rtol=1e-6, atol=1e-6)
     for got, want in zip(jax.tree.leaves(grads_split), jax.tree.leaves(grads_whole), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_accumulate_sums_gradients_and_sums_and_stacks_the_rest():
+    """The accumulation both steps share: gradients and `micro_sums` added up, `per_micro` stacked."""
+    params = {"w": jnp.array([1.0, -2.0])}
+    batches = jnp.arange(6.0).reshape(3, 2)
+
+    def grad_fn(params, micro):
+        loss, grads = jax.value_and_grad(lambda p: jnp.sum(p["w"] * micro) ** 2)(params)
+        return grads, (loss, jnp.sum(micro)), micro[0]
+
+    grads, (loss_sum, micro_sum), stacked = train_lib.accumulate(grad_fn, params, batches, (0.0, 0.0))
+    np.testing.assert_allclose(grads["w"], sum(2 * (m @ params["w"]) * m for m in np.asarray(batches)))
+    np.testing.assert_allclose(loss_sum, sum((m @ params["w"]) ** 2 for m in np.asarray(batches)))
+    assert float(micro_sum) == 15.0
+    np.testing.assert_array_equal(stacked, [0.0, 2.0, 4.0])
 
 
 def test_update_is_adamw_with_clipping_and_the_given_learning_rate():

@@ -1,4 +1,4 @@
-"""Auto-BLEU-n: how much a sequence repeats itself (RECIPE.md section 6).
+"""Auto-BLEU-n: how much a sequence repeats itself (docs/recipe.md §6).
 
 The score is the fraction of the sequence's n-grams that also occur at another position of the same
 sequence (0 when it has no n-gram). On text, the sequence is its words and punctuation marks, split as
@@ -31,5 +31,5 @@ def auto_bleu(sequence: Sequence, n: int = 2) -> float:
 
 
 def auto_bleu_text(text: str, n: int = 2) -> float:
-    """Auto-BLEU-n of a text over its words (RECIPE.md's Auto-BLEU-2 with n = 2)."""
+    """Auto-BLEU-n of a text over its words (docs/recipe.md §6's Auto-BLEU-2 with n = 2)."""
     return auto_bleu(words(text), n)

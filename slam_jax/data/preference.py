@@ -1,7 +1,7 @@
 """Preference pairs for DPO: read the reference's jsonl, filter, store, and serve them through Grain.
 
 A row has `prompt`, `chosen` and `rejected`, each `{"units": [...]}`, a `<UnN>` string or a list of
-units, and optionally `prompt_text` / `chosen_text` for the Auto-BLEU-2 filter (RECIPE.md section 5).
+units, and optionally `prompt_text` / `chosen_text` for the Auto-BLEU-2 filter (docs/recipe.md §5).
 Sequences are built as the reference does: prompt = `[1] + ids` (left-truncated, BOS kept), each
 completion = `ids + [1]` (right-truncated). The prepared store is a folder of `.npy` arrays plus a
 manifest; reference log-probs computed once are stored beside it.
@@ -36,7 +36,7 @@ def field_units(value, where: str, num_units: int) -> np.ndarray:
 
 
 def filter_score(prompt_text: str, chosen_text: str) -> float:
-    """The SpokenSwag filter's score: Auto-BLEU-2 of prompt + " " + chosen, case-folded (RECIPE.md section 5)."""
+    """The SpokenSwag filter's score: Auto-BLEU-2 of prompt + " " + chosen, case-folded (docs/recipe.md §5)."""
     return auto_bleu_text(f"{prompt_text} {chosen_text}".lower())
 
 

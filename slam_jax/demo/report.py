@@ -7,6 +7,7 @@ to reproduce), `report.json` beside it (the same numbers, for tools) and the plo
 then prints the metrics table.
 """
 
+import dataclasses
 import json
 import math
 import platform
@@ -21,9 +22,33 @@ from ml_collections import ConfigDict  # noqa: E402
 
 from slam_jax.files import read_jsonl, write_text  # noqa: E402
 from slam_jax.pipeline import DONE  # noqa: E402
+from slam_jax.settings import Settings, setting  # noqa: E402
 
 CHANCE = 0.5  # every pair metric is a two-way choice
 COLUMNS = (("before", "after pre-training"), ("after", "after DPO"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSettings(Settings):
+    """`report`: the earlier stages' folders to read ('' = not run) and the Markdown file to write."""
+
+    out_path: str  # the report's Markdown file; report.json goes beside it
+    title: str = "slam_jax report"
+    before: str = setting("", exists=True)  # eval folder after pre-training
+    after: str = setting("", exists=True)  # eval folder after DPO
+    pretrain: str = setting("", exists=True)  # pre-training workdir (its metrics.jsonl)
+    dpo: str = setting("", exists=True)  # DPO workdir
+    pipeline_dir: str = setting("", exists=True)  # the pipeline's WORKDIR (stage wall times)
+    commands: str = ""  # shell lines to reproduce the run
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportJob(Settings):
+    """A whole `mode: report` config."""
+
+    report: ReportSettings
+    mode: str = setting("report", choices=("report",))
+    seed: int = 0  # unused: accepted as on every job
 
 
 def read_evaluations(folder: Path) -> dict[str, dict]:
@@ -206,13 +231,20 @@ def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, p
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:
-    settings = config.report
+    """`mode: report`: the config checked into a `ReportJob`, then `write_report`."""
+    return write_report(ReportJob.from_config(config, "config"), workdir)
+
+
+def write_report(job: ReportJob, workdir: Path) -> dict:
+    """The report of `job.report`'s folders (plots in `workdir`); returns (and saves as JSON) its numbers."""
+    settings = job.report
     workdir = Path(workdir)
-    evaluations = {key: read_evaluations(Path(settings[key])) for key, _ in COLUMNS if settings[key]}
+    folders = {key: getattr(settings, key) for key in ("before", "after", "pretrain", "dpo")}
+    evaluations = {key: read_evaluations(Path(folders[key])) for key, _ in COLUMNS if folders[key]}
     rows = metrics_rows(evaluations)
     if settings.before and settings.after:
         add_flips(rows, Path(settings.before), Path(settings.after))
-    runs = {name: read_jsonl(Path(settings[name]) / "metrics.jsonl") for name in ("pretrain", "dpo") if settings[name]}
+    runs = {name: read_jsonl(Path(folders[name]) / "metrics.jsonl") for name in ("pretrain", "dpo") if folders[name]}
     summaries = [summary for name, rows_ in runs.items() if (summary := training_summary(name, rows_))]
     out = Path(settings.out_path)
     times = stage_times(Path(settings.pipeline_dir)) if settings.pipeline_dir else {}

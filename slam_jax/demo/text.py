@@ -19,6 +19,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from slam_jax.files import write_text
+from slam_jax.settings import Settings, setting
 
 NAMES = ("Tom", "Lily", "Max", "Anna", "Ben", "Mia", "Sam", "Lucy", "Jack", "Emma")
 PRONOUNS = {"Tom": "He", "Max": "He", "Ben": "He", "Sam": "He", "Jack": "He"}
@@ -244,15 +245,38 @@ def benchmarks(num_pairs: int, seed: int, exclude: set[str]) -> dict[str, list[d
 STORIES, SWAG, BENCHMARKS = "stories.jsonl", "swag.jsonl", "benchmarks.jsonl"
 
 
+@dataclasses.dataclass(frozen=True)
+class TextSettings(Settings):
+    """`text`: how many of each kind of row to draw (configs/demo.py's sizes)."""
+
+    num_stories: int = setting(1500, minimum=0)
+    num_preference_rows: int = setting(400, minimum=0)
+    num_benchmark_pairs: int = setting(400, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextJob(Settings):
+    """A whole `mode: demo_text` config."""
+
+    mode: str = setting("demo_text", choices=("demo_text",))
+    seed: int = 0
+    text: TextSettings = TextSettings()
+
+
 def run(config: ConfigDict, workdir: Path) -> dict:
-    """`mode: demo_text`: WORKDIR/stories.jsonl (TTS rows), swag.jsonl (SWAG rows) and benchmarks.jsonl (TTS
-    rows named in the benchmark layouts), each written whole or not at all."""
-    settings = config.text
-    stories = corpus(settings.num_stories, config.seed)
-    bench = benchmarks(settings.num_benchmark_pairs, config.seed, {row["text"] for row in stories})
+    """`mode: demo_text`: the config checked into a `TextJob`, then `write_texts`."""
+    return write_texts(TextJob.from_config(config, "config"), workdir)
+
+
+def write_texts(job: TextJob, workdir: Path) -> dict:
+    """WORKDIR/stories.jsonl (TTS rows), swag.jsonl (SWAG rows) and benchmarks.jsonl (TTS rows named in the
+    benchmark layouts), each written whole or not at all; the row count of each."""
+    settings = job.text
+    stories = corpus(settings.num_stories, job.seed)
+    bench = benchmarks(settings.num_benchmark_pairs, job.seed, {row["text"] for row in stories})
     files = {
         STORIES: stories,
-        SWAG: swag_rows(settings.num_preference_rows, config.seed),
+        SWAG: swag_rows(settings.num_preference_rows, job.seed),
         BENCHMARKS: [row for rows in bench.values() for row in rows],
     }
     for name, rows in files.items():

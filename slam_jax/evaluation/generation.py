@@ -13,6 +13,7 @@ no EOS), or, for a units jsonl (features.jsonl / tokens.jsonl lines), the units 
 Row i samples from (seed, i), so a prompt's continuation does not depend on batch size or order.
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,9 +30,12 @@ from slam_jax.data import ingest
 from slam_jax.data.auto_bleu import auto_bleu
 from slam_jax.errors import DataError
 from slam_jax.files import read_records, write_text
+from slam_jax.models import config as model_config
 from slam_jax.models import sampling, storage
 from slam_jax.models.speech_lm import SpeechLM, load_model
+from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units
+from slam_jax.speech.tokenize import TokenizeSettings
 
 GENERATIONS, SUMMARY = "generations.jsonl", "summary.json"
 _REPORTED_SETTINGS = (
@@ -45,9 +49,52 @@ _REPORTED_SETTINGS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerateSettings(Settings):
+    """`generate`: the model, the prompts and how to sample (configs/generate.py explains each key)."""
+
+    model: str = setting("", exists=True)
+    data_path: str = ""  # audio folder / list / glob or a units .jsonl: audio.list_audio or the jsonl reader checks it
+    num_prompts: int = setting(0, minimum=0)  # 0 = all
+    prompt_seconds: float = setting(3.0, minimum=0.0)  # 0 = the whole file
+    frame_seconds: float = setting(0.04, above=0.0)
+    # The sampling limits are those of sampling.SamplingSettings, checked here to name the key.
+    max_new_tokens: int = setting(150, minimum=1)
+    temperature: float = setting(0.8, minimum=0.0)  # 0 = greedy
+    top_k: int = setting(25, minimum=0)  # 0 = off
+    top_p: float = setting(1.0, above=0.0, maximum=1.0)
+    repetition_penalty: float = setting(1.0, above=0.0)
+    batch_size: int = setting(32, above=0)
+    compute_dtype: str = setting("float32", choices=("", *model_config.COMPUTE_DTYPES))  # '' = the model's own
+    auto_bleu_n: int = setting(2, above=0)
+    units_cache: str = ""  # '' = WORKDIR/units_cache
+    progress: bool = True
+
+    def sampling_settings(self) -> sampling.SamplingSettings:
+        return sampling.SamplingSettings(
+            self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.repetition_penalty
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateJob(Settings):
+    """A whole `mode: generate` config: the sampling and the tokeniser of audio prompts (not checked for files
+    unless the prompts are audio)."""
+
+    mode: str = setting("generate", choices=("generate",))
+    seed: int = 0  # prompt i samples from (seed, i)
+    generate: GenerateSettings = GenerateSettings()
+    tokenize: TokenizeSettings = TokenizeSettings()
+
+
 def run(config: ConfigDict, workdir: Path) -> dict:
+    """`mode: generate`: the config checked into a `GenerateJob`, then `generate`."""
+    return generate(GenerateJob.from_config(config, "config"), workdir)
+
+
+def generate(job: GenerateJob, workdir: Path) -> dict:
     """Generate a continuation of every prompt; returns (and saves) the summary."""
-    settings = config.generate
+    settings = job.generate
     if not settings.model:
         raise ValueError("generate.model is empty: give a converted model dir, a training workdir or a checkpoint")
     if not settings.data_path:
@@ -55,23 +102,20 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     model_dir = storage.resolve_model_dir(settings.model)
     model = load_model(model_dir, compute_dtype=settings.compute_dtype or None)
     num_units = model.config.vocab_size - tokens.UNIT_OFFSET
-    names, prompts, skipped = read_prompts(config, Path(workdir), num_units)
-    sampling_settings = sampling.SamplingSettings(
-        settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
-    )
+    names, prompts, skipped = read_prompts(job, Path(workdir), num_units)
     start = time.perf_counter()
     prompt_ids = [
         np.concatenate([[tokens.BOS_ID], np.asarray(units, np.int64) + tokens.UNIT_OFFSET]) for units in prompts
     ]
     new_ids = generate_batched(
-        model, prompt_ids, sampling_settings, settings.batch_size, config.seed, settings.progress
+        model, prompt_ids, settings.sampling_settings(), settings.batch_size, job.seed, settings.progress
     )
     seconds = time.perf_counter() - start
     records = [
         _record(name, prompt, row, settings.auto_bleu_n)
         for name, prompt, row in zip(names, prompts, new_ids, strict=True)
     ]
-    summary = _summary(records, skipped, config, str(model_dir.absolute()), seconds)
+    summary = _summary(records, skipped, job, str(model_dir.absolute()), seconds)
     out = Path(workdir) / "generate"
     write_text(out / GENERATIONS, "".join(json.dumps(record) + "\n" for record in records))
     write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
@@ -85,9 +129,9 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     return summary
 
 
-def read_prompts(config: ConfigDict, workdir: Path, num_units: int) -> tuple[list[str], list[list[int]], list[dict]]:
+def read_prompts(job: GenerateJob, workdir: Path, num_units: int) -> tuple[list[str], list[list[int]], list[dict]]:
     """(names, prompt units, skipped files with reasons), the first `num_prompts` in sorted input order."""
-    settings = config.generate
+    settings = job.generate
     if Path(settings.data_path).suffix == ".jsonl":
         names, prompts = _jsonl_prompts(Path(settings.data_path), settings, num_units)
         return names, prompts, []
@@ -95,8 +139,8 @@ def read_prompts(config: ConfigDict, workdir: Path, num_units: int) -> tuple[lis
     files = files[: settings.num_prompts or None]
     if not files:
         raise FileNotFoundError(f"{settings.data_path}: no audio files")
-    cache = config.generate.units_cache or workdir / "units_cache"
-    units, failed = audio_units.audio_units(config.tokenize, files, cache, config.seed, settings.prompt_seconds)
+    cache = settings.units_cache or workdir / "units_cache"
+    units, failed = audio_units.audio_units(job.tokenize, files, cache, job.seed, settings.prompt_seconds)
     keys = [str(Path(file).absolute()) for file in files]
     skipped = [{"file": key, "reason": failed[key]} for key in keys if key in failed]
     kept = [key for key in keys if key in units]
@@ -159,7 +203,7 @@ def crop_to_seconds(
     return units[starts * frame_seconds < seconds - 1e-9]
 
 
-def _jsonl_prompts(path: Path, settings: ConfigDict, num_units: int) -> tuple[list[str], list[list[int]]]:
+def _jsonl_prompts(path: Path, settings: GenerateSettings, num_units: int) -> tuple[list[str], list[list[int]]]:
     names, prompts = [], []
     for where, record in read_records(path):
         units = ingest.parse_units(record, where, num_units)
@@ -187,8 +231,8 @@ def _record(name: str, prompt: list[int], new_ids: np.ndarray, n: int) -> dict:
     }
 
 
-def _summary(records: list[dict], skipped: list[dict], config: ConfigDict, model: str, seconds: float) -> dict:
-    settings = config.generate
+def _summary(records: list[dict], skipped: list[dict], job: GenerateJob, model: str, seconds: float) -> dict:
+    settings = job.generate
     n = settings.auto_bleu_n
     new_tokens = sum(len(record["units"]) + record["ended"] for record in records)
     return {
@@ -197,7 +241,7 @@ def _summary(records: list[dict], skipped: list[dict], config: ConfigDict, model
         "num_prompts": len(records),
         "num_skipped": len(skipped),
         "skipped": skipped,
-        "settings": {key: settings[key] for key in _REPORTED_SETTINGS} | {"seed": config.seed},
+        "settings": {key: getattr(settings, key) for key in _REPORTED_SETTINGS} | {"seed": job.seed},
         f"auto_bleu_{n}": float(np.mean([record[f"auto_bleu_{n}"] for record in records])),
         f"auto_bleu_{n}_continuation": float(np.mean([record[f"auto_bleu_{n}_continuation"] for record in records])),
         "new_tokens": int(new_tokens),

@@ -9,6 +9,7 @@ table is printed. A pair whose audio cannot be tokenised (empty, unreadable, too
 listed with the reason under "skipped"; bad layouts and missing files are errors that name the file.
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,14 +22,47 @@ from slam_jax.errors import DataError
 from slam_jax.evaluation import pairs as pair_io
 from slam_jax.evaluation import scoring
 from slam_jax.files import write_text
+from slam_jax.models import config as model_config
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import load_model
+from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio_units
+from slam_jax.speech.tokenize import TokenizeSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings(Settings):
+    """`eval`: which metrics, on which data, with which model (configs/eval.py explains each key)."""
+
+    metric: str = "tstorycloze"  # comma list; any name for a pairs .jsonl, so pairs.read_benchmark checks it
+    data_path: str = ""  # one per metric, comma list: the readers check each
+    model: str = setting("", exists=True)
+    compute_dtype: str = setting("float32", choices=("", *model_config.COMPUTE_DTYPES))  # '' = the model's own
+    batch_size: int = setting(32, above=0)
+    salmon_parts: str = "all"
+    units_cache: str = ""  # '' = WORKDIR/units_cache
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalJob(Settings):
+    """A whole `mode: eval` config: the metrics and the tokeniser of their audio (not checked for files until
+    there is audio to tokenise: pairs of units need none)."""
+
+    mode: str = setting("eval", choices=("eval",))
+    seed: int = 0  # k-means fitting only (an mfcc tokeniser with fit_units)
+    eval: EvalSettings = EvalSettings()
+    tokenize: TokenizeSettings = TokenizeSettings()
 
 
 def run(config: ConfigDict, workdir: Path) -> dict[str, dict]:
+    """`mode: eval`: the config checked into an `EvalJob`, then `evaluate_all`."""
+    return evaluate_all(EvalJob.from_config(config, "config"), workdir)
+
+
+def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
     """Score every configured metric with one model; returns {metric: result}."""
-    settings = config.eval
+    settings = job.eval
     metrics = _split(settings.metric)
     data_paths = _split(settings.data_path)
     if not metrics:
@@ -42,19 +76,17 @@ def run(config: ConfigDict, workdir: Path) -> dict[str, dict]:
     scorer = scoring.Scorer(model, settings.batch_size, progress=settings.progress)
     results = {}
     for metric, data_path in zip(metrics, data_paths, strict=True):
-        results[metric] = evaluate(metric, data_path, scorer, config, Path(workdir), str(model_dir.absolute()))
+        results[metric] = evaluate(metric, data_path, scorer, job, Path(workdir), str(model_dir.absolute()))
     print(table(results))
     return results
 
 
-def evaluate(
-    metric: str, data_path: str, scorer: scoring.Scorer, config: ConfigDict, workdir: Path, model: str
-) -> dict:
+def evaluate(metric: str, data_path: str, scorer: scoring.Scorer, job: EvalJob, workdir: Path, model: str) -> dict:
     """One metric: read its pairs, get their units, score, and write the results files."""
     start = time.perf_counter()
     name = pair_io.canonical_metric(metric)
-    pairs = pair_io.read_benchmark(name, data_path, config.eval.salmon_parts)
-    units, failed = _audio_units(pairs, config, workdir)
+    pairs = pair_io.read_benchmark(name, data_path, job.eval.salmon_parts)
+    units, failed = _audio_units(pairs, job, workdir)
     kept, skipped = [], []
     for pair in pairs:
         bad = [side for side in (pair.positive, pair.negative) if isinstance(side, str) and _key(side) in failed]
@@ -125,13 +157,13 @@ def _key(path: str) -> str:
     return str(Path(path).absolute())
 
 
-def _audio_units(pairs, config: ConfigDict, workdir: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+def _audio_units(pairs, job: EvalJob, workdir: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Units of every audio file the pairs name (through the cache), and the reasons of the failures."""
     files = sorted({_key(side) for pair in pairs for side in (pair.positive, pair.negative) if isinstance(side, str)})
     if not files:
         return {}, {}
-    cache = config.eval.units_cache or workdir / "units_cache"
-    return audio_units.audio_units(config.tokenize, files, cache, seed=config.seed)
+    cache = job.eval.units_cache or workdir / "units_cache"
+    return audio_units.audio_units(job.tokenize, files, cache, seed=job.seed)
 
 
 def _units(side, units: dict[str, list[int]], num_units: int, pair_id: str) -> list[int]:

@@ -1,6 +1,6 @@
 """Pair benchmarks: which two utterances make each pair, which one is the positive, and which subset it is in.
 
-Layouts read (RECIPE.md section 6; the reference's file layouts):
+Layouts read (docs/recipe.md §6; the reference's file layouts):
 - sBLIMP, sStoryCloze, tStoryCloze, sWUGGY: wav files named `<integer><separator>...` (separator `+` for sBLIMP,
   `_` for the others), in the folder itself and/or in its subfolders (one subset per subfolder, e.g. sBLIMP's
   phenomena). The two files of a pair share the integer; a layout where every integer is used once pairs

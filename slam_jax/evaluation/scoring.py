@@ -1,6 +1,6 @@
 """Log-likelihoods of many unit sequences, batched and sharded; pair accuracy with ties and its breakdown.
 
-Log-likelihood = minus the mean NLL over the targets of `[1, units + 2..., 1]` (RECIPE.md section 6, the same
+Log-likelihood = minus the mean NLL over the targets of `[1, units + 2..., 1]` (docs/recipe.md §6, the same
 value as `SpeechLM.log_likelihood`). Sequences are sorted by length (longest first, so memory runs out at
 once if it will) and packed into batches of `batch_size` rows (`pack`): a batch's width is the length bucket
 (a few per octave, so few shapes compile) of its longest sequence, and each shorter sequence goes into the row

@@ -1,10 +1,9 @@
 """Qwen2 decoder configuration: named sizes, parameter counting and the JSON stored beside weights."""
 
 import dataclasses
-import json
-from pathlib import Path
 
 from slam_jax import tokens
+from slam_jax.settings import Settings, setting
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -12,68 +11,37 @@ ATTENTION_BACKENDS = ("auto", "xla", "splash", "pallas_gpu", "cudnn")  # models/
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """Architecture plus the execution knobs (dtype, layer scan, remat, attention kernel) of a Qwen2 decoder."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float = 10_000.0
+    vocab_size: int = setting(minimum=1)
+    hidden_size: int = setting(minimum=1)
+    intermediate_size: int = setting(minimum=1)
+    num_layers: int = setting(minimum=1)
+    num_heads: int = setting(minimum=1)
+    num_kv_heads: int = setting(minimum=1)
+    head_dim: int = setting(minimum=1)
+    rope_theta: float = setting(10_000.0, above=0)
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
-    max_position_embeddings: int = 1024
-    compute_dtype: str = "bfloat16"
+    max_position_embeddings: int = setting(1024, minimum=1)
+    compute_dtype: str = setting("bfloat16", choices=COMPUTE_DTYPES)
     scan_layers: bool = True
-    remat_policy: str = "none"
-    attention: str = "auto"
+    remat_policy: str = setting("none", choices=REMAT_POLICIES)
+    attention: str = setting("auto", choices=ATTENTION_BACKENDS)
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """Grouped-query heads and RoPE's half-split need these sizes to divide."""
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"{self._source}.num_heads={self.num_heads}: not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype={self.compute_dtype!r} not in {COMPUTE_DTYPES}")
-        if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention={self.attention!r} not in {ATTENTION_BACKENDS}")
-
-    def replace(self, **changes) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
+            raise ValueError(f"{self._source}.head_dim={self.head_dim}: must be even for RoPE")
 
     @property
     def num_query_groups(self) -> int:
         return self.num_heads // self.num_kv_heads
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "ModelConfig":
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown model config keys {unknown}")
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: model config not found") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
-        return cls.from_dict(values, source=str(path))
 
     def num_params(self, include_embedding: bool = True) -> int:
         """Exact parameter count from the shapes alone (no weights allocated)."""
@@ -106,7 +74,7 @@ def tiny(num_units: int = 20, **overrides) -> ModelConfig:
 
 
 def qwen2_5_0_5b(**overrides) -> ModelConfig:
-    """Qwen2.5-0.5B, the text LM the Slam recipe starts from (RECIPE.md section 3)."""
+    """Qwen2.5-0.5B, the text LM the Slam recipe starts from (docs/recipe.md §3)."""
     values = dict(
         vocab_size=151_936,
         hidden_size=896,

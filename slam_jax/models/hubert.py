@@ -13,7 +13,6 @@ accumulation, and norms, softmax and the residual stream stay float32.
 """
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from slam_jax import parallel
-from slam_jax.files import atomic_dir
+from slam_jax.models import weights
+from slam_jax.settings import Settings, setting
 
 CONFIG_FILE = "encoder_config.json"
-PARAMS_DIR = "params"
+PARAMS_DIR = weights.PARAMS_DIR
 FRONT_ENDS = ("group", "layer")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 _INIT_STD = 0.02
@@ -36,43 +34,40 @@ _GROUP_NORM_EPS = 1e-5  # torch.nn.GroupNorm / LayerNorm defaults used by the co
 
 
 @dataclasses.dataclass(frozen=True)
-class HubertConfig:
+class HubertConfig(Settings):
     """Architecture of a HuBERT encoder plus its execution knobs (compute dtype, layer scan)."""
 
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
+    hidden_size: int = setting(768, minimum=1)
+    num_layers: int = setting(12, minimum=1)
+    num_heads: int = setting(12, minimum=1)
+    intermediate_size: int = setting(3072, minimum=1)
     conv_dim: tuple[int, ...] = (512,) * 7
     conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
     conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
     conv_bias: bool = False
-    feat_extract_norm: str = "group"
+    feat_extract_norm: str = setting("group", choices=FRONT_ENDS)
     feat_proj_layer_norm: bool = True
     do_stable_layer_norm: bool = False
-    num_conv_pos_embeddings: int = 128
-    num_conv_pos_embedding_groups: int = 16
+    num_conv_pos_embeddings: int = setting(128, minimum=1)
+    num_conv_pos_embedding_groups: int = setting(16, minimum=1)
     layer_norm_eps: float = 1e-5
-    compute_dtype: str = "float32"
+    compute_dtype: str = setting("float32", choices=COMPUTE_DTYPES)
     scan_layers: bool = True
-    conv_chunk_frames: int = 0  # > 0: the conv front end runs over windows of this many output frames (same result)
+    # > 0: the conv front end runs over windows of this many output frames (same result); 0 = no windows
+    conv_chunk_frames: int = setting(0, minimum=0)
 
-    def __post_init__(self):
-        for name in ("conv_dim", "conv_kernel", "conv_stride"):
-            object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
+    def validate(self) -> None:
+        """The conv stack is described layer by layer, and the heads and pos-conv groups split the width."""
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
-            raise ValueError(f"conv_dim/conv_kernel/conv_stride lengths differ: {self.conv_dim}, {self.conv_kernel}")
-        if self.feat_extract_norm not in FRONT_ENDS:
-            raise ValueError(f"feat_extract_norm={self.feat_extract_norm!r} not in {FRONT_ENDS}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype={self.compute_dtype!r} not in {COMPUTE_DTYPES}")
-        if self.conv_chunk_frames < 0:
-            raise ValueError(f"conv_chunk_frames={self.conv_chunk_frames} must be >= 0 (0 = no windows)")
+            raise ValueError(
+                f"{self._source}: conv_dim/conv_kernel/conv_stride lengths differ: "
+                f"{self.conv_dim}, {self.conv_kernel}, {self.conv_stride}"
+            )
         if self.hidden_size % self.num_heads or self.hidden_size % self.num_conv_pos_embedding_groups:
-            raise ValueError(f"hidden_size={self.hidden_size} must divide by num_heads and the pos-conv groups")
-
-    def replace(self, **changes) -> "HubertConfig":
-        return dataclasses.replace(self, **changes)
+            raise ValueError(
+                f"{self._source}.hidden_size={self.hidden_size}: must divide by num_heads={self.num_heads} "
+                f"and num_conv_pos_embedding_groups={self.num_conv_pos_embedding_groups}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -97,30 +92,6 @@ class HubertConfig:
         for kernel, stride in zip(self.conv_kernel, self.conv_stride, strict=True):
             frames = np.maximum((frames - kernel) // stride + 1, 0)
         return int(frames) if frames.ndim == 0 else frames
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "HubertConfig":
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown encoder config keys {unknown}")
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "HubertConfig":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()), source=str(path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: encoder config not found") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
 def hubert_base(**overrides) -> HubertConfig:
@@ -479,80 +450,47 @@ def _stacked_layers(config: HubertConfig, rngs: nnx.Rngs) -> EncoderLayer:
     return create(rngs)
 
 
+FAMILY = weights.Family(Hubert, HubertConfig, CONFIG_FILE, noun="encoder")
+
+
 def init_model(config: HubertConfig, seed: int = 0) -> Hubert:
     """A randomly initialised encoder (for shapes and benchmarks; real weights come from conversion)."""
-    return Hubert(config, rngs=nnx.Rngs(params=seed))
+    return weights.init_model(FAMILY, config, seed)
 
 
 def abstract_model(config: HubertConfig) -> Hubert:
     """The encoder with shape-only parameters: nothing allocated."""
-    return nnx.eval_shape(lambda: init_model(config))
+    return weights.abstract_model(FAMILY, config)
 
 
 def param_shapes(config: HubertConfig) -> dict[str, Any]:
     """Pure-dict tree of `jax.ShapeDtypeStruct`s of the parameters."""
-    return nnx.state(abstract_model(config), nnx.Param).to_pure_dict()
+    return weights.param_shapes(FAMILY, config)
 
 
-def get_params(model: Hubert) -> dict[str, Any]:
-    """The parameters as a nested dict of arrays (the layout of conversion and of the saved encoder)."""
-    return nnx.state(model, nnx.Param).to_pure_dict()
+get_params = weights.get_params
 
 
 def model_from_params(config: HubertConfig, params: dict[str, Any]) -> Hubert:
     """An encoder holding `params` (a pure dict as `get_params` returns), built without random init."""
-    model = abstract_model(config)
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
+    return weights.model_from_params(FAMILY, config, params)
 
 
 def check_shapes(config: HubertConfig, params: dict[str, Any]) -> None:
-    """Raise ValueError naming the first mismatches if `params` does not fit `config`."""
-    expected = jax.tree.map(lambda leaf: tuple(leaf.shape), param_shapes(config))
-    actual = jax.tree.map(lambda leaf: tuple(np.shape(leaf)), params)
-    if jax.tree.structure(expected) != jax.tree.structure(actual):
-        raise ValueError(f"parameter tree does not match the encoder config: {jax.tree.structure(actual)}")
-    mismatched = [
-        f"{jax.tree_util.keystr(path)}: {got} != {want}"
-        for (path, got), want in zip(
-            jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True
-        )
-        if got != want
-    ]
-    if mismatched:
-        raise ValueError(f"parameter shapes do not match the encoder config: {mismatched[:3]}")
+    """Raise a one-line ValueError naming the parameters that do not fit `config`."""
+    weights.check_shapes(FAMILY, config, params)
 
 
 def is_encoder_dir(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / PARAMS_DIR).is_dir()
+    """A folder holding `encoder_config.json` and `params/`."""
+    return weights.is_model_dir(FAMILY, path)
 
 
 def save_encoder(directory: str | Path, config: HubertConfig, params: dict[str, Any], overwrite: bool = False) -> Path:
     """Write `encoder_config.json` + Orbax `params/` atomically; refuses a non-empty dir unless `overwrite`."""
-    check_shapes(config, params)
-    with atomic_dir(directory, overwrite) as staging:
-        config.save(staging / CONFIG_FILE)
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / PARAMS_DIR, params)
-            checkpointer.wait_until_finished()
-    return Path(directory).absolute()
+    return weights.save_model_dir(FAMILY, directory, config, params, overwrite=overwrite)
 
 
 def load_encoder(directory: str | Path, **config_overrides) -> Hubert:
     """The encoder saved in `directory` (e.g. by conversion.hubert_to_flax), with optional config overrides."""
-    directory = Path(directory).absolute()
-    if not is_encoder_dir(directory):
-        raise FileNotFoundError(f"{directory}: not a converted encoder (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
-    config = HubertConfig.load(directory / CONFIG_FILE).replace(**config_overrides)
-    sharding = parallel.first_device()
-    target = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), param_shapes(config)
-    )
-    with ocp.StandardCheckpointer() as checkpointer:
-        try:
-            params = checkpointer.restore(directory / PARAMS_DIR, target)
-        except ValueError as error:
-            raise ValueError(f"{directory / PARAMS_DIR}: parameters do not match {CONFIG_FILE}: {error}") from None
-    return model_from_params(config, params)
+    return weights.load_model(FAMILY, directory, **config_overrides)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from slam_jax.models import attention, precision
+from slam_jax.models import attention, precision, weights
 from slam_jax.models.config import ModelConfig
 
 Cache = dict[str, jax.Array]
@@ -286,35 +286,32 @@ def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
     return create(rngs)
 
 
+FAMILY = weights.Family(Qwen2, ModelConfig, config_file="model_config.json", config_item="model_config")
+
+
 def init_model(config: ModelConfig, seed: int = 0) -> Qwen2:
     """A randomly initialised model (normal(0.02) weights, zero biases, unit norms, as transformers does)."""
-    return Qwen2(config, rngs=nnx.Rngs(params=seed))
+    return weights.init_model(FAMILY, config, seed)
 
 
 def abstract_model(config: ModelConfig) -> Qwen2:
     """The model with shape-only parameters: nothing allocated."""
-    return nnx.eval_shape(lambda: init_model(config))
+    return weights.abstract_model(FAMILY, config)
 
 
 def param_shapes(config: ModelConfig) -> dict[str, Any]:
     """Pure-dict tree of `jax.ShapeDtypeStruct`s of the parameters."""
-    return nnx.state(abstract_model(config), nnx.Param).to_pure_dict()
+    return weights.param_shapes(FAMILY, config)
 
 
 def count_params(config: ModelConfig) -> int:
     """Parameter count from abstract shapes (no weights allocated)."""
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(param_shapes(config)))
+    return weights.count_params(FAMILY, config)
 
 
-def get_params(model: Qwen2) -> dict[str, Any]:
-    """The parameters as a nested dict of arrays (the layout conversion and checkpoints use)."""
-    return nnx.state(model, nnx.Param).to_pure_dict()
+get_params = weights.get_params
 
 
 def model_from_params(config: ModelConfig, params: dict[str, Any]) -> Qwen2:
     """A model holding `params` (a pure dict as `get_params` returns), built without random init."""
-    model = abstract_model(config)
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
+    return weights.model_from_params(FAMILY, config, params)

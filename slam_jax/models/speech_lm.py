@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax import tokens
-from slam_jax.models import qwen2, sampling, storage
+from slam_jax.models import qwen2, sampling, storage, weights
 from slam_jax.models.config import ModelConfig
 
 _LENGTH_BUCKET = 32
@@ -23,7 +23,7 @@ def next_token_log_probs(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
 
 
 def mean_log_likelihood(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
-    """Minus the mean next-token NLL of each row of `[BOS, units..., EOS, PAD...]` (RECIPE.md section 6).
+    """Minus the mean next-token NLL of each row of `[BOS, units..., EOS, PAD...]` (docs/recipe.md §6).
 
     Targets are `input_ids[:, 1:]`: BOS is never scored, EOS is, PAD targets are masked.
     """
@@ -119,9 +119,5 @@ class SpeechLM:
 
 def load_model(path: str | Path, compute_dtype: str | None = None) -> SpeechLM:
     """The model at `path` (a converted model dir, a training workdir or a checkpoint step dir)."""
-    directory = storage.resolve_model_dir(path)
-    config = storage.load_config(directory)
-    params = storage.load_params(directory, config)
-    if compute_dtype is not None:
-        config = config.replace(compute_dtype=compute_dtype)
-    return SpeechLM(qwen2.model_from_params(config, params))
+    overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
+    return SpeechLM(weights.load_model(qwen2.FAMILY, storage.resolve_model_dir(path), **overrides))

@@ -1,37 +1,27 @@
-"""The on-disk layout of a converted model: `model_config.json` + Orbax `params/` (+ optional provenance).
+"""The Qwen2 model folder: `model_config.json` + Orbax `params/` (+ optional provenance), or a training step.
 
-Written atomically: everything goes to a temporary sibling folder that is renamed into place only when
-complete, so an interrupted or failed write never leaves a half-written model behind.
+The folder itself (atomic writes, shape checks, loading onto a device) is `weights.py`'s, shared by every
+model family; this module names the Qwen2 files and finds the model inside a training workdir.
 """
 
 import json
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-
-from slam_jax import parallel
-from slam_jax.files import atomic_dir
-from slam_jax.models import qwen2
+from slam_jax.models import qwen2, weights
 from slam_jax.models.config import ModelConfig
 
-CONFIG_FILE = "model_config.json"
-CONFIG_ITEM = "model_config"  # the same JSON as an Orbax checkpoint item (training checkpoints)
-PARAMS_DIR = "params"
+CONFIG_FILE = qwen2.FAMILY.config_file
+CONFIG_ITEM = qwen2.FAMILY.config_item  # the same JSON as an Orbax checkpoint item (training checkpoints)
+PARAMS_DIR = weights.PARAMS_DIR
 PROVENANCE_FILE = "provenance.json"
 
-
-def _config_path(path: Path) -> Path:
-    item = path / CONFIG_ITEM / "metadata"
-    return item if item.is_file() else path / CONFIG_FILE
+move_to_device = weights.move_to_device
 
 
 def is_model_dir(path: str | Path) -> bool:
     """A converted model (`model_config.json` + `params/`) or a training checkpoint step (Orbax items)."""
-    path = Path(path)
-    return _config_path(path).is_file() and (path / PARAMS_DIR).is_dir()
+    return weights.is_model_dir(qwen2.FAMILY, path)
 
 
 def save_model(
@@ -42,65 +32,18 @@ def save_model(
     overwrite: bool = False,
 ) -> Path:
     """Write a converted model to `directory` atomically; refuses a non-empty one unless `overwrite`."""
-    _check_shapes(config, params)
-    with atomic_dir(directory, overwrite) as staging:
-        config.save(staging / CONFIG_FILE)
-        if provenance:
-            (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / PARAMS_DIR, params)
-            checkpointer.wait_until_finished()
-    return Path(directory).absolute()
-
-
-def move_to_device(tree: dict[str, Any]) -> dict[str, Any]:
-    """Replace every host array leaf of a nested dict by a device array, in place, one leaf at a time.
-
-    Each host copy is released as soon as its device copy exists, so memory holds one copy of the parameters
-    (plus one leaf) rather than two; Orbax then saves the device arrays without the extra host copies it makes
-    of numpy arrays (a Qwen2.5-0.5B conversion peaks at 4.5 GB instead of 7.1 GB, see benchmarks/RESULTS.md).
-    """
-    for key, value in tree.items():
-        tree[key] = move_to_device(value) if isinstance(value, dict) else jax.device_put(np.ascontiguousarray(value))
-        del value
-    return tree
-
-
-def _check_shapes(config: ModelConfig, params: dict[str, Any]) -> None:
-    expected = jax.tree.map(lambda leaf: tuple(leaf.shape), qwen2.param_shapes(config))
-    actual = jax.tree.map(lambda leaf: tuple(np.shape(leaf)), params)
-    if jax.tree.structure(expected) != jax.tree.structure(actual):
-        raise ValueError(f"parameter tree does not match the model config: {jax.tree.structure(actual)}")
-    mismatched = [
-        f"{jax.tree_util.keystr(path)}: {got} != {want}"
-        for (path, got), want in zip(
-            jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True
-        )
-        if got != want
-    ]
-    if mismatched:
-        raise ValueError(f"parameter shapes do not match the model config: {mismatched[:3]}")
+    extra_files = {PROVENANCE_FILE: provenance} if provenance else None
+    return weights.save_model_dir(qwen2.FAMILY, directory, config, params, extra_files, overwrite)
 
 
 def load_config(directory: str | Path) -> ModelConfig:
-    return ModelConfig.load(_config_path(Path(directory)))
+    """The model config of a model dir or a training checkpoint step."""
+    return weights.load_config(qwen2.FAMILY, directory)
 
 
 def load_params(directory: str | Path, config: ModelConfig | None = None, sharding=None) -> dict[str, Any]:
     """The float32 parameter tree of a saved model, placed with `sharding` (default: the first device)."""
-    directory = Path(directory).absolute()
-    if not is_model_dir(directory):
-        raise FileNotFoundError(f"{directory}: not a converted model (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
-    config = config or load_config(directory)
-    sharding = sharding or parallel.first_device()
-    target = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), qwen2.param_shapes(config)
-    )
-    with ocp.StandardCheckpointer() as checkpointer:
-        try:
-            return checkpointer.restore(directory / PARAMS_DIR, target)
-        except ValueError as error:
-            raise ValueError(f"{directory / PARAMS_DIR}: parameters do not match {CONFIG_FILE}: {error}") from None
+    return weights.load_params(qwen2.FAMILY, directory, config, sharding)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -125,5 +68,6 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def load_provenance(directory: str | Path) -> dict:
+    """The provenance a conversion wrote beside the model ({} if none)."""
     path = Path(directory) / PROVENANCE_FILE
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -10,16 +10,19 @@ import hashlib
 import json
 from pathlib import Path
 
-from ml_collections import ConfigDict
-
 from slam_jax.files import read_jsonl
 from slam_jax.speech import tokenize
+from slam_jax.speech.tokenize import TokenizeJob, TokenizeSettings
 
 _NOT_CACHE_KEYS = ("data_path", "out_path", "progress", "num_workers", "store", "valid_fraction")
 
 
-def cache_folder(settings: ConfigDict, cache_root: str | Path) -> Path:
-    """The cache folder of these tokeniser settings (those that can change units, and the shard size)."""
+def cache_folder(settings: TokenizeSettings, cache_root: str | Path) -> Path:
+    """The cache folder of these tokeniser settings (those that can change units, and the shard size).
+
+    The digest is over the same dict the `tokenize` config section gave before it became `TokenizeSettings`
+    (its keys are the section's), so folders cached then are found again.
+    """
     values = {key: value for key, value in settings.to_dict().items() if key not in _NOT_CACHE_KEYS}
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
     encoder = Path(str(settings.encoder_path)).name or "encoder"
@@ -27,25 +30,23 @@ def cache_folder(settings: ConfigDict, cache_root: str | Path) -> Path:
 
 
 def audio_units(
-    settings: ConfigDict, paths: list[str], cache_root: str | Path, seed: int = 0, max_seconds: float = 0.0
+    settings: TokenizeSettings, paths: list[str], cache_root: str | Path, seed: int = 0, max_seconds: float = 0.0
 ) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Units of every file in `paths` ({absolute path: units}) and why each other file failed ({path: reason}).
 
-    `settings` is a `tokenize` config section (configs/tokenize.py); `max_seconds` > 0 keeps only the start of
-    each file (generation prompts).
+    `settings` is the job's `tokenize` section; `max_seconds` > 0 keeps only the start of each file (generation
+    prompts).
     """
     files = sorted({str(Path(path).absolute()) for path in paths})
-    settings = ConfigDict(settings.to_dict())
     if max_seconds > 0:
-        settings.max_seconds = max_seconds
+        settings = settings.replace(max_seconds=max_seconds)
     out = cache_folder(settings, cache_root)
     listing = out / "lists" / f"{hashlib.sha1(chr(10).join(files).encode()).hexdigest()[:16]}.txt"
+    # A cache, so no training store; built (and its paths checked) before anything is written into the cache.
+    job = TokenizeJob(seed=seed, tokenize=settings.replace(data_path=str(listing), out_path=str(out), store=False))
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(f"{file}\n" for file in files))
-    settings.data_path, settings.out_path = str(listing), str(out)
-    if "store" in settings:
-        settings.store = False  # a cache: no training store
-    tokenize.run(ConfigDict({"seed": seed, "tokenize": settings}), out)
+    tokenize.tokenize(job, out)
     found = {record["file_name"]: record["units"] for record in read_jsonl(out / tokenize.FEATURES)}
     reasons = {
         record["file_name"]: record["reason"] for record in read_jsonl(out / tokenize.ERRORS) if not record["tokenized"]

@@ -1,7 +1,7 @@
 """Preference rows whose prompt / chosen / rejected are audio files: tokenised once, then rows of units.
 
 A field that is a string not starting with `<Un` names an audio file (absolute, or relative to its jsonl's
-folder). Every such file of every row goes through the tokeniser (`config.tokenize`, cached like the eval's
+folder). Every such file of every row goes through the tokeniser (`TokenizeSettings`, cached like the eval's
 audio in `units_cache`), and the rows are rewritten with `{"units": [...]}` into one jsonl that
 `preference.prepare` reads. A row with an audio file that is missing or cannot be tokenised keeps the path
 as its field, so `prepare` reports it as a bad row (an error naming file:line, or a counted skip).
@@ -11,10 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from ml_collections import ConfigDict
-
 from slam_jax.files import expand_paths, read_records, write_text
 from slam_jax.speech.audio_units import audio_units
+from slam_jax.speech.tokenize import TokenizeSettings
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -27,7 +26,7 @@ def audio_path(value, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def resolve(spec: str, tokenize_settings: ConfigDict, out_dir: Path, cache: Path, seed: int = 0) -> str:
+def resolve(spec: str, tokenize_settings: TokenizeSettings, out_dir: Path, cache: Path, seed: int = 0) -> str:
     """`spec` itself when no row names audio; otherwise the path of a jsonl with every audio field as units."""
     rows, files = [], set()
     for path in expand_paths(spec):

@@ -1,4 +1,4 @@
-"""`mode: synthesize`: the paper's synthetic spoken sets from text, TTS, then the tokeniser (RECIPE.md section 5).
+"""`mode: synthesize`: the paper's synthetic spoken sets from text, TTS, then the tokeniser (docs/recipe.md §7).
 
     python -m slam_jax.main --config configs/stinystories.py --config.synth.text_path=TinyStories-train.txt
     python -m slam_jax.main --config configs/spokenswag.py --config.synth.text_path=swag/train.csv
@@ -14,6 +14,7 @@ the TTS and tokeniser steps resume a killed run themselves.
 """
 
 import csv
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ from ml_collections import ConfigDict
 from slam_jax.data.preference import filter_score
 from slam_jax.errors import DataError
 from slam_jax.files import read_records, write_text
+from slam_jax.settings import Settings, setting
 from slam_jax.speech import tokenize, tts
+from slam_jax.speech.tokenize import TokenizeJob, TokenizeSettings
 
 STORY_SEPARATOR = "<|endoftext|>"
 PREFERENCE = "preference.jsonl"
@@ -32,6 +35,55 @@ REPORT = "report.json"
 SWAG_ENDINGS = ("ending0", "ending1", "ending2", "ending3")
 SWAG_COLUMNS = ("sent1", "sent2", *SWAG_ENDINGS, "label")
 PARTS = ("prompt", "chosen", "rejected")
+KINDS = ("stinystories", "spokenswag", "tts")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthSettings(Settings):
+    """`synth`: which spoken set to build from which text, and how to speak it (configs/stinystories.py)."""
+
+    kind: str = setting("stinystories", choices=KINDS)
+    text_path: str = setting("", exists=True)
+    out_path: str = ""
+    backend: str = "espeak"
+    voices: str = ""  # '' = tts.DEFAULT_VOICES
+    num_workers: int = setting(2, minimum=0)  # 0 = speak in this process
+    seed: int = 0
+    max_chars: int = setting(10_000, above=0)
+    auto_bleu_threshold: float = setting(0.3, minimum=0.0, maximum=1.0)  # 0 = off
+    progress: bool = True
+
+    def validate(self) -> None:
+        # Voices and backend are checked here so that a typo stops the job before any text is read or spoken.
+        try:
+            tts.backend_factory(self.backend)
+        except ValueError as error:
+            raise ValueError(f"{self._source}.backend={self.backend!r}: {error}") from None
+        if self.voices:
+            try:
+                tts.parse_voices(self.voices)
+            except ValueError as error:
+                raise ValueError(f"{self._source}.voices={self.voices!r}: {error}") from None
+
+    def tts_options(self) -> dict:
+        """The keyword arguments of the builders and `tts.synthesize_corpus`."""
+        return _tts_options(
+            self.backend, self.voices or tts.DEFAULT_VOICES, self.seed, self.num_workers, self.progress, self.max_chars
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesizeJob(Settings):
+    """A whole `mode: synthesize` config."""
+
+    mode: str = setting("synthesize", choices=("synthesize",))
+    seed: int = 0  # unused: the set's seed is `synth.seed` (voices, wrong endings and k-means fitting)
+    synth: SynthSettings = SynthSettings()
+    tokenize: TokenizeSettings = TokenizeSettings()
+
+    def validate(self) -> None:
+        if self.synth.kind != "tts":  # `tts` speaks only; the other kinds tokenise what they speak
+            self.tokenize.check_files()
 
 
 def read_stories(path: str | Path) -> Iterator[tuple[str, str, str]]:
@@ -75,15 +127,6 @@ def story_rows(text_path: str | Path) -> list[dict]:
     ]
 
 
-def _tokenize_config(tokenize_settings, audio_dir: Path, units_dir: Path, seed: int) -> ConfigDict:
-    """The tokeniser's config: the given `tokenize` keys (configs/tokenize.py) reading `audio_dir`."""
-    values = tokenize_settings.to_dict() if isinstance(tokenize_settings, ConfigDict) else dict(tokenize_settings)
-    config = ConfigDict({"mode": "tokenize", "seed": seed, "tokenize": values})
-    config.tokenize.data_path = str(audio_dir.absolute())
-    config.tokenize.out_path = str(units_dir.absolute())
-    return config
-
-
 def _synthesize_step(rows: list[dict], out: Path, options: dict) -> dict:
     """synthesize_corpus into out/tts, skipped when a finished report for the same number of rows is there."""
     report_path = out / "tts" / tts.REPORT
@@ -93,12 +136,13 @@ def _synthesize_step(rows: list[dict], out: Path, options: dict) -> dict:
     return tts.synthesize_corpus(tts_rows, out / "tts", **options)
 
 
-def _tokenize_step(out: Path, tokenize_settings, seed: int) -> dict:
+def _tokenize_step(out: Path, tokenize_settings: TokenizeSettings, seed: int) -> dict:
     """The tokeniser over out/tts/audio into out/units, skipped when its features.jsonl is there."""
     units_dir = out / "units"
     if (units_dir / tokenize.FEATURES).is_file() and (units_dir / tokenize.REPORT).is_file():
         return json.loads((units_dir / tokenize.REPORT).read_text())
-    return tokenize.run(_tokenize_config(tokenize_settings, out / "tts" / tts.AUDIO, units_dir, seed), out)
+    paths = {"data_path": str((out / "tts" / tts.AUDIO).absolute()), "out_path": str(units_dir.absolute())}
+    return tokenize.tokenize(TokenizeJob(seed=seed, tokenize=tokenize_settings.replace(**paths)), out)
 
 
 def _tts_options(backend, voices, seed, num_workers, progress, max_chars) -> dict:
@@ -110,7 +154,7 @@ def _tts_options(backend, voices, seed, num_workers, progress, max_chars) -> dic
 def build_stinystories(
     text_path: str | Path,
     out_dir: str | Path,
-    tokenize_settings,
+    tokenize_settings: TokenizeSettings,
     backend: str = "espeak",
     voices: tuple[tts.Voice, ...] | str = tts.DEFAULT_VOICES,
     seed: int = 0,
@@ -217,7 +261,7 @@ def preference_rows(pairs: list[dict], units: dict[str, list[int]]) -> tuple[lis
 def build_spokenswag(
     swag_path: str | Path,
     out_dir: str | Path,
-    tokenize_settings,
+    tokenize_settings: TokenizeSettings,
     backend: str = "espeak",
     voices: tuple[tts.Voice, ...] | str = tts.DEFAULT_VOICES,
     seed: int = 0,
@@ -256,31 +300,27 @@ def build_spokenswag(
 
 
 def run(config: ConfigDict, workdir: Path) -> dict:
-    """Build the set named by `config.synth.kind` from `config.synth.text_path`: stinystories, spokenswag, or tts
-    (rows `{"id", "text"}` spoken into OUT/audio/<id>.wav, no units: e.g. benchmark audio)."""
-    synth = config.synth
+    """`mode: synthesize`: the config checked into a `SynthesizeJob`, then `synthesize`."""
+    return synthesize(SynthesizeJob.from_config(config, "config"), workdir)
+
+
+def synthesize(job: SynthesizeJob, workdir: Path) -> dict:
+    """Build the set named by `synth.kind` from `synth.text_path`: stinystories, spokenswag, or tts (rows
+    `{"id", "text"}` spoken into OUT/audio/<id>.wav, no units: e.g. benchmark audio)."""
+    synth = job.synth
     if not synth.text_path:
         raise ValueError("synth.text_path is empty: give the TinyStories text (.txt/.jsonl) or SWAG rows (.csv/.jsonl)")
     out = Path(synth.out_path or Path(workdir) / synth.kind)
-    options = _tts_options(
-        synth.backend,
-        synth.voices or tts.DEFAULT_VOICES,
-        synth.seed,
-        synth.num_workers,
-        synth.progress,
-        synth.max_chars,
-    )
+    options = synth.tts_options()
     if synth.kind == "stinystories":
-        report = build_stinystories(synth.text_path, out, config.tokenize, **options)
+        report = build_stinystories(synth.text_path, out, job.tokenize, **options)
         print(f"sTinyStories: {report['stories']} stories -> {report['features']}")
     elif synth.kind == "spokenswag":
         report = build_spokenswag(
-            synth.text_path, out, config.tokenize, auto_bleu_threshold=synth.auto_bleu_threshold, **options
+            synth.text_path, out, job.tokenize, auto_bleu_threshold=synth.auto_bleu_threshold, **options
         )
         print(f"SpokenSwag: {report['pairs']} pairs of {report['swag_rows']} rows -> {report['preference']}")
-    elif synth.kind == "tts":
+    else:  # "tts": the kinds are checked in SynthSettings
         report = tts.synthesize_corpus(synth.text_path, out, **options)
         print(f"TTS: {report['written'] + report['reused']} of {report['rows']} rows spoken -> {out / tts.AUDIO}")
-    else:
-        raise ValueError(f"synth.kind {synth.kind!r} is not one of ['spokenswag', 'stinystories', 'tts']")
     return report

@@ -1,4 +1,4 @@
-"""`mode: tokenize`: audio files -> deduplicated units, the reference's `features.jsonl` (RECIPE.md section 1).
+"""`mode: tokenize`: audio files -> deduplicated units, the reference's `features.jsonl` (docs/recipe.md §1).
 
     python -m slam_jax.main --config configs/tokenize.py --config.tokenize.data_path=DIR [--workdir W]
 
@@ -22,6 +22,7 @@ similar-length windows; each host takes every `process_count`-th file of the sor
 
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import time
@@ -38,6 +39,7 @@ from slam_jax.data import ingest
 from slam_jax.errors import DataError
 from slam_jax.files import write_text
 from slam_jax.models import hubert, kmeans
+from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, units
 from slam_jax.speech import encoder as unit_encoder
 from slam_jax.speech import features as spectral
@@ -54,9 +56,113 @@ CPU_CONV_CHUNK_FRAMES = 25  # conv front-end window on a CPU (1 s at 25 Hz): its
 MFCC = "mfcc"
 
 
+@dataclasses.dataclass(frozen=True)
+class MfccSettings(Settings):
+    """`tokenize.mfcc`: the frames of the offline encoder (`encoder_path='mfcc'`; speech/features.py)."""
+
+    kind: str = setting("mfcc", choices=spectral.KINDS)
+    frame_samples: int = setting(640, above=0)
+    n_fft: int = setting(1024, above=0)
+    num_mels: int = setting(40, above=0)
+    num_mfcc: int = setting(20, above=0)
+
+    def validate(self) -> None:
+        if self.n_fft < self.frame_samples:
+            raise ValueError(f"{self._source}.n_fft={self.n_fft}: must be >= frame_samples ({self.frame_samples})")
+        if self.num_mfcc > self.num_mels:
+            raise ValueError(f"{self._source}.num_mfcc={self.num_mfcc}: must be <= num_mels ({self.num_mels})")
+
+    def spectral_config(self) -> spectral.SpectralConfig:
+        return spectral.SpectralConfig(
+            kind=self.kind,
+            frame_samples=self.frame_samples,
+            n_fft=self.n_fft,
+            num_mels=self.num_mels,
+            num_mfcc=self.num_mfcc,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeSettings(Settings):
+    """`tokenize`: audio -> units (configs/tokenize.py explains each key). The eval, generate, synthesize and dpo
+    jobs carry the same section for their audio.
+
+    Path checks that need the encoder to run (`check_files`) are separate: a job whose input may hold no audio
+    (eval or generate on units, DPO on unit rows) accepts the default paths of an encoder it never loads.
+    """
+
+    data_path: str = ""  # comma list, folders, list files or globs: audio.list_audio reads (and checks) it
+    out_path: str = ""
+    encoder_path: str = "models/mhubert_25hz"
+    layer: int = setting(11, minimum=0)
+    kmeans_path: str = "models/mhubert_25hz_L11_km500.npy"
+    compute_dtype: str = setting("float32", choices=hubert.COMPUTE_DTYPES)
+    reference_padding: bool = False
+    dedup: bool = True
+    max_seconds: float = setting(3600.0, minimum=0.0)
+    window_seconds: float = setting(60.0, minimum=0.0)
+    window_overlap_seconds: float = setting(2.0, minimum=0.0)
+    batch_size: int = setting(8, above=0)
+    num_devices: int = setting(0, minimum=0)
+    micro_batch: int = setting(0, minimum=0)
+    buckets_per_octave: int = setting(8, minimum=0)
+    scan_layers: bool = False
+    conv_chunk_frames: int = setting(-1, minimum=-1)
+    num_workers: int = setting(4, minimum=0)
+    shard_size: int = setting(256, above=0)
+    store: bool = True
+    valid_fraction: float = setting(0.01, minimum=0.0, maximum=1.0)
+    progress: bool = True
+    fit_units: int = setting(0, minimum=0)
+    fit_max_files: int = setting(1000, above=0)
+    fit_max_frames: int = setting(200_000, above=0)
+    fit_num_init: int = setting(1, above=0)
+    mfcc: MfccSettings = MfccSettings()
+
+    def validate(self) -> None:
+        if self.reference_padding and self.encoder_path == MFCC:
+            raise ValueError(
+                f"{self._source}.reference_padding=True: applies to HuBERT encoders, not to encoder_path='mfcc'"
+            )
+        if self.window_seconds and self.window_overlap_seconds >= self.window_seconds:
+            raise ValueError(
+                f"{self._source}.window_overlap_seconds={self.window_overlap_seconds}: must be shorter than "
+                f"window_seconds ({self.window_seconds})"
+            )
+
+    def check_files(self) -> None:
+        """The encoder and the centroids exist, unless they need none (mfcc) or are fitted first (`fit_units`)."""
+        if self.encoder_path != MFCC and not Path(self.encoder_path).exists():
+            raise FileNotFoundError(
+                f"{self._source}.encoder_path={self.encoder_path!r}: no such encoder folder (or use 'mfcc')"
+            )
+        if self.kmeans_path and not self.fit_units and not Path(self.kmeans_path).exists():
+            raise FileNotFoundError(
+                f"{self._source}.kmeans_path={self.kmeans_path!r}: no such file (fit_units > 0 fits it there)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeJob(Settings):
+    """A whole `mode: tokenize` config; also what other jobs hand to `tokenize` for their audio."""
+
+    mode: str = setting("tokenize", choices=("tokenize",))
+    seed: int = 0  # k-means fitting only
+    tokenize: TokenizeSettings = TokenizeSettings()
+
+    def validate(self) -> None:
+        self.tokenize.check_files()
+
+
 def run(config: ConfigDict, workdir: Path) -> dict:
-    """Tokenise `config.tokenize.data_path` into `config.tokenize.out_path`; returns (and saves) the report."""
-    settings = config.tokenize
+    """`mode: tokenize`: the config checked into a `TokenizeJob`, then `tokenize`."""
+    return tokenize(TokenizeJob.from_config(config, "config"), workdir)
+
+
+def tokenize(job: TokenizeJob, workdir: Path) -> dict:
+    """Tokenise `tokenize.data_path` into `tokenize.out_path` (default WORKDIR/units); returns (and saves) the
+    report."""
+    settings = job.tokenize
     parallel.maybe_initialize()
     if not settings.data_path:
         raise ValueError("tokenize.data_path is empty: give an audio folder, list file or glob")
@@ -67,11 +173,11 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     encoder = build_encoder(settings)
     centroids_path = Path(settings.kmeans_path) if settings.kmeans_path else out / FITTED_CENTROIDS
     with concurrent.futures.ThreadPoolExecutor(max(1, settings.num_workers)) as pool:
-        encoder.set_centroids(_centroids(settings, centroids_path, encoder, files, pool, config.seed))
+        encoder.set_centroids(_centroids(settings, centroids_path, encoder, files, pool, job.seed))
         _claim_folder(out, describe(settings, encoder, centroids_path))
         counts = _tokenize_host(files, encoder, pool, settings, out)
     report = _report(files, settings.shard_size, out, counts)
-    if settings.get("store", False) and jax.process_index() == 0 and (out / FEATURES).is_file():
+    if settings.store and jax.process_index() == 0 and (out / FEATURES).is_file():
         report["store"] = _write_store(out, encoder.num_units, settings.valid_fraction)
     write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
     print(
@@ -82,7 +188,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     return report
 
 
-def build_encoder(settings: ConfigDict) -> unit_encoder.UnitEncoder:
+def build_encoder(settings: TokenizeSettings) -> unit_encoder.UnitEncoder:
     """The HuBERT (converted encoder dir) or MFCC frame encoder that the settings name, without centroids."""
     devices = jax.local_devices()[: settings.num_devices or None]
     options = dict(
@@ -92,16 +198,7 @@ def build_encoder(settings: ConfigDict) -> unit_encoder.UnitEncoder:
         micro_batch=micro_batch(settings.micro_batch, devices),
     )
     if settings.encoder_path == MFCC:
-        if settings.reference_padding:
-            raise ValueError("tokenize.reference_padding applies to HuBERT encoders, not to mfcc")
-        config = spectral.SpectralConfig(
-            kind=settings.mfcc.kind,
-            frame_samples=settings.mfcc.frame_samples,
-            n_fft=settings.mfcc.n_fft,
-            num_mels=settings.mfcc.num_mels,
-            num_mfcc=settings.mfcc.num_mfcc,
-        )
-        return unit_encoder.spectral_encoder(config, None, **options)
+        return unit_encoder.spectral_encoder(settings.mfcc.spectral_config(), None, **options)
     model = hubert.load_encoder(
         settings.encoder_path,
         compute_dtype=settings.compute_dtype,
@@ -126,7 +223,7 @@ def conv_chunk_frames(requested: int, devices: list[jax.Device]) -> int:
     return CPU_CONV_CHUNK_FRAMES if devices[0].platform == "cpu" else 0
 
 
-def describe(settings: ConfigDict, encoder: unit_encoder.UnitEncoder, centroids_path: Path) -> dict:
+def describe(settings: TokenizeSettings, encoder: unit_encoder.UnitEncoder, centroids_path: Path) -> dict:
     """The settings that change units: a folder's units are only ever extended with the same ones."""
     is_mfcc = settings.encoder_path == MFCC
     return {
@@ -162,7 +259,7 @@ def _claim_folder(out: Path, description: dict) -> None:
     write_text(path, json.dumps(description, indent=2) + "\n")
 
 
-def _centroids(settings, path: Path, encoder, files: list[str], pool, seed: int) -> np.ndarray:
+def _centroids(settings: TokenizeSettings, path: Path, encoder, files: list[str], pool, seed: int) -> np.ndarray:
     """The centroids at `path`, fitted first on this data's features if absent and `fit_units` asks for it."""
     if path.is_file() or not settings.fit_units:
         return kmeans.load_centroids(path)
@@ -195,7 +292,7 @@ def shard_plan(files: list[str], shard_size: int, host: int, hosts: int) -> list
     return shards
 
 
-def _tokenize_host(files, encoder, pool, settings, out: Path) -> dict:
+def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path) -> dict:
     """Every unfinished shard of this host, then the merge if all hosts are done; this run's counts."""
     shards = shard_plan(files, settings.shard_size, jax.process_index(), jax.process_count())
     parts = out / PARTS
@@ -264,7 +361,7 @@ def _count_done(frames: np.ndarray, counts, bar, start: float, encoder) -> None:
 class _Batcher:
     """Collects windows of files into batches, encodes them, and stitches each file's units back together."""
 
-    def __init__(self, encoder: unit_encoder.UnitEncoder, settings: ConfigDict):
+    def __init__(self, encoder: unit_encoder.UnitEncoder, settings: TokenizeSettings):
         self.encoder, self.settings = encoder, settings
         self.queue: list[tuple[int, int, audio.Window, np.ndarray]] = []
         self.pieces: dict[int, list] = {}

@@ -7,6 +7,7 @@ either precomputed once with the starting model and stored beside the data (defa
 memory), or computed in the step from a frozen copy (`dpo.reference = "frozen"`).
 """
 
+import dataclasses
 import functools
 import hashlib
 from pathlib import Path
@@ -14,9 +15,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
-from ml_collections import ConfigDict
 
 from slam_jax import parallel
 from slam_jax.data import preference
@@ -24,11 +23,11 @@ from slam_jax.files import expand_paths
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import next_token_log_probs
 from slam_jax.speech import preference_audio
+from slam_jax.speech.tokenize import TokenizeSettings
 from slam_jax.training import loop, metrics
 from slam_jax.training.dpo_loss import dpo_loss, dpo_metrics
-from slam_jax.training.step import TrainState
-
-REFERENCES = ("precomputed", "frozen")
+from slam_jax.training.settings import DpoSettings, PretrainJob
+from slam_jax.training.step import TrainState, accumulate, accumulated_batch_shardings, apply_gradients
 
 
 def sequence_logps(params, batch, graphdef) -> jax.Array:
@@ -41,7 +40,7 @@ def sequence_logps(params, batch, graphdef) -> jax.Array:
     return jnp.sum(token_logps * batch["completion_mask"].reshape(2 * pairs, length - 1), axis=-1).reshape(pairs, 2)
 
 
-def pair_losses(params, batch, reference_params, graphdef, dpo: ConfigDict, num_pairs, chosen_tokens):
+def pair_losses(params, batch, reference_params, graphdef, dpo: DpoSettings, num_pairs, chosen_tokens):
     """A micro-batch's share of the step's objective and its per-pair (losses, chosen rewards, rejected rewards).
 
     The objective is the DPO loss averaged over the step's `num_pairs` pairs plus, when `dpo.rpo_alpha` > 0,
@@ -62,22 +61,46 @@ def pair_losses(params, batch, reference_params, graphdef, dpo: ConfigDict, num_
     return objective, (losses, chosen, rejected)
 
 
-def dpo_step(state: TrainState, batches, learning_rate, reference_params, graphdef, optimizer, dpo: ConfigDict):
-    """One optimiser step over micro-batches [accum, pairs, 2, length]: mean DPO loss over every pair (+ RPO)."""
-    grad_fn = jax.grad(pair_losses, has_aux=True)
+def dpo_step(state: TrainState, batches, learning_rate, reference_params, graphdef, optimizer, dpo: DpoSettings):
+    """One optimiser step over micro-batches [accum, pairs, 2, length]: mean DPO loss over every pair (+ RPO).
+
+    The shared accumulation and update of the pre-training step (training/step.py); the step's pair and
+    chosen-token counts are known before the scan, so each micro-batch's gradient is already its share of the
+    step's mean and the summed gradients need no rescaling.
+    """
     num_pairs = batches["input_ids"].shape[0] * batches["input_ids"].shape[1]
     chosen_tokens = jnp.maximum(jnp.sum(batches["completion_mask"][:, :, 0]), 1).astype(jnp.float32)
 
-    def body(grad_sum, micro):
-        grads, per_pair = grad_fn(state.params, micro, reference_params, graphdef, dpo, num_pairs, chosen_tokens)
-        return jax.tree.map(jnp.add, grad_sum, grads), per_pair
+    def grad_fn(params, micro):
+        grads, per_pair = jax.grad(pair_losses, has_aux=True)(
+            params, micro, reference_params, graphdef, dpo, num_pairs, chosen_tokens
+        )
+        return grads, (), per_pair
 
-    grads, (losses, chosen, rejected) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, state.params), batches)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -learning_rate * u, updates))
+    grads, _, (losses, chosen, rejected) = accumulate(grad_fn, state.params, batches)
+    state, grad_norm = apply_gradients(state, grads, learning_rate, optimizer)
     step_metrics = dpo_metrics(losses.reshape(-1), chosen.reshape(-1), rejected.reshape(-1))
-    step_metrics["grad_norm"] = optax.global_norm(grads)
-    return TrainState(params, opt_state, state.step + 1), step_metrics
+    step_metrics["grad_norm"] = grad_norm
+    return state, step_metrics
+
+
+def jit_dpo_step(graphdef, optimizer, dpo, shardings: TrainState, mesh, trailing_axes: dict[str, int], frozen: bool):
+    """`step(state, batches, lr, reference_params) -> (state, metrics)` compiled like `jit_train_step`.
+
+    `trailing_axes` names the batch's keys and each one's number of axes after the pairs (which split over
+    data x fsdp behind the accumulation axis); `frozen`: reference params are passed, sharded like the policy's.
+    """
+    return jax.jit(
+        parallel.traced_under(mesh, functools.partial(dpo_step, graphdef=graphdef, optimizer=optimizer, dpo=dpo)),
+        in_shardings=(
+            shardings,
+            accumulated_batch_shardings(mesh, trailing_axes),
+            parallel.replicated(mesh),
+            shardings.params if frozen else None,
+        ),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
 
 
 def reference_key(model_dir: Path) -> str:
@@ -87,15 +110,24 @@ def reference_key(model_dir: Path) -> str:
     return hashlib.sha1(stamp.encode()).hexdigest()[:12]
 
 
+@dataclasses.dataclass(frozen=True)
+class DpoJob(PretrainJob):
+    """A whole `dpo` config: the pre-training sections, the objective and (for rows naming audio files) the
+    tokeniser."""
+
+    mode: str = "dpo"
+    dpo: DpoSettings = DpoSettings()
+    tokenize: TokenizeSettings | None = None
+
+
 class DPOTrainer(loop.Trainer):
     """The pre-training loop with preference pairs and the DPO step."""
 
     job = "dpo"
+    settings_class = DpoJob
 
     def setup_task(self) -> None:
-        config = self.config
-        if config.dpo.reference not in REFERENCES:
-            raise ValueError(f"dpo.reference={config.dpo.reference!r} is not one of {REFERENCES}")
+        config = self.settings
         if not config.model.init_from:
             raise ValueError("model.init_from must name the model DPO starts from (a checkpoint or converted model)")
         self.init_dir = storage.resolve_model_dir(config.model.init_from)
@@ -113,25 +145,16 @@ class DPOTrainer(loop.Trainer):
         else:
             reference_logps = self.reference_logps()
         self.source = preference.PairSource(self.store, reference_logps)
-        step = jax.jit(
-            parallel.traced_under(
-                self.mesh,
-                functools.partial(dpo_step, graphdef=self.graphdef, optimizer=self.optimizer, dpo=config.dpo),
-            ),
-            in_shardings=(
-                self.shardings,
-                None,
-                parallel.replicated(self.mesh),
-                None if self.reference_params is None else self.shardings.params,
-            ),
-            out_shardings=(self.shardings, parallel.replicated(self.mesh)),
-            donate_argnums=0,
-        )
+        # The batch's keys and each one's axes after the pairs, as `to_device` shapes them from these items:
+        # [pairs, 2, length] rows, [pairs, 2] precomputed reference log-probs.
+        trailing_axes = {key: np.ndim(value) for key, value in self.source[0].items()}
+        frozen = self.reference_params is not None
+        step = jit_dpo_step(self.graphdef, self.optimizer, config.dpo, self.shardings, self.mesh, trailing_axes, frozen)
         self.train_step = lambda state, batch, lr: step(state, batch, lr, self.reference_params)
 
     def prepare_pairs(self) -> Path:
         """The prepared preference store for `dpo.train_path` (process 0 writes it once)."""
-        spec = self.config.dpo.train_path
+        spec = self.settings.dpo.train_path
         files = [str(path) for path in expand_paths(spec)] if spec else []
         if not files:
             raise ValueError("dpo.train_path names no preference jsonl files")
@@ -139,16 +162,18 @@ class DPOTrainer(loop.Trainer):
         out = self.workdir / "data" / f"preference-{digest}"
         if jax.process_index() == 0 and not (out / preference.MANIFEST).is_file():
             limits = preference.Limits(
-                self.config.dpo.max_prompt_length,
-                self.config.dpo.max_completion_length,
-                self.config.dpo.truncate,
-                self.config.dpo.bad_rows,
-                self.config.dpo.auto_bleu_threshold,
+                self.settings.dpo.max_prompt_length,
+                self.settings.dpo.max_completion_length,
+                self.settings.dpo.truncate,
+                self.settings.dpo.bad_rows,
+                self.settings.dpo.auto_bleu_threshold,
             )
-            if "tokenize" in self.config:  # rows naming audio files: tokenised first (cached in units_cache)
-                cache = self.config.dpo.units_cache or self.workdir / "units_cache"
-                spec = preference_audio.resolve(spec, self.config.tokenize, out.parent, Path(cache), self.config.seed)
-            manifest = preference.prepare(spec, out, self.config.data.num_units, limits, overwrite=True)
+            if self.settings.tokenize is not None:  # rows naming audio files: tokenised first (in units_cache)
+                cache = self.settings.dpo.units_cache or self.workdir / "units_cache"
+                spec = preference_audio.resolve(
+                    spec, self.settings.tokenize, out.parent, Path(cache), self.settings.seed
+                )
+            manifest = preference.prepare(spec, out, self.settings.data.num_units, limits, overwrite=True)
             print(f"[dpo] {manifest['num_pairs']} pairs prepared into {out}; skipped {manifest['skipped']}")
         parallel.barrier("slam_jax: preference pairs prepared")
         return out
@@ -167,7 +192,7 @@ class DPOTrainer(loop.Trainer):
         params = storage.load_params(self.init_dir, self.model_config)
         score = jax.jit(parallel.traced_under(self.mesh, functools.partial(sequence_logps, graphdef=self.graphdef)))
         source = preference.PairSource(self.store)
-        batch_size = max(1, self.config.train.per_device_batch_size)
+        batch_size = max(1, self.settings.train.per_device_batch_size)
         results = []
         for batch in preference.ordered_dataset(source, batch_size):
             results.append(np.asarray(score(params, {key: jnp.asarray(value) for key, value in batch.items()})))
@@ -177,8 +202,8 @@ class DPOTrainer(loop.Trainer):
     def data_iterator(self):
         dataset = preference.train_dataset(
             self.source,
-            self.config.train.grad_accum_steps * self.local_rows,
-            self.config.seed,
+            self.settings.train.grad_accum_steps * self.local_rows,
+            self.settings.seed,
             jax.process_index(),
             jax.process_count(),
         )
@@ -188,6 +213,6 @@ class DPOTrainer(loop.Trainer):
         return None
 
 
-def run(config: ConfigDict, workdir: Path) -> dict:
+def run(config, workdir: Path) -> dict:
     """DPO as configured; returns the final metrics."""
     return loop.run(config, workdir, trainer_class=DPOTrainer)

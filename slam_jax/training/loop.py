@@ -6,7 +6,6 @@ set up (mesh, model, data, optimiser) -> restore the newest checkpoint or initia
 
 import dataclasses
 import math
-import re
 import signal
 import time
 from pathlib import Path
@@ -15,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from slam_jax import parallel
@@ -25,47 +23,32 @@ from slam_jax.models import attention, qwen2, storage
 from slam_jax.models import config as model_config
 from slam_jax.models.config import ModelConfig
 from slam_jax.training import checkpoints, metrics, optimizer
+from slam_jax.training.settings import ModelSettings, PretrainJob, TrainSettings
 from slam_jax.training.step import TrainState, init_state, jit_eval_step, jit_train_step, train_state_shardings
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
-_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
-
-def parse_duration(text: str) -> float:
-    """Seconds in '23h30m', '90m', '1d2h', '45s' or a plain number of seconds; '' -> 0."""
-    text = str(text).strip().lower()
-    if not text:
-        return 0.0
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = _DURATION.findall(text)
-    if not parts or _DURATION.sub("", text).strip():
-        raise ValueError(f"train.time_budget={text!r}: use e.g. '23h30m', '90m' or seconds")
-    return sum(float(value) * _SECONDS[unit] for value, unit in parts)
-
-
-def build_model_config(config: ConfigDict) -> ModelConfig:
+def build_model_config(model: ModelSettings, context_length: int, num_units: int) -> ModelConfig:
     """The preset (or the `init_from` model's architecture) with the run's execution settings."""
     execution = dict(
-        compute_dtype=config.model.compute_dtype,
-        scan_layers=config.model.scan_layers,
-        remat_policy=config.model.remat_policy,
-        attention=config.model.get("attention", "auto"),
+        compute_dtype=model.compute_dtype,
+        scan_layers=model.scan_layers,
+        remat_policy=model.remat_policy,
+        attention=model.attention,
     )
-    if config.model.init_from:
-        base = storage.load_config(storage.resolve_model_dir(config.model.init_from))
+    if model.init_from:
+        base = storage.load_config(storage.resolve_model_dir(model.init_from))
         return base.replace(**execution)
-    overrides = dict(execution, max_position_embeddings=max(config.data.context_length, 1))
-    if config.model.preset in model_config.SPEECH_PRESETS:
-        overrides["num_units"] = config.data.num_units
-    return model_config.from_preset(config.model.preset, **overrides)
+    overrides = dict(execution, max_position_embeddings=max(context_length, 1))
+    if model.preset in model_config.SPEECH_PRESETS:
+        overrides["num_units"] = num_units
+    return model_config.from_preset(model.preset, **overrides)
 
 
 @dataclasses.dataclass
 class Schedule:
     """The learning-rate schedule; `total_steps` may be fixed late (time budget) and is checkpointed."""
 
-    train: ConfigDict
+    train: TrainSettings
     total_steps: int
 
     def warmup(self) -> int:
@@ -141,18 +124,22 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def resolve_stores(config: ConfigDict, workdir: Path) -> tuple[list[str], list[str]]:
+def resolve_stores(job: PretrainJob, workdir: Path) -> tuple[list[str], list[str]]:
     """Process 0 prepares raw inputs while the others wait; then every process opens the same stores."""
     if jax.process_index() == 0:
-        stores.resolve(config.data, workdir, config.seed)
+        stores.resolve(job.data, workdir, job.seed)
     parallel.barrier("slam_jax: unit stores prepared")
-    return stores.resolve(config.data, workdir, config.seed)
+    return stores.resolve(job.data, workdir, job.seed)
 
 
-def run(config: ConfigDict, workdir: Path, trainer_class: type["Trainer"] | None = None) -> dict:
-    """Train as configured (pre-training, or the task of `trainer_class`); returns the final metrics."""
+def run(config, workdir: Path, trainer_class: type["Trainer"] | None = None) -> dict:
+    """Train as configured (pre-training, or the task of `trainer_class`); returns the final metrics.
+
+    `config` (a ConfigDict or mapping) becomes the trainer's typed settings here, before any device work."""
+    trainer_class = trainer_class or Trainer
+    job = trainer_class.settings_class.from_config(config, "config")
     parallel.maybe_initialize()
-    trainer = (trainer_class or Trainer)(config, Path(workdir))
+    trainer = trainer_class(job, Path(workdir))
     try:
         return trainer.fit()
     finally:
@@ -163,13 +150,14 @@ class Trainer:
     """State and helpers of one pre-training run (see `fit`)."""
 
     job = "pretrain"  # the name progress messages carry
+    settings_class = PretrainJob
 
-    def __init__(self, config: ConfigDict, workdir: Path):
-        self.config, self.workdir = config, workdir
+    def __init__(self, settings: PretrainJob, workdir: Path):
+        self.settings, self.workdir = settings, workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-        self.model_config = build_model_config(config)
-        self.optimizer = optimizer.build(config.train)
+        self.mesh = parallel.make_mesh(settings.mesh.data, settings.mesh.fsdp, settings.mesh.tensor)
+        self.model_config = build_model_config(settings.model, settings.data.context_length, settings.data.num_units)
+        self.optimizer = optimizer.build(settings.train)
         abstract_model = qwen2.abstract_model(self.model_config)
         self.graphdef = nnx.graphdef(abstract_model)
         abstract_params = nnx.state(abstract_model, nnx.Param).to_pure_dict()
@@ -179,32 +167,32 @@ class Trainer:
             lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, self.shardings
         )
         batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        self.global_rows = config.train.per_device_batch_size * batch_devices
+        self.global_rows = settings.train.per_device_batch_size * batch_devices
         if self.global_rows % jax.process_count():
             raise ValueError(f"{self.global_rows} rows per micro-batch do not split over {jax.process_count()} hosts")
         self.local_rows = self.global_rows // jax.process_count()
         self.setup_task()
         self.checkpointer = checkpoints.Checkpointer(
             workdir / "checkpoints",
-            config.checkpoint.every_steps,
-            config.checkpoint.every_minutes,
-            config.checkpoint.keep,
-            config.checkpoint.keep_period,
+            settings.checkpoint.every_steps,
+            settings.checkpoint.every_minutes,
+            settings.checkpoint.keep,
+            settings.checkpoint.keep_period,
         )
         self.writer = metrics.MetricsWriter(
             workdir,
             enabled=jax.process_index() == 0,
-            tensorboard=config.log.tensorboard,
-            wandb_project=config.log.wandb_project,
+            tensorboard=settings.log.tensorboard,
+            wandb_project=settings.log.wandb_project,
         )
         self._validation: dict[int, float | None] = {}
-        self.peak_flops = metrics.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
+        self.peak_flops = metrics.peak_flops_per_device(settings.train.peak_flops_per_device) * jax.device_count()
 
     def setup_task(self) -> None:
         """Pre-training: unit stores, the packed-row step and its token accounting."""
-        self.train_stores, self.valid_stores = resolve_stores(self.config, self.workdir)
-        self.context_length = self.config.data.context_length
-        self.tokens_per_step = self.global_rows * self.config.train.grad_accum_steps * self.context_length
+        self.train_stores, self.valid_stores = resolve_stores(self.settings, self.workdir)
+        self.context_length = self.settings.data.context_length
+        self.tokens_per_step = self.global_rows * self.settings.train.grad_accum_steps * self.context_length
         self.flops_per_token = metrics.flops_per_token(self.model_config, self.context_length)
         self.train_step = jit_train_step(self.graphdef, self.optimizer, self.shardings, self.mesh)
         self.eval_step = jit_eval_step(self.graphdef, self.shardings.params, self.mesh)
@@ -214,14 +202,13 @@ class Trainer:
         self.writer.close()
 
     def data_iterator(self):
-        weights = [float(w) for w in str(self.config.data.weights).split(",") if w.strip()] or None
         dataset = pipeline.train_dataset(
             self.train_stores,
-            weights,
+            self.settings.data.mixture_weights(),
             self.context_length,
-            rows_per_batch=self.config.train.grad_accum_steps * self.local_rows,
-            seed=self.config.seed,
-            packing=self.config.data.packing,
+            rows_per_batch=self.settings.train.grad_accum_steps * self.local_rows,
+            seed=self.settings.seed,
+            packing=self.settings.data.packing,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
@@ -229,7 +216,7 @@ class Trainer:
 
     def to_device(self, local: dict[str, np.ndarray], accumulation: bool = True) -> dict[str, jax.Array]:
         """Process-local rows -> global arrays sharded over data x fsdp (with a leading accumulation axis)."""
-        leading = (self.config.train.grad_accum_steps,) if accumulation else ()
+        leading = (self.settings.train.grad_accum_steps,) if accumulation else ()
         arrays = {}
         for key, value in local.items():
             rest = value.shape[1:]
@@ -241,10 +228,10 @@ class Trainer:
 
     def initial_state(self) -> TrainState:
         """Parameters from `model.init_from` or a seeded random init, placed with their shardings."""
-        if self.config.model.init_from:
-            params = storage.load_params(storage.resolve_model_dir(self.config.model.init_from), self.model_config)
+        if self.settings.model.init_from:
+            params = storage.load_params(storage.resolve_model_dir(self.settings.model.init_from), self.model_config)
         else:
-            params = qwen2.get_params(qwen2.init_model(self.model_config, seed=self.config.seed))
+            params = qwen2.get_params(qwen2.init_model(self.model_config, seed=self.settings.seed))
         params = jax.device_put(params, self.shardings.params)
         return jax.jit(lambda p: init_state(p, self.optimizer), out_shardings=self.shardings)(params)
 
@@ -256,23 +243,21 @@ class Trainer:
             self.valid_stores,
             self.context_length,
             self.local_rows,
-            self.config.data.packing,
+            self.settings.data.packing,
             jax.process_index(),
             jax.process_count(),
         )
         total, count = 0.0, 0.0
         for index, batch in enumerate(dataset):
-            if self.config.train.eval_batches and index >= self.config.train.eval_batches:
+            if self.settings.train.eval_batches and index >= self.settings.train.eval_batches:
                 break
             loss_sum, tokens = self.eval_step(params, self.to_device(batch, accumulation=False))
             total, count = total + float(loss_sum), count + float(tokens)
         return total / count if count else None
 
     def fit(self) -> dict:
-        train = self.config.train
-        budget = parse_duration(train.time_budget)
-        if not train.max_steps and not budget:
-            raise ValueError("set train.max_steps and/or train.time_budget")
+        train = self.settings.train
+        budget = train.budget_seconds
         iterator = self.data_iterator()
         self.say(
             f"attention kernel: {attention.resolve(self.model_config.attention)} "
@@ -360,7 +345,7 @@ class Trainer:
     def warmup_only(self, step: int) -> float:
         """lr while a time-budget run is still measuring its speed (always inside the warmup)."""
         return optimizer.learning_rate(
-            step, "constant", self.config.train.learning_rate, self.config.train.warmup_steps, 0
+            step, "constant", self.settings.train.learning_rate, self.settings.train.warmup_steps, 0
         )
 
     def say(self, message: str) -> None:
@@ -373,7 +358,7 @@ class Trainer:
             "tokens_seen": self._tokens_seen,
             "elapsed_seconds": clock.elapsed(),
             "total_steps": int(schedule.total_steps),
-            "seed": int(self.config.seed),
+            "seed": int(self.settings.seed),
         }
 
     def record(self, pending, progress) -> dict:
@@ -400,7 +385,7 @@ class Trainer:
             "tokens_seen": self._tokens_seen,
             **{key: value for key, value in values.items() if key not in ("loss", "grad_norm", "tokens")},
         }
-        if step % self.config.log.every_steps == 0 or step == 1:
+        if step % self.settings.log.every_steps == 0 or step == 1:
             self.writer.write(step, row)
             self._window_start, self._window_tokens = now, 0
         progress.update(step - progress.n)

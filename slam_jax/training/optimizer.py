@@ -8,9 +8,8 @@ recompilation and resumes exactly.
 import math
 
 import optax
-from ml_collections import ConfigDict
 
-SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+from slam_jax.training.settings import SCHEDULES, TrainSettings
 
 
 def warmup_steps(total_steps: int, warmup: int, warmup_fraction: float) -> int:
@@ -38,19 +37,13 @@ def learning_rate(step: int, schedule: str, peak: float, warmup: int, total_step
     return min_lr + (peak - min_lr) * cosine
 
 
-MU_DTYPES = ("float32", "bfloat16")
-
-
-def build(train: ConfigDict) -> optax.GradientTransformation:
+def build(train: TrainSettings) -> optax.GradientTransformation:
     """clip_by_global_norm -> Adam moments -> decoupled weight decay; the step scales by -lr.
 
-    `train.mu_dtype` (optional, default float32): the first moment's dtype; bfloat16 halves its memory and
-    traffic (the second moment stays float32)."""
-    mu_dtype = train.get("mu_dtype", "float32")
-    if mu_dtype not in MU_DTYPES:
-        raise ValueError(f"train.mu_dtype={mu_dtype!r} is not one of {MU_DTYPES}")
+    `train.mu_dtype` is the first moment's dtype: bfloat16 halves its memory and traffic (the second moment
+    stays float32)."""
     return optax.chain(
         optax.clip_by_global_norm(train.grad_clip),
-        optax.scale_by_adam(b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps, mu_dtype=mu_dtype),
+        optax.scale_by_adam(b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps, mu_dtype=train.mu_dtype),
         optax.add_decayed_weights(train.weight_decay),
     )

@@ -1,7 +1,9 @@
 """The pre-training step: token-mean cross-entropy over the whole accumulated batch, then one AdamW update.
 
 Pure functions over a `TrainState`; `jit_train_step` compiles them with explicit in/out shardings and
-donates the old state, so parameters and optimiser state are updated in place.
+donates the old state, so parameters and optimiser state are updated in place. The gradient accumulation
+(`accumulate`) and the optimiser update (`apply_gradients`) are shared with the DPO step (training/dpo.py):
+a step is a per-micro-batch gradient function composed with those two.
 """
 
 import functools
@@ -46,18 +48,47 @@ def loss_sums(params, batch, graphdef) -> tuple[jax.Array, jax.Array]:
     return cross_entropy_sums(logits, batch)
 
 
-def accumulated_gradients(params, batches, graphdef):
-    """Gradient of the token-mean loss over all micro-batches (`batches` leaves: [accum, rows, length])."""
-    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+def accumulate(grad_fn, params, batches, sums=()):
+    """`grad_fn(params, micro) -> (grads, micro_sums, per_micro)` over the leading (accumulation) axis of `batches`.
+
+    Returns the gradients summed over the micro-batches, `micro_sums` summed onto `sums` (zeros shaped like
+    `micro_sums`), and `per_micro` stacked along a leading axis. A `lax.scan` keeps one micro-batch's
+    activations alive at a time and adds in micro-batch order, so k micro-batches sum like their concatenation.
+    """
 
     def body(carry, micro):
-        grad_sum, loss_sum, count = carry
-        (micro_loss, micro_count), grads = grad_fn(params, micro, graphdef)
-        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-        return (grad_sum, loss_sum + micro_loss, count + micro_count), None
+        grads, micro_sums, per_micro = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, carry, (grads, micro_sums)), per_micro
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grad_sum, loss_sum, count), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), batches)
+    (grad_sum, sums), stacked = jax.lax.scan(body, (zeros, sums), batches)
+    return grad_sum, sums, stacked
+
+
+def apply_gradients(state: TrainState, grads, learning_rate, optimizer) -> tuple[TrainState, jax.Array]:
+    """One optimiser update with `grads` at `learning_rate`; returns the new state and the gradients' global norm.
+
+    The optimiser is built without a learning rate (training/optimizer.py) so that the schedule's value can be
+    passed per step as an array: changing it does not recompile.
+    """
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda update: -learning_rate * update, updates)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, opt_state, state.step + 1), optax.global_norm(grads)
+
+
+def micro_gradients(params, micro, graphdef):
+    """A micro-batch's gradient of its summed NLL, with (NLL sum, target count) to sum over the step."""
+    (loss_sum, count), grads = jax.value_and_grad(loss_sums, has_aux=True)(params, micro, graphdef)
+    return grads, (loss_sum, count), None
+
+
+def accumulated_gradients(params, batches, graphdef):
+    """Gradient of the token-mean loss over all micro-batches (`batches` leaves: [accum, rows, length])."""
+    grad_fn = functools.partial(micro_gradients, graphdef=graphdef)
+    grad_sum, (loss_sum, count), _ = accumulate(grad_fn, params, batches, (jnp.zeros(()), jnp.zeros(())))
+    # Dividing the summed gradient once by the step's target count makes the loss a mean over every token
+    # of the step, not a mean of micro-batch means.
     denominator = jnp.maximum(count, 1.0)
     return jax.tree.map(lambda g: g / denominator, grad_sum), loss_sum / denominator, count
 
@@ -65,11 +96,8 @@ def accumulated_gradients(params, batches, graphdef):
 def train_step(state: TrainState, batches, learning_rate, graphdef, optimizer):
     """One optimiser step over `batches` ([accum, rows, length]); returns the new state and metrics."""
     grads, loss, count = accumulated_gradients(state.params, batches, graphdef)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda update: -learning_rate * update, updates)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": count}
-    return TrainState(params, opt_state, state.step + 1), metrics
+    state, grad_norm = apply_gradients(state, grads, learning_rate, optimizer)
+    return state, {"loss": loss, "grad_norm": grad_norm, "tokens": count}
 
 
 def eval_step(params, batch, graphdef) -> tuple[jax.Array, jax.Array]:
@@ -80,6 +108,13 @@ def train_state_shardings(abstract_state: TrainState, mesh) -> TrainState:
     params = parallel.param_shardings(abstract_state.params, mesh)
     opt_state = parallel.param_like_shardings(abstract_state.opt_state, abstract_state.params, mesh)
     return TrainState(params, opt_state, parallel.replicated(mesh))
+
+
+def accumulated_batch_shardings(mesh, trailing_axes: dict[str, int]) -> dict:
+    """Shardings of a dict batch [accum, rows, ...]: rows over data x fsdp, `trailing_axes[key]` axes after them."""
+    return {
+        key: parallel.batch_sharding(mesh, leading_axes=1, trailing_axes=axes) for key, axes in trailing_axes.items()
+    }
 
 
 def jit_train_step(graphdef, optimizer, shardings: TrainState, mesh):
