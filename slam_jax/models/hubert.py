@@ -342,7 +342,7 @@ class Hubert(nnx.Module):
         self.feature_projection = FeatureProjection(config, rngs=rngs)
         self.pos_conv_embed = PositionalConv(config, rngs=rngs)
         self.layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.layers = _stacked_layers(config, rngs)
+        self.layers = weights.stacked_layers(EncoderLayer, config, config.num_layers, rngs)
 
     def __call__(self, waveforms: jax.Array, lengths: jax.Array | None = None, layer: int | None = None):
         """`hidden_states[layer]` (default: the last) [batch, frames, hidden] and the valid-frame mask.
@@ -437,17 +437,6 @@ class Hubert(nnx.Module):
             x, layer_input = body(x, jax.tree.map(lambda leaf, i=index: leaf[i], state))
             inputs.append(layer_input)
         return x, (jnp.stack(inputs) if keep_all and inputs else None)
-
-
-def _stacked_layers(config: HubertConfig, rngs: nnx.Rngs) -> EncoderLayer:
-    """`num_layers` encoder layers whose weights share one leading layer axis."""
-
-    @nnx.split_rngs(splits=config.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def create(layer_rngs: nnx.Rngs) -> EncoderLayer:
-        return EncoderLayer(config, rngs=layer_rngs)
-
-    return create(rngs)
 
 
 FAMILY = weights.Family(Hubert, HubertConfig, CONFIG_FILE, noun="encoder")

@@ -162,7 +162,7 @@ class Qwen2(nnx.Module):
         dtype = _dtype(config.compute_dtype)
         init = jax.nn.initializers.normal(_INIT_STD)
         self.embed_tokens = nnx.Param(init(rngs.params(), (config.vocab_size, config.hidden_size), jnp.float32))
-        self.layers = _stacked_layers(config, rngs)
+        self.layers = weights.stacked_layers(DecoderLayer, config, config.num_layers, rngs)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.lm_head = (
             None
@@ -273,17 +273,6 @@ class Qwen2(nnx.Module):
             outputs.append(output)
         caches, per_layer = jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
         return x, caches, per_layer
-
-
-def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
-    """`num_layers` decoder layers whose weights share one leading layer axis."""
-
-    @nnx.split_rngs(splits=config.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def create(layer_rngs: nnx.Rngs) -> DecoderLayer:
-        return DecoderLayer(config, rngs=layer_rngs)
-
-    return create(rngs)
 
 
 FAMILY = weights.Family(Qwen2, ModelConfig, config_file="model_config.json", config_item="model_config")

@@ -60,6 +60,17 @@ def count_params(family: Family, config: Settings) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(param_shapes(family, config)))
 
 
+def stacked_layers(layer: type, config: Settings, count: int, rngs: nnx.Rngs) -> nnx.Module:
+    """`count` layers `layer(config, rngs=...)` whose weights share one leading layer axis (for `lax.scan`)."""
+
+    @nnx.split_rngs(splits=count)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(layer_rngs: nnx.Rngs) -> nnx.Module:
+        return layer(config, rngs=layer_rngs)
+
+    return create(rngs)
+
+
 def get_params(model: nnx.Module) -> dict[str, Any]:
     """The parameters as a nested dict of arrays (the layout of conversion, checkpoints and model folders)."""
     return nnx.state(model, nnx.Param).to_pure_dict()
