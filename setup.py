@@ -32,8 +32,17 @@ setup(
     ],
     extras_require={
         # the tests also compile the train step for a TPU (libtpu) and a GPU (the CUDA plugin and ptxas, no
-        # CUDA runtime: enough to build Triton kernels) that this machine does not have (benchmarks.compile)
-        "test": ["pytest", "torch==2.13.0", "ruff", "scikit-learn", "jax[tpu,cuda12-local]", "nvidia-cuda-nvcc-cu12"],
+        # CUDA runtime: enough to build Triton kernels) that this machine does not have (benchmarks.compile);
+        # hifi-gan: the original HiFi-GAN generator (PyTorch, no dependencies), the vocoder's reference
+        "test": [
+            "pytest",
+            "torch==2.13.0",
+            "ruff",
+            "scikit-learn",
+            "jax[tpu,cuda12-local]",
+            "nvidia-cuda-nvcc-cu12",
+            "hifi-gan",
+        ],
         "tpu": ["jax[tpu]"],  # run on TPUs, or compile for them anywhere (benchmarks.compile --target tpu-*)
         "cuda": ["jax[cuda12]"],  # run on NVIDIA GPUs, or compile for them (cuDNN included) anywhere
         "notebook": ["jupyter"],

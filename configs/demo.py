@@ -11,7 +11,8 @@ Stages (each in W/<stage>/, skipped on a re-run once done; see `slam_jax.pipelin
   eval_pretrain the three pair metrics after pre-training
   dpo           DPO on the preference pairs (Table 5, scaled)
   eval_dpo      the pair metrics after DPO
-  report        W/report.md: metrics table, training and timing summaries, PNG plots, commands
+  speak         continuations of held-out stories by the DPO model, as wav files (the MFCC tokeniser's inverse)
+  report        W/report.md: metrics table, training and timing summaries, PNG plots, links to the audio, commands
 Real data and models go through the same stages: see configs/slam_pipeline.py, configs/stinystories.py,
 configs/spokenswag.py, configs/tokenize.py and configs/eval.py.
 """
@@ -19,6 +20,7 @@ configs/spokenswag.py, configs/tokenize.py and configs/eval.py.
 from ml_collections import ConfigDict
 
 from configs import eval as eval_config
+from configs import generate as generate_config
 from configs import slam, slam_dpo, spokenswag, stinystories, tokenize_mfcc
 
 SEED = 0
@@ -26,6 +28,8 @@ NUM_UNITS = 100  # MFCC k-means units (paper: 500 HuBERT units)
 METRICS = "tstorycloze,sblimp,swuggy"
 BENCHMARKS = ",".join(f"{{workdir}}/benchmarks/audio/{name}" for name in METRICS.split(","))
 CENTROIDS = "{workdir}/stories/units/centroids.npy"  # fitted by the stories stage, used by every later one
+TOKENIZER = "{workdir}/stories/units"  # the stories stage's tokeniser folder: its inverse speaks the units
+STORY_PROMPTS = "{workdir}/benchmarks/audio/tstorycloze/*_correct.wav"  # held-out stories, each once
 # One espeak voice at three speaking rates and pitches: MFCC units are speaker-dependent, so a 0.8M model trained
 # for minutes learns much less from four different voices (tStoryCloze-like 0.55 instead of 0.95 in our runs).
 VOICES = "en-us:175:50,en-us:150:40,en-us:200:60"
@@ -130,6 +134,22 @@ def eval_stage(model: str) -> ConfigDict:
     return config
 
 
+def speak_stage() -> ConfigDict:
+    """A few held-out stories continued by the DPO model and spoken by the stories tokeniser's inverse."""
+    config = generate_config.get_config()
+    config.seed = SEED
+    config.generate.model = "{workdir}/dpo"
+    config.generate.data_path = STORY_PROMPTS
+    config.generate.num_prompts = 4
+    config.generate.max_new_tokens = 75  # about as many units as the 3 s prompt holds (~65): ~3 s of speech
+    config.generate.vocoder = TOKENIZER  # MFCC frames back to audio, each unit for its mean duration in the stories
+    config.generate.units_cache = "{workdir}/units_cache"
+    config.generate.progress = False
+    config.tokenize = tokenizer()
+    config.tokenize.kmeans_path = CENTROIDS
+    return config
+
+
 def report_stage() -> ConfigDict:
     config = ConfigDict()
     config.mode = "report"
@@ -140,6 +160,7 @@ def report_stage() -> ConfigDict:
     config.report.pretrain = "{workdir}/pretrain"
     config.report.dpo = "{workdir}/dpo"
     config.report.pipeline_dir = "{workdir}"
+    config.report.listen = "{workdir}/speak/generate"
     config.report.out_path = "{workdir}/report.md"
     config.report.commands = "\n".join(
         [
@@ -150,11 +171,18 @@ def report_stage() -> ConfigDict:
             f" --config.eval.data_path={BENCHMARKS} --config.eval.model={{workdir}}/dpo"
             f" --config.tokenize.encoder_path=mfcc --config.tokenize.kmeans_path={CENTROIDS}"
             " --workdir {workdir}/eval_again",
-            "# continuations of the held-out stories",
+            "# continuations of the held-out stories, as units and as audio",
             "python -m slam_jax.main --config configs/generate.py --config.generate.model={workdir}/dpo"
-            " --config.generate.data_path={workdir}/benchmarks/audio/tstorycloze --config.generate.num_prompts=16"
+            f" --config.generate.data_path='{STORY_PROMPTS}' --config.generate.num_prompts=16"
+            f" --config.generate.vocoder={TOKENIZER}"
             f" --config.tokenize.encoder_path=mfcc --config.tokenize.kmeans_path={CENTROIDS}"
             " --workdir {workdir}/generate",
+            "# the held-out stories through the tokeniser and back: what the units keep",
+            "python -m slam_jax.main --config configs/resynthesize.py"
+            f" --config.resynthesize.data_path='{STORY_PROMPTS}' --config.resynthesize.num_files=4"
+            f" --config.resynthesize.vocoder={TOKENIZER}"
+            f" --config.tokenize.encoder_path=mfcc --config.tokenize.kmeans_path={CENTROIDS}"
+            " --workdir {workdir}/resynthesize",
             "# the DPO model as a Hugging Face Qwen2 checkpoint",
             "python -m conversion.flax_to_hf --checkpoint {workdir}/dpo --out {workdir}/export_hf --format hf",
         ]
@@ -167,7 +195,7 @@ def get_config() -> ConfigDict:
     config.mode = "pipeline"
     config.seed = SEED
     config.pipeline = ConfigDict()
-    config.pipeline.stages = "text,stories,spokenswag,benchmarks,pretrain,eval_pretrain,dpo,eval_dpo,report"
+    config.pipeline.stages = "text,stories,spokenswag,benchmarks,pretrain,eval_pretrain,dpo,eval_dpo,speak,report"
     config.text = text_stage()
     config.stories = synth_stage(stinystories, "stinystories", "stories.jsonl", "{workdir}/stories", "")
     config.spokenswag = synth_stage(spokenswag, "spokenswag", "swag.jsonl", "{workdir}/spokenswag", CENTROIDS)
@@ -176,5 +204,6 @@ def get_config() -> ConfigDict:
     config.eval_pretrain = eval_stage("{workdir}/pretrain")
     config.dpo = dpo_stage()
     config.eval_dpo = eval_stage("{workdir}/dpo")
+    config.speak = speak_stage()
     config.report = report_stage()
     return config

@@ -3,7 +3,10 @@
     python -m slam_jax.main --config configs/generate.py --config.generate.data_path=AUDIO_OR_JSONL \\
         --config.generate.model=PATH [--workdir W]
 
-Writes WORKDIR/generate/generations.jsonl (prompt and generated units per prompt, Auto-BLEU) and summary.json.
+Writes WORKDIR/generate/generations.jsonl (prompt and generated units per prompt, Auto-BLEU) and summary.json;
+with `generate.vocoder` (a vocoder folder from conversion.vocoder_to_flax, an MFCC tokeniser's output folder, or
+its centroids .npy read with the tokenize.mfcc keys), also each prompt + continuation and continuation alone as
+wav files in WORKDIR/generate/audio/, named in generations.jsonl.
 Audio prompts go through the tokeniser below (the `tokenize` keys of configs/tokenize.py), cached.
 Paper (Slam, 1 GPU day): GenPPL 62.8, Auto-BLEU 3.88 (on ASR transcripts; here on units).
 """
@@ -34,6 +37,8 @@ def get_config() -> ConfigDict:
     config.generate.auto_bleu_n = 2  # n-gram size of Auto-BLEU (paper: 2)
     config.generate.units_cache = ""  # folder of cached audio units ('' = WORKDIR/units_cache)
     config.generate.progress = True  # tqdm bar over decode batches
+    config.generate.vocoder = ""  # vocoder dir, MFCC tokeniser dir or centroids .npy: wavs in generate/audio/
+    config.generate.predict_durations = True  # the vocoder decides each unit's length (units are deduplicated)
 
     config.tokenize = tokenize.get_config().tokenize  # audio -> units: same keys and defaults as configs/tokenize.py
     del config.tokenize.data_path  # set from generate.data_path

@@ -38,12 +38,12 @@ def get_config() -> ConfigDict:
 
     config.data = ConfigDict()
     config.data.train_path = ""  # stores, prepared folders, raw unit jsonl/parquet or 'synthetic'; comma list
-    config.data.valid_path = ""  # held-out stores ('' = the valid splits of train_path)
+    config.data.valid_path = ""  # validation stores ('' = train_path's held-out splits; set: none held out, slamkit)
     config.data.weights = ""  # mixture weights per train_path entry ('' = by size, as the paper)
     config.data.num_units = 500  # speech units (vocab = num_units + 2)
     config.data.context_length = 1024  # tokens per row (paper: 1024)
     config.data.packing = True  # pack chunks into rows (segment ids); False = one padded chunk per row
-    config.data.valid_fraction = 0.01  # held-out share when preparing raw files (paper: ~1%)
+    config.data.valid_fraction = 0.01  # held-out share of raw train_path files without valid_path (paper: ~1%)
     config.data.synthetic_files = 20_000  # files of the 'synthetic' grammar corpus
 
     config.mesh = ConfigDict()
@@ -71,6 +71,9 @@ def get_config() -> ConfigDict:
     config.train.eval_every = 1000  # steps between validation losses (paper: 1000)
     config.train.eval_batches = 100  # validation batches per evaluation (0 = the whole split)
     config.train.peak_flops_per_device = 0.0  # for MFU; 0 = vendor figure, or a matmul measured on CPU
+    config.train.stall_steps = 20  # steps in a row of grad norm exactly 0 before a warning (0 = off; not in the paper)
+    # run-manifest keys (WORKDIR/run_manifest.json) a resume may change, comma-separated, e.g. 'seed' ('' = none)
+    config.train.allow_changed = ""
 
     config.checkpoint = ConfigDict()
     config.checkpoint.every_steps = 1000  # save period in steps

@@ -1,4 +1,5 @@
-"""What every conversion command shares: refusing a non-empty output before the slow read, and the ending.
+"""What every conversion command shares: refusing an output that would replace its input or a non-empty one
+before the slow read, notes on what was assumed, and the ending.
 
 A command ends with one line: `wrote OUT<summary> in S s` on success, or `error: ...` on stderr with exit
 status 1 and no traceback for anything a user can fix (a missing or corrupt file, a mismatched shape, an
@@ -7,19 +8,27 @@ existing output).
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from conversion.safetensors_io import CheckpointError
+from slam_jax.files import refuse_overlap
 
 ERRORS = (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError)
 
 
-def refuse_non_empty(out: str | Path, overwrite: bool) -> None:
-    """Raise `FileExistsError` for a non-empty `out` unless `overwrite`: the atomic write would refuse it anyway,
-    but only after the slow read of the checkpoint."""
+def refuse_non_empty(out: str | Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse, before the slow read of the checkpoint, an `out` that the atomic write must not replace: one that
+    is, lies inside or contains one of `inputs` (always, a `ValueError`), or a non-empty one unless `overwrite`
+    (a `FileExistsError`)."""
+    refuse_overlap(out, inputs)
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+
+
+def note(message: str) -> None:
+    """Tell the user, on stderr, what a command assumed for something its input does not say."""
+    print(f"note: {message}", file=sys.stderr)
 
 
 def finish(convert: Callable[[], Path], summary: Callable[[Path], str], timed: bool = True) -> int:

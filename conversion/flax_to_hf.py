@@ -4,7 +4,9 @@
 
 `--format hf` loads with `transformers.Qwen2ForCausalLM.from_pretrained`; `--format slamkit` is the
 reference's speech-LM layout (`model_type` speech_language_model, nested `base_config`, weights under
-`lm.`), which `python -m conversion.hf_to_flax` also imports back. Written atomically.
+`lm.`), which `python -m conversion.hf_to_flax` also imports back; it names the text model the import recorded
+(`base_model_name`, `base_config`), or assumes the recipe's with a note. Written atomically, never over, inside
+or around the checkpoint it reads.
 """
 
 import argparse
@@ -39,18 +41,37 @@ def export(
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not one of {EXPORT_DTYPES}")
     source = storage.resolve_model_dir(checkpoint)
+    inputs = [checkpoint, source]
+    command.refuse_non_empty(out, overwrite, inputs)
     config = storage.load_config(source)
-    params = jax.tree.map(np.asarray, storage.load_params(source, config))
-    token_ids = storage.load_provenance(source).get("token_ids")
+    provenance = storage.load_provenance(source)
     if format == "hf":
-        hf_config, prefix = qwen2_hf.hf_config_from_model(config, dtype, token_ids), ""
+        hf_config, prefix = qwen2_hf.hf_config_from_model(config, dtype, provenance.get("token_ids")), ""
     else:
-        hf_config, prefix = qwen2_hf.slamkit_config_from_model(config, dtype), qwen2_hf.SLAMKIT_PREFIX
+        base_model_name = slamkit_base_model_name(source, provenance)
+        hf_config = qwen2_hf.slamkit_config_from_model(config, base_model_name, provenance.get("base_config"), dtype)
+        prefix = qwen2_hf.SLAMKIT_PREFIX
+    params = jax.tree.map(np.asarray, storage.load_params(source, config))
     tensors = qwen2_hf.hf_tensors_from_params(params, config, jnp.dtype(dtype), prefix=prefix)
-    with atomic_dir(out, overwrite) as staging:
+    with atomic_dir(out, overwrite, inputs) as staging:
         save_checkpoint(tensors, staging, max_shard_bytes=max_shard_bytes)
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return Path(out).absolute()
+
+
+def slamkit_base_model_name(source: Path, provenance: dict) -> str:
+    """The `base_model_name` a slamkit export names: the one the import recorded, else the Slam recipe's base,
+    with a note whenever it is an assumption (slamkit's loader reads that model's config)."""
+    name = provenance.get("base_model_name")
+    if name is None:
+        command.note(
+            f"{source} records no base model (a training checkpoint, or converted without one); base_model_name "
+            f"assumed {qwen2_hf.SLAM_BASE_MODEL}, the Slam recipe's base, and base_config is the model's own config"
+        )
+        return qwen2_hf.SLAM_BASE_MODEL
+    if "base_model_name" in provenance.get("assumed", []):
+        command.note(f"{source}: base_model_name {name} was assumed when the model was imported")
+    return name
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -3,9 +3,10 @@
     python -m conversion.hf_to_flax --model DIR_OR_HUB_ID --out DIR [--twist] [--num_units 500] [--rope_theta 10000]
 
 Reads safetensors with numpy (no torch), checks every tensor's shape against config.json, and writes
-`model_config.json` + Orbax `params/` atomically. `--twist` builds the Slam speech LM the reference's way:
-the vocabulary becomes `num_units + 2` rows taken from the start of the text embedding (what
-`resize_token_embeddings` keeps), the head is tied, rope_theta and the context length are overridden.
+`model_config.json` + Orbax `params/` + `provenance.json` (the source and its text model) atomically. `--twist`
+builds the Slam speech LM the reference's way: the vocabulary becomes `num_units + 2` rows taken from the start
+of the text embedding (what `resize_token_embeddings` keeps), the head is tied, rope_theta and the context length
+are overridden. A slamkit checkpoint's vocabulary is its top-level `vocab_size`.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import numpy as np
 from conversion import command, qwen2_hf
 from conversion.safetensors_io import CheckpointError, CheckpointReader
 from slam_jax import tokens
+from slam_jax.files import refuse_overlap
 from slam_jax.models import storage
 from slam_jax.models.config import ModelConfig
 
@@ -47,12 +49,30 @@ def resolve_source(model: str) -> Path:
 def read_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, Any], dict]:
     """Model config, float32 parameters and the HF config dict of an HF or slamkit checkpoint folder."""
     hf_config = qwen2_hf.read_config_json(folder)
-    base_config, is_slamkit = qwen2_hf.split_slamkit(hf_config)
-    config = qwen2_hf.model_config_from_hf(base_config, source=str(folder / "config.json"))
+    weights_config, is_slamkit = qwen2_hf.split_slamkit(hf_config, source=str(folder / "config.json"))
+    config = qwen2_hf.model_config_from_hf(weights_config, source=str(folder / "config.json"))
     reader = CheckpointReader(folder)
     prefix = qwen2_hf.SLAMKIT_PREFIX if is_slamkit else ""
     params = qwen2_hf.params_from_hf(reader.get, config, prefix=prefix)
     return config, params, hf_config
+
+
+def base_model(model: str, folder: Path, hf_config: dict) -> dict:
+    """The provenance of the text model behind a checkpoint, which a slamkit export names again: its
+    `base_model_name` (a hub id or a local folder), its `base_config`, and which of them were `assumed`.
+
+    A slamkit checkpoint names its own (the Slam recipe's base is assumed if the name is missing); an HF
+    checkpoint is its own base: its hub id, or its folder as an absolute path, and its config.json.
+    """
+    if hf_config.get("model_type") != qwen2_hf.SLAMKIT_MODEL_TYPE:
+        name = str(folder.absolute()) if Path(model).is_dir() else model
+        return {"base_model_name": name, "base_config": hf_config, "assumed": []}
+    name = hf_config.get("base_model_name")
+    return {
+        "base_model_name": name or qwen2_hf.SLAM_BASE_MODEL,
+        "base_config": hf_config["base_config"],
+        "assumed": [] if name else ["base_model_name"],
+    }
 
 
 def twist(
@@ -106,16 +126,23 @@ def convert(
     overwrite: bool = False,
 ) -> Path:
     """Convert `model` into a slam_jax model dir at `out` (see the module docstring)."""
-    command.refuse_non_empty(out, overwrite)
+    command.refuse_non_empty(out, overwrite, inputs=[model])
     folder = resolve_source(model)
+    refuse_overlap(out, [folder])  # a hub id's download folder, known only now
     config, params, hf_config = read_checkpoint(folder)
-    base_config, is_slamkit = qwen2_hf.split_slamkit(hf_config)
+    weights_config, is_slamkit = qwen2_hf.split_slamkit(hf_config, source=str(folder / "config.json"))
     provenance = {
         "source": str(model),
         "source_format": "slamkit" if is_slamkit else "hf",
-        "token_ids": {key: base_config.get(key) for key in qwen2_hf.TOKEN_ID_KEYS},
+        "token_ids": {key: weights_config.get(key) for key in qwen2_hf.TOKEN_ID_KEYS},
+        **base_model(model, folder, hf_config),
         "twist": None,
     }
+    if provenance["assumed"]:
+        command.note(
+            f"{folder / 'config.json'} names no base_model_name; assuming {qwen2_hf.SLAM_BASE_MODEL}, the Slam "
+            "recipe's base (recorded as assumed in provenance.json; a slamkit export names it)"
+        )
     if twist_vocab:
         config, params = twist(
             config,

@@ -178,10 +178,10 @@ def _lookup(tree: dict, path: tuple[str, ...]):
 
 def convert(model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Convert the HF Hubert checkpoint folder `model` into a slam_jax encoder dir at `out`."""
-    command.refuse_non_empty(out, overwrite)
     folder = Path(model)
     if not folder.is_dir():
         raise CheckpointError(f"{model}: no such checkpoint folder")
+    command.refuse_non_empty(out, overwrite, inputs=[folder])
     config = config_from_hf(read_config_json(folder), source=str(folder / "config.json"))
     params = params_from_hf(CheckpointReader(folder), config)
     return hubert.save_encoder(out, config, params, overwrite=overwrite)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from conversion import command
+from slam_jax.files import refuse_overlap
 from slam_jax.models import kmeans
 
 PICKLE_REFUSAL = (
@@ -50,6 +51,7 @@ def convert(source: str | Path, out: str | Path, allow_pickle: bool = False, ove
     out = Path(out)
     if out.suffix != ".npy":
         raise ValueError(f"{out}: the output must be a .npy file")
+    refuse_overlap(out, [source])
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     return kmeans.save_centroids(out, read_centroids(source, allow_pickle))

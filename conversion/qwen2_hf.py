@@ -18,6 +18,7 @@ from slam_jax.models.config import ModelConfig
 
 SLAMKIT_MODEL_TYPE = "speech_language_model"
 SLAMKIT_PREFIX = "lm."
+SLAM_BASE_MODEL = "Qwen/Qwen2.5-0.5B"  # the Slam recipe's text model: the base assumed where none is recorded
 
 # (Flax path, HF name with {i} for the layer index, transposed?)
 LAYER_TENSORS = (
@@ -49,11 +50,20 @@ def read_config_json(folder: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
 
 
-def split_slamkit(hf_config: dict) -> tuple[dict, bool]:
-    """The Qwen2 config of a checkpoint and whether it is a slamkit speech LM (weights under `lm.`)."""
-    if hf_config.get("model_type") == SLAMKIT_MODEL_TYPE:
-        return hf_config["base_config"], True
-    return hf_config, False
+def split_slamkit(hf_config: dict, source: str) -> tuple[dict, bool]:
+    """The Qwen2 config of a checkpoint's weights and whether it is a slamkit speech LM (weights under `lm.`).
+
+    slamkit nests the text model's config as `base_config`, which keeps the text vocabulary (151,936 for
+    Qwen2.5): the embedding was resized to the top-level `vocab_size`, the speech vocabulary, which wins here.
+    """
+    if hf_config.get("model_type") != SLAMKIT_MODEL_TYPE:
+        return hf_config, False
+    for key in ("base_config", "vocab_size"):
+        if key not in hf_config:
+            raise CheckpointError(f"{source}: a {SLAMKIT_MODEL_TYPE} config needs the key {key!r}")
+    if not isinstance(hf_config["base_config"], dict):
+        raise CheckpointError(f"{source}: base_config is not a JSON object")
+    return {**hf_config["base_config"], "vocab_size": hf_config["vocab_size"]}, True
 
 
 def model_config_from_hf(hf_config: dict, source: str) -> ModelConfig:
@@ -121,13 +131,23 @@ def hf_config_from_model(config: ModelConfig, dtype: str = "float32", token_ids:
     }
 
 
-def slamkit_config_from_model(config: ModelConfig, dtype: str = "float32") -> dict:
-    """The reference's speech-LM config.json: `UnitLM` wrapping the Qwen2 config."""
+def slamkit_config_from_model(
+    config: ModelConfig, base_model_name: str, text_config: dict | None = None, dtype: str = "float32"
+) -> dict:
+    """The reference's speech-LM config.json: `UnitLM` wrapping the Qwen2 config of its text model.
+
+    slamkit's loader reads the config of `base_model_name` and then every key of `base_config`, and builds the
+    decoder from that. `text_config`, the base model's own config (kept by the import), keeps its other keys
+    and its text vocabulary, as slamkit writes it; the decoder's shape, RoPE and token ids are the model's.
+    Without it `base_config` is the model's config alone.
+    """
     base = hf_config_from_model(config, dtype)
+    if text_config is not None:
+        base = {**text_config, **base, "vocab_size": text_config.get("vocab_size", config.vocab_size)}
     return {
         "architectures": ["UnitLM"],
         "model_type": SLAMKIT_MODEL_TYPE,
-        "base_model_name": "Qwen/Qwen2.5-0.5B",
+        "base_model_name": base_model_name,
         "base_config": base,
         "vocab_size": config.vocab_size,
         "twist_init": True,

@@ -7,9 +7,9 @@ import contextlib
 import glob
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from slam_jax.errors import DataError
@@ -17,18 +17,47 @@ from slam_jax.errors import DataError
 RECORD_SUFFIXES = (".jsonl", ".parquet")
 
 
+def refuse_overlap(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Raise `ValueError` if `output` is, lies inside or contains one of the existing `inputs` (symlinks
+    resolved): replacing it would delete or alter what the command reads, whatever `--overwrite` says."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if not Path(source).exists():
+            continue
+        origin = Path(source).resolve()
+        if target == origin:
+            relation = "is"
+        elif target.is_relative_to(origin):
+            relation = "is inside"
+        elif origin.is_relative_to(target):
+            relation = "contains"
+        else:
+            continue
+        raise ValueError(f"{output}: the output {relation} the input {source}; write it to another folder")
+
+
+def make_staging_dir(directory: Path) -> Path:
+    """A new empty sibling of `directory` named `.NAME.tmp-<16 hex digits>`, created by `mkdir` so that it gets the
+    usual permissions (0o777 minus the umask) rather than `tempfile.mkdtemp`'s private 0o700."""
+    staging = directory.with_name(f".{directory.name}.tmp-{secrets.token_hex(8)}")
+    staging.mkdir()  # 64 random bits: a clash would fail here, never reuse another writer's folder
+    return staging
+
+
 @contextlib.contextmanager
-def atomic_dir(directory: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(directory: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield an empty staging folder that becomes `directory` only if the block completes.
 
-    A non-empty `directory` is refused unless `overwrite`; on any error the staging folder is removed and
-    `directory` is left exactly as it was.
+    A `directory` that is, lies inside or contains one of `inputs` is always refused (see `refuse_overlap`);
+    a non-empty one is refused unless `overwrite`. On any error the staging folder is removed and `directory`
+    is left exactly as it was.
     """
+    refuse_overlap(directory, inputs)
     directory = Path(directory).absolute()
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    staging = make_staging_dir(directory)
     try:
         yield staging
         if directory.exists():
@@ -79,7 +108,8 @@ def expand_paths(spec: str) -> list[Path]:
 
 
 def read_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """(`file:line` or `file:row`, record) of a jsonl or parquet file."""
+    """(`file:line` or `file:row`, record) of a jsonl or parquet file; a line that is not a JSON object in UTF-8
+    (a binary file's first line, say) is a `DataError` naming it."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -90,14 +120,22 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         for row, record in enumerate(table.to_pylist()):
             yield f"{path}:row {row}", record
         return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Read as bytes and decoded line by line, so that a binary or non-UTF-8 file is an error naming its line.
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                byte = raw[error.start : error.start + 1]
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte {byte!r}); is it a binary file?") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except (ValueError, RecursionError) as error:  # an integer of over 4300 digits, nesting too deep
+                raise DataError(f"{path}:{number}: not readable JSON ({type(error).__name__}: {error})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object")
             yield f"{path}:{number}", record

@@ -17,6 +17,7 @@ MODES = {
     "eval": "slam_jax.evaluation.pair_metrics:run",
     "generate": "slam_jax.evaluation.generation:run",
     "synthesize": "slam_jax.speech.spoken_sets:run",
+    "resynthesize": "slam_jax.speech.resynthesize:run",
     "demo_text": "slam_jax.demo.text:run",
     "report": "slam_jax.demo.report:run",
 }

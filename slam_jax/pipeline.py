@@ -2,9 +2,9 @@
 
 `pipeline.stages` lists the stages; stage S runs the job `config.S.mode` (any mode but `pipeline`) with the
 config `config.S` in `WORKDIR/S/`. A stage that finished writes `stage_done.json` there and is skipped on a
-re-run; a preempted stage stops the pipeline (re-run the same command to resume it). In a stage's string
-values `{workdir}` stands for the pipeline's WORKDIR, so a stage names the outputs of the ones before it
-(e.g. `{workdir}/pretrain`). A `dpo` stage with no `model.init_from` starts from the `pretrain` stage.
+re-run; a preempted stage stops the pipeline, and `slam_jax.main` exits 75 (re-run the same command to resume
+it). In a stage's string values `{workdir}` stands for the pipeline's WORKDIR, so a stage names the outputs of the
+ones before it (e.g. `{workdir}/pretrain`). A `dpo` stage with no `model.init_from` starts from the `pretrain` stage.
 """
 
 import dataclasses

@@ -40,10 +40,12 @@ def test_hf_round_trip_is_bit_identical(hf_checkpoint, tmp_path, tied):
 
 
 def load_slamkit_as_reference(folder) -> transformers.Qwen2ForCausalLM:
-    """What the reference's UnitLM does: a Qwen2ForCausalLM from `base_config` holding the `lm.` weights."""
+    """What the reference's UnitLM does: a Qwen2ForCausalLM from `base_config`, its embedding resized to the
+    top-level (speech) `vocab_size`, holding the `lm.` weights."""
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "speech_language_model"
     model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**config["base_config"])).eval()
+    model.resize_token_embeddings(config["vocab_size"])
     weights = load_file(folder / "model.safetensors")
     assert all(name.startswith("lm.") for name in weights)
     missing, unexpected = model.load_state_dict({k[3:]: v for k, v in weights.items()}, strict=False)

@@ -1,13 +1,19 @@
 """Bad input to the conversion commands: one-line errors naming file and tensor, nothing half-written."""
 
+import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 
+import joblib
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
+from speech_fixtures import random_hubert
 
-from conversion import flax_to_hf, hf_to_flax, safetensors_io
+from conversion import flax_to_hf, hf_to_flax, hubert_to_flax, kmeans_to_npy, safetensors_io
 from slam_jax.files import atomic_dir
 
 
@@ -143,3 +149,101 @@ def test_commands_have_help_and_fail_without_traceback(module, tmp_path):
         text=True,
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and str(tmp_path / "absent") in bad.stderr
+
+
+def file_digests(root) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path: what an output must never change of its input."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def hf_source(tmp_path, hf_checkpoint):
+    """`--model` of hf_to_flax: a saved HF checkpoint folder."""
+    return hf_checkpoint(name="inputs.npy/source")[1], "--model"
+
+
+def run_source(tmp_path, hf_checkpoint):
+    """`--checkpoint` of flax_to_hf: a training workdir whose newest step is the model (the issue's case)."""
+    _, folder = hf_checkpoint(name="hf")
+    run = tmp_path / "inputs.npy" / "source"
+    hf_to_flax.convert(str(folder), run / "checkpoints" / "5")
+    return run, "--checkpoint"
+
+
+def hubert_source(tmp_path, hf_checkpoint):
+    """`--model` of hubert_to_flax: a saved HF HuBERT folder."""
+    folder = tmp_path / "inputs.npy" / "source"
+    random_hubert().save_pretrained(folder)
+    return folder, "--model"
+
+
+def kmeans_source(tmp_path, hf_checkpoint):
+    """`--kmeans` of kmeans_to_npy: a pickled scikit-learn k-means (named .npy, so that --out may name it)."""
+    data = np.random.default_rng(0).standard_normal((200, 4))
+    (tmp_path / "inputs.npy").mkdir()
+    joblib.dump(KMeans(n_clusters=3, n_init=1, random_state=0).fit(data), tmp_path / "inputs.npy" / "source.npy")
+    return tmp_path / "inputs.npy" / "source.npy", "--kmeans"
+
+
+CONVERTERS = {
+    "hf_to_flax": (hf_to_flax.main, hf_source, []),
+    "flax_to_hf": (flax_to_hf.main, run_source, ["--format", "slamkit"]),
+    "hubert_to_flax": (hubert_to_flax.main, hubert_source, []),
+    "kmeans_to_npy": (kmeans_to_npy.main, kmeans_source, ["--allow-pickle"]),
+}
+# where --out points: the source itself, the folder holding it, a new folder inside it
+PLACES = {"same": lambda source: source, "parent": lambda source: source.parent, "child": lambda s: s / "out.npy"}
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("converter", CONVERTERS)
+def test_overwrite_onto_the_source_is_refused_and_the_source_kept(capsys, hf_checkpoint, tmp_path, converter, place):
+    main, make_source, flags = CONVERTERS[converter]
+    source, flag = make_source(tmp_path, hf_checkpoint)
+    inputs = tmp_path / "inputs.npy"
+    before = file_digests(inputs)
+    out = PLACES[place](source)
+    capsys.readouterr()
+    code = main([flag, str(source), "--out", str(out), "--overwrite", *flags])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {out}: the output "), lines
+    assert str(source) in lines[0]
+    assert file_digests(inputs) == before
+    assert not [path for path in tmp_path.rglob(".*") if ".tmp-" in path.name], "a staging folder was left behind"
+
+
+def test_an_out_that_links_to_the_source_is_refused(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    before = file_digests(folder)
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "link", "--overwrite")
+    assert code == 1 and "the output is the input" in err and len(err.strip().splitlines()) == 1
+    assert file_digests(folder) == before
+
+
+def test_atomic_dir_refuses_its_inputs_even_when_overwriting(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "data.bin").write_bytes(b"precious")
+    for out in (source, tmp_path, source / "inside"):
+        with pytest.raises(ValueError, match="the output (is|is inside|contains) the input"):
+            with atomic_dir(out, overwrite=True, inputs=[source]):
+                raise AssertionError("the block must not run")
+    assert [path.name for path in tmp_path.iterdir()] == ["source"]
+    assert (source / "data.bin").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o027])
+def test_atomic_dir_gives_a_folder_the_permissions_of_mkdir(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "model") as staging:
+            (staging / "weights.bin").write_bytes(b"x")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o777 & ~umask  # what mkdir itself gives

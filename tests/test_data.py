@@ -55,13 +55,14 @@ def test_split_ignores_the_folder():
         ('{"units": [1, 2', "a.jsonl:2: not valid JSON"),
         ('{"file_name": "x.wav"}', "a.jsonl:2: no 'units' or 'audio_repr' field"),
         ('{"units": [1, 700]}', "a.jsonl:2: unit 700 outside [0, 500)"),
-        ('{"units": "oops"}', None),
+        ('{"units": "oops"}', "a.jsonl:2: 'units' is 'oops', not <UnN> units"),
+        ('{"audio_repr": ""}', None),
         ("[1, 2, 3]", "a.jsonl:2: expected a JSON object"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     (tmp_path / "a.jsonl").write_text('{"units": [1, 2]}\n' + line + "\n")
-    if message is None:  # a units string without <UnN> tokens is an empty sequence: skipped and counted
+    if message is None:  # an empty units string is an empty sequence: skipped and counted
         assert ingest.prepare(str(tmp_path / "a.jsonl"), tmp_path / "out", 500, 0.0)["skipped_empty"] == 1
         return
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace(")", r"\)")):

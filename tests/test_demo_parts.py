@@ -174,3 +174,36 @@ def test_mcnemar_p_by_hand():
 def test_report_without_results_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no evaluation results folder"):
         report.read_evaluations(tmp_path / "nothing")
+
+
+def test_report_links_the_generated_audio_relative_to_itself(tmp_path):
+    _eval_file(tmp_path / "after", "tstorycloze", 0.75)
+    generate = tmp_path / "speak" / "generate"
+    generate.mkdir(parents=True)
+    records = [
+        {"file_name": f"/data/tstorycloze/{index}_correct.wav", "prompt_units": [1, 2, 3], "units": [4] * index}
+        | {"wav_full": f"audio/{index:04d}_full.wav", "wav_continuation": f"audio/{index:04d}_continuation.wav"}
+        for index in range(2)
+    ]
+    (generate / "generations.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    settings = {"after": str(tmp_path / "after"), "listen": str(generate), "out_path": str(tmp_path / "report.md")}
+    result = report.run(ConfigDict({"report": settings}), tmp_path / "report")
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Listen" in markdown
+    assert (
+        "| 1_correct.wav | [0001_full.wav](speak/generate/audio/0001_full.wav)"
+        " | [0001_continuation.wav](speak/generate/audio/0001_continuation.wav) | 3 + 1 |"
+    ) in markdown
+    assert "| 0_correct.wav |" in markdown and "| 3 + 0 |" in markdown
+    assert result["listen"][0]["wav_continuation"] == "speak/generate/audio/0000_continuation.wav"
+    assert json.loads((tmp_path / "report.json").read_text())["listen"] == result["listen"]
+
+
+def test_report_refuses_generations_without_audio(tmp_path):
+    _eval_file(tmp_path / "after", "tstorycloze", 0.75)
+    (tmp_path / "generate").mkdir()
+    record = {"file_name": "a.wav", "prompt_units": [1], "units": [2]}
+    (tmp_path / "generate" / "generations.jsonl").write_text(json.dumps(record) + "\n")
+    settings = {"after": str(tmp_path / "after"), "listen": str(tmp_path / "generate"), "out_path": "r.md"}
+    with pytest.raises(ValueError, match=r"generations\.jsonl:1: names no wav files \(run generate with generate\."):
+        report.run(ConfigDict({"report": settings}), tmp_path / "report")

@@ -269,6 +269,20 @@ def test_dpo_learns_the_preference_and_resumes_identically(pretrained, tmp_path)
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_dpo_resume_refuses_other_pairs_or_lengths(pretrained, tmp_path):
+    """The run manifest of a DPO workdir keeps its pairs (by content) and lengths, not pre-training's data path."""
+    pairs = write_pairs(tmp_path / "p.jsonl")
+    dpo.run(dpo_config(pretrained, pairs, **{"train.max_steps": 2, "checkpoint.every_steps": 2}), tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "run_manifest.json").read_text())["settings"]
+    assert "data.train_path" not in recorded and recorded["dpo.max_prompt_length"] == 10
+    longer = dpo_config(pretrained, pairs, **{"train.max_steps": 4, "dpo.max_prompt_length": 12})
+    with pytest.raises(ValueError, match=r"dpo\.max_prompt_length was 10, now 12"):
+        dpo.run(longer, tmp_path / "run")
+    write_pairs(pairs, count=20)  # the same path, other rows
+    with pytest.raises(ValueError, match=r"dpo\.train_path was '1 file, .*now '1 file, "):
+        dpo.run(dpo_config(pretrained, pairs, **{"train.max_steps": 4}), tmp_path / "run")
+
+
 def test_pipeline_resumes_between_stages(tmp_path):
     from test_pretrain import tiny_config
 

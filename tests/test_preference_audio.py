@@ -1,6 +1,7 @@
 """Preference rows naming audio files: tokenised through the configured tokeniser, then prepared as units."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -60,14 +61,16 @@ def test_audio_fields_become_the_tokenisers_units(rows, tmp_path):
     assert lines[0]["prompt"] == {"units": expected[str(audio / "p0.wav")]}
     assert lines[0]["rejected"] == {"units": expected[str(audio / "r0.wav")]}
     assert lines[2]["chosen"] == {"units": expected[str(audio / "c1.wav")]} and lines[2]["chosen_text"] == "x"
-    assert lines[1] == json.loads(path.read_text().splitlines()[1])  # units rows untouched
-    assert lines[3]["chosen"] == "audio/missing.wav"  # left for prepare to report
+    assert lines[1] == {**json.loads(path.read_text().splitlines()[1]), preference.ORIGIN: f"{path}:2"}  # as they were
+    assert lines[3]["chosen"] == {  # left for prepare to report
+        preference.AUDIO_ERROR: f"audio file 'audio/missing.wav' ({folder / 'audio' / 'missing.wav'}): no such file"
+    }
     assert all(0 <= unit < NUM_UNITS for line in lines[:1] for unit in line["chosen"]["units"])
 
     limits = preference.Limits(64, 64, bad_rows="skip")
     manifest = preference.prepare(resolved, tmp_path / "store", NUM_UNITS, limits)
     assert manifest["num_pairs"] == 3 and sum(manifest["skipped"].values()) == 1
-    with pytest.raises(DataError, match=r"preference-units-.*\.jsonl:4"):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:4 \[chosen\]: audio file 'audio/missing.wav'"):
         preference.prepare(resolved, tmp_path / "store2", NUM_UNITS, preference.Limits(64, 64))
 
 

@@ -106,7 +106,7 @@ def test_budget_planner_fits_the_cosine_to_the_remaining_time():
 
 
 def test_nan_loss_stops_without_saving_the_nan_state(tmp_path):
-    with pytest.raises(TrainingError, match="loss is (nan|inf).*stopped without saving"):
+    with pytest.raises(TrainingError, match="loss is (nan|inf).*stopped without saving.*finite checkpoint is none"):
         loop.run(tiny_config(**{"train.max_steps": 12, "train.learning_rate": 1e38, "train.warmup_steps": 0}), tmp_path)
     for step_dir in (tmp_path / "checkpoints").glob("[0-9]*"):
         assert all(np.isfinite(leaf).all() for leaf in final_params(tmp_path, int(step_dir.name)))
@@ -153,7 +153,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-2000:]
+    assert process.returncode == 75, stderr[-2000:]  # EX_TEMPFAIL: stopped early, the same command resumes
     assert "(preempted)" in stdout
     saved = checkpoints.Checkpointer(tmp_path / "checkpoints", 0, 0, 3).latest_step()
     assert saved is not None and saved >= 3

@@ -106,7 +106,7 @@ def test_every_config_of_these_jobs_loads_into_its_job_class(name, model_files):
 def test_the_demo_stages_of_these_jobs_are_all_checked():
     stage_modes = {stage: section.get("mode", stage) for stage, section in pipeline.parse(demo.get_config())[1].items()}
     ours = {stage for stage, mode in stage_modes.items() if mode in JOBS}
-    assert ours == {"text", "stories", "spokenswag", "benchmarks", "eval_pretrain", "eval_dpo", "report"}
+    assert ours == {"text", "stories", "spokenswag", "benchmarks", "eval_pretrain", "eval_dpo", "speak", "report"}
 
 
 def test_section_defaults_are_the_configs_values():

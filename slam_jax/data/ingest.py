@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from slam_jax import tokens
+from slam_jax.data import fingerprints
 from slam_jax.data.unit_store import UnitStoreWriter
 from slam_jax.errors import DataError
 from slam_jax.files import atomic_dir, expand_paths, read_records
@@ -25,27 +26,43 @@ _UNIT = re.compile(r"<Un(\d+)>")
 SUMMARY = "prepare_summary.json"
 
 
+def _shown(value) -> str:
+    """`value` as an error message quotes it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _string_units(text: str, where: str, key: str) -> list[int]:
+    """The units of a `<Un3><Un49>...` string; anything else in it (`"3 49"`, a path) is an error naming it."""
+    stray = _UNIT.sub(" ", text).split()
+    if stray:
+        raise DataError(f"{where}: '{key}' is {_shown(text)}, not <UnN> units like '<Un3><Un49>'")
+    return [int(match) for match in _UNIT.findall(text)]
+
+
 def parse_units(record: dict, where: str, num_units: int) -> np.ndarray:
-    """The unit ids of one record (`units` list or `audio_repr` string), range-checked."""
-    if "units" in record:
-        units = record["units"]
-        if isinstance(units, str):
-            units = [int(match) for match in _UNIT.findall(units)]
-    elif "audio_repr" in record:
-        units = [int(match) for match in _UNIT.findall(record["audio_repr"])]
-    else:
+    """The unit ids of one record (`units`: a list or a `<UnN>` string; or an `audio_repr` string), checked.
+
+    Only JSON integers are units: a float (even 3.0), a boolean or a nested list is an error naming the value,
+    never coerced, and an integer outside [0, num_units) (however large) is one too.
+    """
+    key = next((name for name in ("units", "audio_repr") if name in record), None)
+    if key is None:
         raise DataError(f"{where}: no 'units' or 'audio_repr' field (keys: {sorted(record)})")
-    try:
-        array = np.asarray(units, np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: 'units' is not a list of integers") from None
-    if array.ndim != 1:
-        raise DataError(f"{where}: 'units' is not a flat list of integers")
-    if array.size and (array.min() < 0 or array.max() >= num_units):
-        raise DataError(
-            f"{where}: unit {int(array.max() if array.max() >= num_units else array.min())} outside [0, {num_units})"
-        )
-    return array
+    units = record[key]
+    if isinstance(units, str):
+        units = _string_units(units, where, key)
+    if not isinstance(units, list):
+        raise DataError(f"{where}: '{key}' is {_shown(units)} ({type(units).__name__}), not a list of integers")
+    # type() rather than isinstance: a boolean is an int to isinstance, and numpy would turn True into 1.
+    if set(map(type, units)) - {int}:
+        bad = next(unit for unit in units if type(unit) is not int)
+        raise DataError(f"{where}: '{key}' holds {_shown(bad)} ({type(bad).__name__}); units are integers")
+    # Checked as Python integers, before numpy, so that one too large for int64 is reported, not overflowed.
+    if units and (min(units) < 0 or max(units) >= num_units):
+        bad = min(units) if min(units) < 0 else max(units)
+        raise DataError(f"{where}: unit {_shown(bad)} outside [0, {num_units})")
+    return np.asarray(units, np.int64)
 
 
 def is_validation(name: str, valid_fraction: float) -> bool:
@@ -60,10 +77,14 @@ def is_validation(name: str, valid_fraction: float) -> bool:
 
 
 def prepare(spec: str, out: str | Path, num_units: int, valid_fraction: float = 0.01, overwrite: bool = False) -> dict:
-    """Write `out/train` and `out/valid` unit stores from the files of `spec`; returns the summary."""
+    """Write `out/train` and `out/valid` unit stores from the files of `spec`; returns the summary.
+
+    The summary (`out/prepare_summary.json`) records the inputs' fingerprints, taken before they are read, so a
+    later change of a source file is seen (`slam_jax.data.stores` prepares the folder again)."""
     files = expand_paths(spec)
     if not files:
         raise DataError(f"{spec}: no .jsonl or .parquet files")
+    sources = fingerprints.files_fingerprints(files)
     start = time.perf_counter()
     vocab = tokens.vocab_size_for(num_units)
     with atomic_dir(out, overwrite=overwrite) as staging:
@@ -83,6 +104,7 @@ def prepare(spec: str, out: str | Path, num_units: int, valid_fraction: float = 
             raise DataError(f"{spec}: no non-empty sequences to train on")
         summary = {
             "inputs": [str(path) for path in files],
+            "sources": sources,
             "num_units": num_units,
             "valid_fraction": valid_fraction,
             "skipped_empty": skipped,

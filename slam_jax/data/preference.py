@@ -24,10 +24,16 @@ from slam_jax.files import atomic_dir, expand_paths, read_records
 
 FIELDS = ("prompt", "chosen", "rejected")
 MANIFEST = "preference_manifest.json"
+# Keys of the rows `slam_jax.speech.preference_audio` rewrites: the row's file:line in the user's jsonl (what errors
+# name), and, in place of a field's units, why its audio file gave none.
+ORIGIN = "_origin"
+AUDIO_ERROR = "audio_error"
 
 
 def field_units(value, where: str, num_units: int) -> np.ndarray:
     """Units of one field: {"units": ...}, a `<UnN>` string or a plain list."""
+    if isinstance(value, dict) and AUDIO_ERROR in value:
+        raise DataError(f"{where}: {value[AUDIO_ERROR]}")
     if isinstance(value, dict):
         return parse_units(value, where, num_units)
     if isinstance(value, (str, list)):
@@ -89,7 +95,8 @@ def prepare(spec: str, out: str | Path, num_units: int, limits: Limits, overwrit
     columns = {field: [] for field in FIELDS}
     skipped: Counter = Counter()
     for path in files:
-        for where, record in read_records(path):
+        for line, record in read_records(path):
+            where = record.get(ORIGIN, line)
             try:
                 pair = build_pair(record, where, num_units, limits)
             except DataError as error:

@@ -1,10 +1,10 @@
 """`mode: report`: what a pipeline run did and what its model learned, as Markdown with PNG plots.
 
 Reads only files the earlier stages wrote: the pair-metric results (`<eval dir>/<metric>.json`) after
-pre-training and after DPO, both runs' `metrics.jsonl`, and every stage's `stage_done.json` (its wall time).
-Writes `report.out_path` (Markdown: the metrics table, training and timing summaries, the plots, the commands
-to reproduce), `report.json` beside it (the same numbers, for tools) and the plots in the stage's folder,
-then prints the metrics table.
+pre-training and after DPO, both runs' `metrics.jsonl`, every stage's `stage_done.json` (its wall time) and a
+generate run's `generations.jsonl` naming its wav files. Writes `report.out_path` (Markdown: the metrics table,
+training and timing summaries, the plots, links to the audio, the commands to reproduce), `report.json` beside
+it (the same numbers, for tools) and the plots in the stage's folder, then prints the metrics table.
 """
 
 import dataclasses
@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
+from slam_jax.evaluation.generation import GENERATIONS  # noqa: E402
 from slam_jax.files import read_jsonl, write_text  # noqa: E402
 from slam_jax.pipeline import DONE  # noqa: E402
 from slam_jax.settings import Settings, setting  # noqa: E402
@@ -39,6 +40,7 @@ class ReportSettings(Settings):
     pretrain: str = setting("", exists=True)  # pre-training workdir (its metrics.jsonl)
     dpo: str = setting("", exists=True)  # DPO workdir
     pipeline_dir: str = setting("", exists=True)  # the pipeline's WORKDIR (stage wall times)
+    listen: str = setting("", exists=True)  # a generate run's output folder whose generations.jsonl names wavs
     commands: str = ""  # shell lines to reproduce the run
 
 
@@ -199,7 +201,51 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, plots: list[str], commands: str) -> str:
+def listen_entries(folder: Path, start: Path) -> list[dict]:
+    """Per generated continuation: its prompt file, unit counts and its two wav files (relative to `start`)."""
+    entries = []
+    for number, record in enumerate(read_jsonl(folder / GENERATIONS), start=1):
+        if "wav_full" not in record:
+            raise ValueError(
+                f"{folder / GENERATIONS}:{number}: names no wav files (run generate with generate.vocoder)"
+            )
+        entries.append(
+            {
+                "prompt": Path(record["file_name"]).name,
+                "prompt_units": len(record["prompt_units"]),
+                "units": len(record["units"]),
+                "wav_full": _relative(folder / record["wav_full"], start),
+                "wav_continuation": _relative(folder / record["wav_continuation"], start),
+            }
+        )
+    if not entries:
+        raise FileNotFoundError(f"{folder / GENERATIONS}: no generations to listen to (did the generate stage run?)")
+    return entries
+
+
+def listen_section(entries: list[dict]) -> list[str]:
+    """The Markdown lines of the "Listen" section: one table row of links per continuation."""
+    lines = ["## Listen", "", "Held-out prompts (their first seconds) continued by the final model and spoken by the"]
+    lines += ["generate stage's vocoder; the units and their Auto-BLEU are in its generations.jsonl.", ""]
+    lines += ["| prompt | prompt + continuation | continuation alone | units (prompt + new) |", "|---|---|---|---|"]
+    for entry in entries:
+        full, alone = entry["wav_full"], entry["wav_continuation"]
+        lines.append(
+            f"| {entry['prompt']} | [{Path(full).name}]({full}) | [{Path(alone).name}]({alone}) "
+            f"| {entry['prompt_units']} + {entry['units']} |"
+        )
+    return lines + [""]
+
+
+def markdown(
+    title: str,
+    rows: list[dict],
+    summaries: list[dict],
+    times: dict,
+    plots: list[str],
+    commands: str,
+    listen: list[dict],
+) -> str:
     lines = [f"# {title}", "", metrics_table(rows), "", "Accuracy = how often the model scores the positive of a"]
     lines += ["pair higher (minus the mean per-token NLL); ties count half. Numbers from the eval stages' files;"]
     lines += ["the pairs that changed side show how much of a change is a few pairs moving either way, and p is the"]
@@ -225,6 +271,8 @@ def markdown(title: str, rows: list[dict], summaries: list[dict], times: dict, p
         lines.append(f"Machine: {platform.machine()}, {jax.device_count()} {jax.devices()[0].platform} device(s).")
         lines.append("")
     lines += ["## Plots", ""] + [f"![{Path(plot).stem}]({plot})" for plot in plots] + [""]
+    if listen:
+        lines += listen_section(listen)
     if commands.strip():
         lines += ["## Reproduce", "", "```"] + [line.strip() for line in commands.strip().splitlines()] + ["```", ""]
     return "\n".join(lines)
@@ -248,12 +296,13 @@ def write_report(job: ReportJob, workdir: Path) -> dict:
     summaries = [summary for name, rows_ in runs.items() if (summary := training_summary(name, rows_))]
     out = Path(settings.out_path)
     times = stage_times(Path(settings.pipeline_dir)) if settings.pipeline_dir else {}
+    listen = listen_entries(Path(settings.listen), out.parent) if settings.listen else []
     workdir.mkdir(parents=True, exist_ok=True)
     plot_training(runs, workdir / "training.png")
     plot_metrics(rows, workdir / "metrics.png")
     plots = [_relative(workdir / name, out.parent) for name in ("metrics.png", "training.png")]
-    write_text(out, markdown(settings.title, rows, summaries, times, plots, settings.commands))
-    result = {"metrics": rows, "training": summaries, "stage_seconds": times, "report": str(out)}
+    write_text(out, markdown(settings.title, rows, summaries, times, plots, settings.commands, listen))
+    result = {"metrics": rows, "training": summaries, "stage_seconds": times, "listen": listen, "report": str(out)}
     write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     print(metrics_table(rows))
     print(f"[report] {out}")

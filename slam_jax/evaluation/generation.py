@@ -9,8 +9,13 @@ no EOS), or, for a units jsonl (features.jsonl / tokens.jsonl lines), the units 
     generations.jsonl  one line per prompt, in input order: {"file_name", "prompt_units", "units" (the
                        continuation, up to its EOS), "ended" (EOS reached), "auto_bleu_<n>" (over prompt +
                        continuation, the span the reference transcribes), "auto_bleu_<n>_continuation"}
-    summary.json       settings, counts, mean Auto-BLEU, tokens/s, skipped files and why
-Row i samples from (seed, i), so a prompt's continuation does not depend on batch size or order.
+                       and, with a vocoder, "wav_full" and "wav_continuation" (paths relative to this folder)
+    summary.json       settings, counts, mean Auto-BLEU, tokens/s, skipped files and why (and the audio written)
+    audio/             with `generate.vocoder`: <index>_full.wav (prompt + continuation) and
+                       <index>_continuation.wav (16-bit, at the vocoder's rate) of the i-th line
+Row i samples from (seed, i), so a prompt's continuation does not depend on batch size or order. The vocoder is
+loaded before sampling (a wrong path stops the job first) and the units are written before any audio, so a
+vocoder that refuses a unit loses none of them.
 """
 
 import dataclasses
@@ -34,10 +39,10 @@ from slam_jax.models import config as model_config
 from slam_jax.models import sampling, storage
 from slam_jax.models.speech_lm import SpeechLM, load_model
 from slam_jax.settings import Settings, setting
-from slam_jax.speech import audio, audio_units
+from slam_jax.speech import audio, audio_units, vocoders
 from slam_jax.speech.tokenize import TokenizeSettings
 
-GENERATIONS, SUMMARY = "generations.jsonl", "summary.json"
+GENERATIONS, SUMMARY, AUDIO = "generations.jsonl", "summary.json", "audio"
 _REPORTED_SETTINGS = (
     "prompt_seconds",
     "max_new_tokens",
@@ -69,6 +74,8 @@ class GenerateSettings(Settings):
     auto_bleu_n: int = setting(2, above=0)
     units_cache: str = ""  # '' = WORKDIR/units_cache
     progress: bool = True
+    vocoder: str = setting("", exists=True)  # '' = no audio; speech/vocoders.py `load_vocoder` reads it
+    predict_durations: bool = True
 
     def sampling_settings(self) -> sampling.SamplingSettings:
         return sampling.SamplingSettings(
@@ -99,6 +106,7 @@ def generate(job: GenerateJob, workdir: Path) -> dict:
         raise ValueError("generate.model is empty: give a converted model dir, a training workdir or a checkpoint")
     if not settings.data_path:
         raise ValueError("generate.data_path is empty: give audio (folder, list, glob) or a units .jsonl")
+    vocoder = load_vocoder(job) if settings.vocoder else None
     model_dir = storage.resolve_model_dir(settings.model)
     model = load_model(model_dir, compute_dtype=settings.compute_dtype or None)
     num_units = model.config.vocab_size - tokens.UNIT_OFFSET
@@ -117,8 +125,10 @@ def generate(job: GenerateJob, workdir: Path) -> dict:
     ]
     summary = _summary(records, skipped, job, str(model_dir.absolute()), seconds)
     out = Path(workdir) / "generate"
-    write_text(out / GENERATIONS, "".join(json.dumps(record) + "\n" for record in records))
-    write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_outputs(out, records, summary)
+    if vocoder is not None:
+        records, summary["audio"] = write_audio(records, vocoder, out, settings)
+        write_outputs(out, records, summary)
     n = settings.auto_bleu_n
     whole, generated = summary[f"auto_bleu_{n}"], summary[f"auto_bleu_{n}_continuation"]
     print(
@@ -127,6 +137,64 @@ def generate(job: GenerateJob, workdir: Path) -> dict:
         f"(continuation only {100 * generated:.2f}%) -> {out / GENERATIONS}"
     )
     return summary
+
+
+def load_vocoder(job: GenerateJob):
+    """The vocoder of `generate.vocoder` (a centroids file read with `tokenize.mfcc`), checked to predict the
+    units' durations if `generate.predict_durations` asks it to."""
+    settings = job.generate
+    vocoder = vocoders.load_vocoder(settings.vocoder, job.tokenize.mfcc)
+    if settings.predict_durations and not vocoder.predicts_durations:
+        raise ValueError(
+            f"generate.predict_durations=True: the vocoder {settings.vocoder} has no duration predictor; set it "
+            "false to play each unit for one frame"
+        )
+    return vocoder
+
+
+def write_outputs(out: Path, records: list[dict], summary: dict) -> None:
+    """generations.jsonl and summary.json, each written atomically."""
+    write_text(out / GENERATIONS, "".join(json.dumps(record) + "\n" for record in records))
+    write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def write_audio(records: list[dict], vocoder, out: Path, settings: GenerateSettings) -> tuple[list[dict], dict]:
+    """Each record's prompt + continuation and continuation alone as wavs in OUT/audio/: the records naming them
+    (relative to OUT), and what was written."""
+    named, seconds = [], 0.0
+    for index, record in enumerate(records):
+        try:
+            waves = speak(
+                vocoder, [record["prompt_units"] + record["units"], record["units"]], settings.predict_durations
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"generate.vocoder={settings.vocoder!r}: line {index + 1} of {out / GENERATIONS} "
+                f"({record['file_name']}): {error} (units_list[0]: prompt + continuation, [1]: continuation)"
+            ) from None
+        paths = {}
+        for key, wave in zip(("full", "continuation"), waves, strict=True):
+            paths[f"wav_{key}"] = f"{AUDIO}/{index:04d}_{key}.wav"
+            vocoders.write_wav(out / paths[f"wav_{key}"], wave, vocoder.sample_rate)
+            seconds += len(wave) / vocoder.sample_rate
+        named.append(record | paths)
+    print(f"[generate] {2 * len(records)} wav files ({seconds:.1f} s of audio) -> {out / AUDIO}")
+    written = {
+        "vocoder": str(Path(settings.vocoder).absolute()),
+        "predict_durations": settings.predict_durations,
+        "sample_rate": vocoder.sample_rate,
+        "files": 2 * len(records),
+        "seconds": round(seconds, 3),
+    }
+    return named, written
+
+
+def speak(vocoder, sequences: list[list[int]], predict_durations: bool) -> list[np.ndarray]:
+    """The waveform of each unit sequence; an empty one (a continuation that ended at once) is 0 samples, which
+    a vocoder would refuse."""
+    spoken = [units for units in sequences if units]
+    waves = iter(vocoder.vocode_batch(spoken, predict_durations) if spoken else [])
+    return [next(waves) if units else np.zeros(0, np.float32) for units in sequences]
 
 
 def read_prompts(job: GenerateJob, workdir: Path, num_units: int) -> tuple[list[str], list[list[int]], list[dict]]:

@@ -3,14 +3,16 @@
 A field that is a string not starting with `<Un` names an audio file (absolute, or relative to its jsonl's
 folder). Every such file of every row goes through the tokeniser (`TokenizeSettings`, cached like the eval's
 audio in `units_cache`), and the rows are rewritten with `{"units": [...]}` into one jsonl that
-`preference.prepare` reads. A row with an audio file that is missing or cannot be tokenised keeps the path
-as its field, so `prepare` reports it as a bad row (an error naming file:line, or a counted skip).
+`preference.prepare` reads. Each rewritten row carries its file:line in the user's jsonl, and a field whose audio
+file is missing or cannot be tokenised carries why instead of units, so that `prepare` reports the row as a bad
+row there (an error naming the user's file:line, or a counted skip).
 """
 
 import hashlib
 import json
 from pathlib import Path
 
+from slam_jax.data.preference import AUDIO_ERROR, ORIGIN
 from slam_jax.files import expand_paths, read_records, write_text
 from slam_jax.speech.audio_units import audio_units
 from slam_jax.speech.tokenize import TokenizeSettings
@@ -30,19 +32,25 @@ def resolve(spec: str, tokenize_settings: TokenizeSettings, out_dir: Path, cache
     """`spec` itself when no row names audio; otherwise the path of a jsonl with every audio field as units."""
     rows, files = [], set()
     for path in expand_paths(spec):
-        for _, record in read_records(path):
+        for where, record in read_records(path):
             audio = {field: audio_path(record.get(field), path.parent) for field in FIELDS}
             files |= {str(file.absolute()) for file in audio.values() if file is not None and file.is_file()}
-            rows.append((record, audio))
-    if not any(file for _, audio in rows for file in audio.values()):
+            rows.append((where, record, audio))
+    if not any(file for _, _, audio in rows for file in audio.values()):
         return spec
-    units, _ = audio_units(tokenize_settings, sorted(files), cache, seed=seed) if files else ({}, {})
+    units, failed = audio_units(tokenize_settings, sorted(files), cache, seed=seed) if files else ({}, {})
     lines = []
-    for record, audio in rows:
-        resolved = dict(record)
+    for where, record, audio in rows:
+        resolved = {**record, ORIGIN: where}
         for field, file in audio.items():
-            if file is not None and str(file.absolute()) in units:
-                resolved[field] = {"units": units[str(file.absolute())]}
+            if file is None:
+                continue
+            key = str(file.absolute())
+            if key in units:
+                resolved[field] = {"units": units[key]}
+                continue
+            reason = failed.get(key) or ("not a file" if file.exists() else "no such file")
+            resolved[field] = {AUDIO_ERROR: f"audio file {record[field]!r} ({key}): {reason}"}
         lines.append(json.dumps(resolved) + "\n")
     digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
     target = out_dir / f"preference-units-{digest}.jsonl"

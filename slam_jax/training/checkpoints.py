@@ -7,13 +7,17 @@
     WORKDIR/checkpoints/<step>/model_config  the model config (so a step dir is a loadable model)
 
 Saves are asynchronous and atomic (Orbax finalises a step only when every item is written), so a kill
-at any moment leaves the previous checkpoint restorable.
+at any moment leaves the previous checkpoint restorable. The loop saves only states that `all_finite` passes;
+a step folder that cannot be resumed (damaged, or non-finite from an older run) is moved by `set_aside` to
+WORKDIR/rejected_checkpoints/, so nothing is deleted and the older checkpoints beside it serve the resume.
 """
 
+import shutil
 from pathlib import Path
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from slam_jax.models.config import ModelConfig
@@ -21,6 +25,13 @@ from slam_jax.models.storage import CONFIG_ITEM, PARAMS_DIR
 from slam_jax.training.step import TrainState
 
 _ITEMS = (PARAMS_DIR, "opt_state", "data", "meta", CONFIG_ITEM)
+REJECTED_DIR = "rejected_checkpoints"
+
+
+def all_finite(tree) -> jax.Array:
+    """True when no floating-point leaf of `tree` holds a NaN or an infinity (one reduction; jit it)."""
+    checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
 
 
 class Checkpointer:
@@ -43,10 +54,31 @@ class Checkpointer:
             "meta": ocp.JsonCheckpointHandler(),
             CONFIG_ITEM: ocp.JsonCheckpointHandler(),
         }
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), item_handlers=handlers, options=options)
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """The saved steps, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def set_aside(self, step: int) -> Path:
+        """Move step `step`'s folder to WORKDIR/rejected_checkpoints/ (a free name); returns where. Every process
+        then calls `reload`."""
+        rejected = self.directory.parent / REJECTED_DIR
+        rejected.mkdir(parents=True, exist_ok=True)
+        target, copy = rejected / f"step-{step}", 1
+        while target.exists():
+            copy += 1
+            target = rejected / f"step-{step}-{copy}"
+        shutil.move(self.directory / str(step), target)
+        return target
+
+    def reload(self) -> None:
+        """Forget steps moved away since the manager listed them."""
+        self.manager.reload()
 
     def due(self, step: int, seconds_since_save: float) -> bool:
         by_steps = self.every_steps > 0 and step % self.every_steps == 0

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax import parallel
-from slam_jax.data import preference
+from slam_jax.data import fingerprints, preference
 from slam_jax.files import expand_paths
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import next_token_log_probs
@@ -151,6 +151,19 @@ class DPOTrainer(loop.Trainer):
         frozen = self.reference_params is not None
         step = jit_dpo_step(self.graphdef, self.optimizer, config.dpo, self.shardings, self.mesh, trailing_axes, frozen)
         self.train_step = lambda state, batch, lr: step(state, batch, lr, self.reference_params)
+
+    def manifest_values(self, batch_devices: int) -> dict:
+        """The pre-training keys (its unused `data.train_path` aside) plus the pairs and their lengths."""
+        dpo = self.settings.dpo
+        files = expand_paths(dpo.train_path) if dpo.train_path else []
+        values = super().manifest_values(batch_devices)
+        values.pop("data.train_path")
+        return {
+            **values,
+            "dpo.train_path": fingerprints.summary(fingerprints.files_fingerprints(files)),
+            "dpo.max_prompt_length": dpo.max_prompt_length,
+            "dpo.max_completion_length": dpo.max_completion_length,
+        }
 
     def prepare_pairs(self) -> Path:
         """The prepared preference store for `dpo.train_path` (process 0 writes it once)."""

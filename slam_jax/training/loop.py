@@ -1,12 +1,17 @@
 """`mode: pretrain`: the training loop, top to bottom.
 
-set up (mesh, model, data, optimiser) -> restore the newest checkpoint or initialise -> step until
-`train.max_steps` or `train.time_budget` -> evaluate, save, exit. SIGTERM (preemption) saves and exits.
+lock the workdir, check its run manifest -> set up (mesh, model, data, optimiser) -> restore the newest usable
+checkpoint or initialise -> step until `train.max_steps` or `train.time_budget` -> evaluate, save, exit.
+SIGTERM (preemption) or Ctrl-C saves and exits (code 75: re-run to resume). A state holding NaN or inf is never
+saved: the run stops naming the last finite checkpoint, and a resume skips checkpoints it cannot read or that hold
+non-finite values.
 """
 
+import contextlib
 import dataclasses
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,11 +23,13 @@ from tqdm import tqdm
 
 from slam_jax import parallel
 from slam_jax.data import pipeline, stores
+from slam_jax.data.stores import DataSettings
+from slam_jax.data.unit_store import UnitStore
 from slam_jax.errors import TrainingError
 from slam_jax.models import attention, qwen2, storage
 from slam_jax.models import config as model_config
 from slam_jax.models.config import ModelConfig
-from slam_jax.training import checkpoints, metrics, optimizer
+from slam_jax.training import checkpoints, manifest, metrics, optimizer
 from slam_jax.training.settings import ModelSettings, PretrainJob, TrainSettings
 from slam_jax.training.step import TrainState, init_state, jit_eval_step, jit_train_step, train_state_shardings
 
@@ -111,20 +118,30 @@ class BudgetPlanner:
 
 
 class Preemption:
-    """Turns SIGTERM into a flag the loop checks after every step."""
+    """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks after every step: it then saves and
+    stops, and `python -m slam_jax.main` exits 75. A second Ctrl-C stops at once, unsaved (older checkpoints stay).
+    """
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        # A SIGINT the launcher ignores (a background job of a script) stays ignored.
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signals = (signal.SIGTERM,) if ignored else (signal.SIGTERM, signal.SIGINT)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in signals}
 
     def _handle(self, signum, frame):
         self.requested = True
+        if signum == signal.SIGINT:
+            # The system's default action, not a Python handler, so that it ends even a long device step.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            tqdm.write("Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop now, unsaved)")
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
-def resolve_stores(job: PretrainJob, workdir: Path) -> tuple[list[str], list[str]]:
+def resolve_stores(job: PretrainJob, workdir: Path) -> stores.ResolvedStores:
     """Process 0 prepares raw inputs while the others wait; then every process opens the same stores."""
     if jax.process_index() == 0:
         stores.resolve(job.data, workdir, job.seed)
@@ -139,11 +156,41 @@ def run(config, workdir: Path, trainer_class: type["Trainer"] | None = None) -> 
     trainer_class = trainer_class or Trainer
     job = trainer_class.settings_class.from_config(config, "config")
     parallel.maybe_initialize()
-    trainer = trainer_class(job, Path(workdir))
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()
+    workdir = Path(workdir)
+    # One run per workdir; the processes of the other hosts are part of process 0's run.
+    lock = manifest.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        trainer = trainer_class(job, workdir)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
+
+
+def validation_summary(data: DataSettings, valid_stores: list[str]) -> str:
+    """The start-up line saying how many sequences validation holds and where they come from."""
+    count = sum(len(UnitStore(store)) for store in valid_stores)
+    if data.valid_path:
+        return (
+            f"validation: {count:,} sequences from data.valid_path ({', '.join(valid_stores)}); "
+            "nothing of data.train_path is held out"
+        )
+    if valid_stores:
+        return (
+            f"validation: {count:,} sequences held out of data.train_path "
+            f"(data.valid_fraction={data.valid_fraction}) in {', '.join(valid_stores)}"
+        )
+    return "validation: none (data.train_path holds no valid split; data.valid_path names one)"
+
+
+def one_line(error: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (a TensorStore error runs to dozens of lines)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    # TensorStore follows its message with the store's whole spec, which says nothing about the damage.
+    text = f"{type(error).__name__}: {lines[0].split(' See full TensorStore details')[0]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Trainer:
@@ -171,7 +218,6 @@ class Trainer:
         if self.global_rows % jax.process_count():
             raise ValueError(f"{self.global_rows} rows per micro-batch do not split over {jax.process_count()} hosts")
         self.local_rows = self.global_rows // jax.process_count()
-        self.setup_task()
         self.checkpointer = checkpoints.Checkpointer(
             workdir / "checkpoints",
             settings.checkpoint.every_steps,
@@ -179,6 +225,17 @@ class Trainer:
             settings.checkpoint.keep,
             settings.checkpoint.keep_period,
         )
+        self.finite = jax.jit(checkpoints.all_finite, out_shardings=parallel.replicated(self.mesh))
+        # Checked before the data is prepared: a refused resume must not rebuild the stores its checkpoints read.
+        self.manifest = self.manifest_values(batch_devices)
+        resuming = bool(self.checkpointer.all_steps())
+        changes = manifest.check(workdir, self.manifest, settings.train.allowed_changes, resuming)
+        self.setup_task()
+        if jax.process_index() == 0:
+            manifest.record(workdir, self.manifest, changes)
+        why = "train.allow_changed" if resuming else "no checkpoint to resume yet"
+        for key, (old, new) in changes.items():
+            self.say(f"{manifest.MANIFEST}: {key} changed from {old!r} to {new!r} ({why})")
         self.writer = metrics.MetricsWriter(
             workdir,
             enabled=jax.process_index() == 0,
@@ -186,11 +243,18 @@ class Trainer:
             wandb_project=settings.log.wandb_project,
         )
         self._validation: dict[int, float | None] = {}
+        self._zero_gradient_steps, self._stall_reported = 0, False
         self.peak_flops = metrics.peak_flops_per_device(settings.train.peak_flops_per_device) * jax.device_count()
+
+    def manifest_values(self, batch_devices: int) -> dict:
+        """The settings a resume of this run must not change (`training/manifest.py`)."""
+        return manifest.values(self.settings, self.model_config, batch_devices)
 
     def setup_task(self) -> None:
         """Pre-training: unit stores, the packed-row step and its token accounting."""
-        self.train_stores, self.valid_stores = resolve_stores(self.settings, self.workdir)
+        resolved = resolve_stores(self.settings, self.workdir)
+        self.train_stores, self.valid_stores, self.train_weights = resolved.train, resolved.valid, resolved.weights
+        self.say(validation_summary(self.settings.data, self.valid_stores))
         self.context_length = self.settings.data.context_length
         self.tokens_per_step = self.global_rows * self.settings.train.grad_accum_steps * self.context_length
         self.flops_per_token = metrics.flops_per_token(self.model_config, self.context_length)
@@ -204,7 +268,7 @@ class Trainer:
     def data_iterator(self):
         dataset = pipeline.train_dataset(
             self.train_stores,
-            self.settings.data.mixture_weights(),
+            self.train_weights,
             self.context_length,
             rows_per_batch=self.settings.train.grad_accum_steps * self.local_rows,
             seed=self.settings.seed,
@@ -235,6 +299,57 @@ class Trainer:
         params = jax.device_put(params, self.shardings.params)
         return jax.jit(lambda p: init_state(p, self.optimizer), out_shardings=self.shardings)(params)
 
+    def restore_newest(self, iterator) -> tuple[TrainState, dict] | None:
+        """The state and metadata of the newest usable checkpoint (None: the workdir has none yet).
+
+        A checkpoint that cannot be read (a missing or truncated file, garbled metadata) or that holds NaN or inf
+        is skipped for the next older one; once one is usable, each skipped one is moved to
+        WORKDIR/rejected_checkpoints/ with a one-line warning. None usable: one TrainingError line listing them.
+        """
+        rejected = []
+        for step in self.checkpointer.all_steps():
+            try:
+                state, meta = self.checkpointer.restore(step, self.abstract_state, iterator)
+            except Exception as error:  # noqa: BLE001 - Orbax, TensorStore, Grain and json each raise their own type
+                rejected.append((step, f"is unreadable ({one_line(error)})"))
+                continue
+            if not bool(self.finite(state)):
+                rejected.append((step, "holds NaN or inf"))
+                continue
+            self.set_aside(rejected, step)
+            return state, meta
+        if rejected:
+            tried = "; ".join(f"step {step} {why}" for step, why in rejected)
+            raise TrainingError(
+                f"no usable checkpoint in {self.checkpointer.directory}: {tried}; move them away to start afresh, "
+                "or use another --workdir"
+            )
+        return None
+
+    def set_aside(self, rejected: list[tuple[int, str]], resumed_step: int) -> None:
+        """Move the skipped checkpoints out of the way (process 0; they are kept, not deleted) and say so."""
+        if not rejected:
+            return
+        if jax.process_index() == 0:
+            for step, why in rejected:
+                target = self.checkpointer.set_aside(step)
+                self.warn(f"checkpoint step {step} {why}: moved to {target}; resuming from step {resumed_step}")
+        parallel.barrier("slam_jax: unusable checkpoints set aside")
+        self.checkpointer.reload()
+
+    def check_finite(self, step: int, state: TrainState) -> None:
+        """Stop before a state holding NaN or inf is evaluated or saved: an update can blow the parameters up
+        while the loss it came from was finite, and a saved non-finite state would poison every resume."""
+        if not bool(self.finite(state)):
+            raise TrainingError(
+                f"the parameters or optimiser state after step {step} hold NaN or inf; stopped without saving them; "
+                f"{self.last_checkpoint()} (resume with a lower train.learning_rate)"
+            )
+
+    def last_checkpoint(self) -> str:
+        latest = self.checkpointer.latest_step()
+        return f"the last finite checkpoint is {'none' if latest is None else f'step {latest}'}"
+
     def evaluate(self, params) -> float | None:
         """Token-mean validation loss over (up to `train.eval_batches` batches of) the held-out stores."""
         if not self.valid_stores:
@@ -264,11 +379,11 @@ class Trainer:
             f"(model.attention={self.model_config.attention!r}, {jax.default_backend()}), "
             f"compute dtype {self.model_config.compute_dtype}"
         )
-        latest = self.checkpointer.latest_step()
+        restored = self.restore_newest(iterator)
         meta = {"step": 0, "tokens_seen": 0.0, "elapsed_seconds": 0.0, "total_steps": int(train.max_steps)}
-        if latest is not None:
-            state, meta = self.checkpointer.restore(latest, self.abstract_state, iterator)
-            self.say(f"resumed from {self.workdir / 'checkpoints' / str(latest)} (step {latest})")
+        if restored is not None:
+            state, meta = restored
+            self.say(f"resumed from {self.checkpointer.directory / str(meta['step'])} (step {meta['step']})")
         else:
             state = self.initial_state()
             self.say(
@@ -315,6 +430,7 @@ class Trainer:
                 if not (due_eval or due_save or preemption.requested):
                     continue
                 final, pending = self.record(pending, progress), None
+                self.check_finite(step, state)
                 if due_eval:
                     self.log_validation(step, state.params)
                 if due_save or preemption.requested:
@@ -326,6 +442,7 @@ class Trainer:
                     break
             if pending is not None:
                 final = self.record(pending, progress)
+            self.check_finite(step, state)
             if reason != "preempted":
                 validation = self._validation.get(step) or self.log_validation(step, state.params)
                 if validation is not None:
@@ -352,6 +469,10 @@ class Trainer:
         if jax.process_index() == 0:
             tqdm.write(f"[{self.job}] {message}")
 
+    def warn(self, message: str) -> None:
+        if jax.process_index() == 0:
+            tqdm.write(f"[{self.job}] warning: {message}", file=sys.stderr)
+
     def meta(self, step: int, clock: "Clock", schedule: Schedule) -> dict:
         return {
             "step": step,
@@ -362,15 +483,16 @@ class Trainer:
         }
 
     def record(self, pending, progress) -> dict:
-        """Fetch a finished step's metrics, stop on NaN, and log them (JSONL, TensorBoard, progress bar)."""
+        """Fetch a finished step's metrics, stop on NaN, warn of a stall, and log them (JSONL, TensorBoard,
+        progress bar)."""
         step, lr, step_metrics = pending
         values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
-        if not math.isfinite(values["loss"]) or not math.isfinite(values["grad_norm"]):
-            latest = self.checkpointer.latest_step()
+        if not all(math.isfinite(value) for value in values.values()):
             raise TrainingError(
                 f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step}; stopped without "
-                f"saving this state; the last checkpoint is {'none' if latest is None else f'step {latest}'}"
+                f"saving this state; {self.last_checkpoint()} (resume with a lower train.learning_rate)"
             )
+        self.watch_stall(step, values["grad_norm"])
         now = time.perf_counter()
         self._tokens_seen += self.tokens_per_step
         self._window_tokens += self.tokens_per_step
@@ -392,9 +514,28 @@ class Trainer:
         progress.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_per_second:,.0f}", mfu=f"{row['mfu']:.1%}")
         return row
 
+    def watch_stall(self, step: int, grad_norm: float) -> None:
+        """Warn once (stderr and metrics) when the gradient has been exactly zero for `train.stall_steps` steps in a
+        row: the run would otherwise go on, and exit 0, without learning anything."""
+        self._zero_gradient_steps = self._zero_gradient_steps + 1 if grad_norm == 0.0 else 0
+        stall_steps = self.settings.train.stall_steps
+        if not stall_steps or self._stall_reported or self._zero_gradient_steps < stall_steps:
+            return
+        self._stall_reported = True
+        self.warn(
+            f"the gradient norm has been exactly 0 for {stall_steps} steps in a row (steps {step - stall_steps + 1}"
+            f"-{step}): the model is not learning; check train.learning_rate and the data"
+        )
+        self.writer.write(step, {"stalled_steps": stall_steps})
+
     def log_validation(self, step: int, params) -> float | None:
         validation = self.evaluate(params)
         self._validation[step] = validation
+        if validation is not None and not math.isfinite(validation):
+            raise TrainingError(
+                f"validation loss is {validation} at step {step}; stopped without saving this state; "
+                f"{self.last_checkpoint()}"
+            )
         if validation is not None:
             self.writer.write(step, {"validation_loss": validation})
             self.say(f"step {step}: validation loss {validation:.4f}")

@@ -83,10 +83,16 @@ class TrainSettings(Settings):
     eval_every: int = setting(1000, minimum=0)
     eval_batches: int = setting(100, minimum=0)
     peak_flops_per_device: float = setting(0.0, minimum=0.0)
+    stall_steps: int = setting(20, minimum=0)  # warn after this many steps in a row with a zero gradient; 0: off
+    allow_changed: str = ""  # run-manifest keys a resume may change (training/manifest.py), comma-separated
 
     def validate(self) -> None:
         if not self.max_steps and not self.budget_seconds:
             raise ValueError(f"{self._source}: set max_steps and/or time_budget")
+
+    @property
+    def allowed_changes(self) -> tuple[str, ...]:
+        return tuple(key.strip() for key in self.allow_changed.split(",") if key.strip())
 
     @property
     def budget_seconds(self) -> float:

@@ -1,0 +1,147 @@
+"""`mode: resynthesize`: audio -> units -> audio, the round trip that checks a tokeniser and a vocoder together.
+
+    python -m slam_jax.main --config configs/resynthesize.py --config.resynthesize.data_path=AUDIO \\
+        --config.resynthesize.vocoder=DIR [--config.tokenize.KEY=VALUE] [--workdir W]
+
+Each file is tokenised by the `tokenize` section through the unit cache (speech/audio_units.py), its units spoken
+by the vocoder (speech/vocoders.py `load_vocoder`) and written to the output folder (`resynthesize.out_path`,
+default WORKDIR/resynthesize):
+    <name>.wav          16-bit at the vocoder's rate; <name> is the file's path below the inputs' common folder
+    resynthesis.jsonl   one line per file written, in input order: {"file_name", "units" (how many were
+                        vocoded), "wav" (relative to this folder), "input_seconds", "output_seconds"}
+    summary.json        the counts, the vocoder, the files that could not be tokenised and why
+With `tokenize.dedup` false every frame is a unit, played for one frame: the output lasts the input's frames
+(`frames * hop_length` samples). With it true the units are deduplicated and the vocoder predicts how long each
+lasts, as it does for generated units. A unit the vocoder does not know stops the job with an error naming the
+file; the lines of the files already written are kept.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from slam_jax.files import write_text
+from slam_jax.settings import Settings, setting
+from slam_jax.speech import audio, audio_units, vocoders
+from slam_jax.speech.tokenize import TokenizeSettings
+
+LINES, SUMMARY = "resynthesis.jsonl", "summary.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResynthesizeSettings(Settings):
+    """`resynthesize`: the audio, the vocoder and where the wavs go (configs/resynthesize.py explains each key)."""
+
+    data_path: str = ""  # audio folder / list / glob: audio.list_audio reads (and checks) it
+    vocoder: str = setting("", exists=True)
+    out_path: str = ""  # '' = WORKDIR/resynthesize
+    num_files: int = setting(0, minimum=0)  # 0 = all
+    units_cache: str = ""  # '' = WORKDIR/units_cache
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ResynthesizeJob(Settings):
+    """A whole `mode: resynthesize` config: the round trip and the tokeniser of its audio."""
+
+    mode: str = setting("resynthesize", choices=("resynthesize",))
+    seed: int = 0  # k-means fitting only
+    resynthesize: ResynthesizeSettings = ResynthesizeSettings()
+    tokenize: TokenizeSettings = TokenizeSettings()
+
+    def validate(self) -> None:
+        self.tokenize.check_files()
+
+
+def run(config: ConfigDict, workdir: Path) -> dict:
+    """`mode: resynthesize`: the config checked into a `ResynthesizeJob`, then `resynthesize`."""
+    return resynthesize(ResynthesizeJob.from_config(config, "config"), workdir)
+
+
+def output_names(files: list[str]) -> list[Path]:
+    """Each file's `<name>.wav`: its path below the files' common folder, suffix replaced; a one-line error if two
+    files would share one."""
+    common = Path(os.path.commonpath([str(Path(file).absolute().parent) for file in files]))
+    names = [Path(file).absolute().relative_to(common).with_suffix(".wav") for file in files]
+    seen: dict[Path, str] = {}
+    for file, name in zip(files, names, strict=True):
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {file} would both be resynthesised as {name}: rename one")
+        seen[name] = file
+    return names
+
+
+def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
+    """Tokenise, vocode and write every file of `resynthesize.data_path`; returns (and saves) the summary."""
+    settings = job.resynthesize
+    if not settings.data_path:
+        raise ValueError("resynthesize.data_path is empty: give an audio folder, list file or glob")
+    if not settings.vocoder:
+        raise ValueError(
+            "resynthesize.vocoder is empty: give a vocoder folder, an MFCC tokeniser folder or its centroids .npy"
+        )
+    out = Path(settings.out_path or Path(workdir) / "resynthesize")
+    files = audio.list_audio(settings.data_path)[: settings.num_files or None]
+    if not files:
+        raise FileNotFoundError(f"{settings.data_path}: no audio files ({', '.join(audio.AUDIO_SUFFIXES)})")
+    inside = [file for file in files if Path(file).resolve().is_relative_to(out.resolve())]
+    if inside:
+        raise ValueError(f"resynthesize.out_path={str(out)!r}: holds input audio ({inside[0]}); use another folder")
+    names = output_names(files)
+    vocoder = vocoders.load_vocoder(settings.vocoder, job.tokenize.mfcc)
+    if job.tokenize.dedup and not vocoder.predicts_durations:
+        raise ValueError(
+            f"tokenize.dedup=True: the vocoder {settings.vocoder} has no duration predictor to time deduplicated "
+            "units; set it false to keep one unit per frame"
+        )
+    cache = settings.units_cache or Path(workdir) / "units_cache"
+    units, failed = audio_units.audio_units(job.tokenize, files, cache, job.seed)
+    start = time.perf_counter()
+    lines = []
+    try:
+        for file, name in tqdm(list(zip(files, names, strict=True)), unit="file", disable=not settings.progress):
+            key = str(Path(file).absolute())
+            if key in units:
+                lines.append(_resynthesize_file(key, units[key], vocoder, out, name, settings, job.tokenize.dedup))
+    finally:  # the files written so far stay named, whatever stopped the loop
+        write_text(out / LINES, "".join(json.dumps(line) + "\n" for line in lines))
+    summary = {
+        "data_path": settings.data_path,
+        "vocoder": str(Path(settings.vocoder).absolute()),
+        "sample_rate": vocoder.sample_rate,
+        "predict_durations": job.tokenize.dedup,
+        "files": len(files),
+        "resynthesized": len(lines),
+        "skipped": [{"file": file, "reason": reason} for file, reason in failed.items()],
+        "output_seconds": round(sum(line["output_seconds"] for line in lines), 3),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    print(
+        f"resynthesized {len(lines)} of {len(files)} files ({len(failed)} not tokenised) -> {out}; "
+        f"{summary['output_seconds']:.1f} s of audio in {summary['seconds']:.1f} s"
+    )
+    return summary
+
+
+def _resynthesize_file(
+    file: str, units: list[int], vocoder, out: Path, name: Path, settings: ResynthesizeSettings, dedup: bool
+) -> dict:
+    """Vocode one file's units into OUT/name; its line."""
+    try:
+        wave = vocoder.vocode(units, predict_durations=dedup)
+    except ValueError as error:
+        raise ValueError(f"resynthesize.vocoder={settings.vocoder!r}: {file}: {error}") from None
+    vocoders.write_wav(out / name, wave, vocoder.sample_rate)
+    return {
+        "file_name": file,
+        "units": len(units),
+        "wav": str(name),
+        "input_seconds": round(audio.probe_seconds(file), 3),
+        "output_seconds": round(len(wave) / vocoder.sample_rate, 3),
+    }
