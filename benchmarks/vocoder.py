@@ -5,7 +5,8 @@
 The architecture is a 16 kHz CodeHiFiGAN for 25 Hz units (`ARCHITECTURE`): speech-resynthesis's HuBERT unit
 vocoder (512 channels, residual blocks of widths 3, 7, 11 and dilations 1, 3, 5, 128-wide embeddings and
 duration predictor) with upsampling rates 5, 4, 4, 4, 2 for 640 samples per unit frame; the released
-mhubert-base-25hz config is not available offline, so its exact rates and widths are assumed. Weights are random.
+mhubert-base-25hz config is not available offline, so its exact rates and widths are assumed. Weights are random
+(see `reference_generator`).
 The units: `--clips` clips of 2 to 16 s of random unit ids at 25 per second, one frame each (durations given).
 
 - reference: textlesslib's inference path: the unit embedding, then the HiFi-GAN generator (the pip package
@@ -64,11 +65,21 @@ SECONDS = (2.0, 16.0)
 
 
 def reference_generator(config: dict, seed: int = 0) -> torch.nn.Module:
-    """HiFi-GAN's `Generator` (weight-normed, seeded init) whose first conv reads `model_in_dim` channels."""
+    """HiFi-GAN's `Generator` (weight-normed) whose first conv reads `model_in_dim` channels, with random weights of
+    about unit gain (magnitudes U(0.7, 1.3), directions N(0, 1), biases N(0, 0.1)): its output is speech-loud
+    (RMS about 0.2) and unsaturated, unlike the tiny signal of the training init (std 0.01)."""
     torch.manual_seed(seed)
     generator = Generator(SimpleNamespace(**config))
     width = config["upsample_initial_channel"]
     generator.conv_pre = weight_norm(torch.nn.Conv1d(config["model_in_dim"], width, 7, 1, padding=3))
+    with torch.no_grad():
+        for name, parameter in generator.named_parameters():
+            if name.endswith("weight_g"):
+                parameter.uniform_(0.7, 1.3)
+            elif name.endswith("weight_v"):
+                parameter.normal_()
+            else:
+                parameter.normal_(0.0, 0.1)
     return generator.eval()
 
 

@@ -236,8 +236,8 @@ def test_predicted_durations_round_as_the_reference():
 
 
 def test_a_padded_batch_gives_each_item_the_waveform_it_gets_alone(converted):
-    """Lengths 40, 37, 33 share a padded length (3 rows padded to 4), 5 and 1 another; durations are predicted
-    over a padded batch too."""
+    """Lengths 40 and 37 share a batch padded to 48 frames (33 runs alone in that bucket), 5 and 1 one padded to
+    16; durations are predicted over padded batches too."""
     generator, tensors, ours, _ = converted("durations")
     sequences = [random_units(length, seed=length) for length in (5, 40, 1, 37, 33)]
     for predict in (False, True):
@@ -248,6 +248,12 @@ def test_a_padded_batch_gives_each_item_the_waveform_it_gets_alone(converted):
             counts = np.maximum(np.round(np.exp(numpy_log_durations(tensors, units)) - 1), 1).astype(int)
             frames = np.repeat(units, counts) if predict else units
             assert np.max(np.abs(wave - reference_waveform(generator, numpy_features(tensors, frames)))) <= TOLERANCE
+
+
+def test_batches_group_items_of_one_length_bucket_in_powers_of_two():
+    lengths = [5, 40, 1, 37, 33]  # buckets of 16 frames: 5, 1 -> 16; 40, 37, 33 -> 48
+    assert list(vocoder.batches(lengths, 4, 10_000)) == [([1, 3], 48), ([4], 48), ([0, 2], 16)]
+    assert list(vocoder.batches(lengths, 4, 60)) == [([1], 48), ([3], 48), ([4], 48), ([0, 2], 16)]
 
 
 def test_api(converted):

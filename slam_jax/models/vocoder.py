@@ -46,7 +46,7 @@ DURATION_WIDTH = 3  # the duration predictor's convs (the reference pads its sec
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, the duration predictor's
 _KERNEL_STD = 0.01  # the reference's init_weights (random models are for shapes, tests and benchmarks)
 _LAYOUT = ("NWC", "WIO", "NWC")
-# The reference convolves in float32; a TPU would otherwise multiply float32 in one bf16 pass.
+# The reference convolves in float32; GPUs (TF32) and TPUs (one bf16 pass) would otherwise round the operands.
 _PRECISION = jax.lax.Precision.HIGHEST
 _LENGTH_QUANTUM = 16  # padded lengths are multiples of this, in 4 steps per octave: few compiled shapes
 _STEPS_PER_OCTAVE = 4
@@ -339,24 +339,24 @@ def bucket_length(length: int) -> int:
     return -(-quanta // step) * step * _LENGTH_QUANTUM
 
 
-def batches(lengths: Sequence[int], batch_size: int, max_batch_frames: int) -> Iterator[tuple[list[int], int, int]]:
-    """Groups of item indices, longest first, with their padded length and row count. The items of a group share
-    their `bucket_length`, so no item is padded past its own bucket; a group has at most `batch_size` items and
-    rows x length at most `max_batch_frames` (one row at least); its rows are a power of two (extra rows empty)."""
+def batches(lengths: Sequence[int], batch_size: int, max_batch_frames: int) -> Iterator[tuple[list[int], int]]:
+    """Groups of item indices, longest first, with their padded length. The items of a group share their
+    `bucket_length`, so no item is padded past its own bucket, and a group's size is a power of two (few compiled
+    shapes, no empty rows): at most `batch_size`, and rows x length at most `max_batch_frames` (one row at least)."""
     by_bucket: dict[int, list[int]] = {}
     for index in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
         by_bucket.setdefault(bucket_length(lengths[index]), []).append(index)
     for padded, members in by_bucket.items():
         cap = max(1, min(batch_size, max_batch_frames // padded))
-        size = 1 << (cap.bit_length() - 1)
-        for start in range(0, len(members), size):
-            group = members[start : start + size]
-            yield group, padded, 1 << (len(group) - 1).bit_length()
+        while members:
+            size = 1 << (min(cap, len(members)).bit_length() - 1)
+            yield members[:size], padded
+            members = members[size:]
 
 
-def _pad(sequences: Sequence[np.ndarray], group: list[int], length: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The group's sequences as [rows, length] int32 right-padded with 0, and their lengths (0 for extra rows)."""
-    batch, lengths = np.zeros((rows, length), np.int32), np.zeros((rows,), np.int32)
+def _pad(sequences: Sequence[np.ndarray], group: list[int], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The group's sequences as [len(group), length] int32 right-padded with 0, and their lengths."""
+    batch, lengths = np.zeros((len(group), length), np.int32), np.zeros((len(group),), np.int32)
     for row, index in enumerate(group):
         batch[row, : len(sequences[index])] = sequences[index]
         lengths[row] = len(sequences[index])
@@ -496,8 +496,8 @@ class Vocoder:
     def _predicted(self, units: list[np.ndarray]) -> list[np.ndarray]:
         """Frames per unit of every (checked) sequence, predicted in padded batches."""
         result: list[np.ndarray] = [np.zeros(0, np.int32)] * len(units)
-        for group, length, rows in batches([len(ids) for ids in units], self.batch_size, self.max_batch_frames):
-            batch, lengths = _pad(units, group, length, rows)
+        for group, length in batches([len(ids) for ids in units], self.batch_size, self.max_batch_frames):
+            batch, lengths = _pad(units, group, length)
             predicted = np.asarray(_durations(self._graphdef, self._state, batch, lengths))
             for row, index in enumerate(group):
                 result[index] = predicted[row, : len(units[index])].copy()
@@ -506,11 +506,9 @@ class Vocoder:
     def _generate(self, frames: list[np.ndarray], speakers: np.ndarray, styles: np.ndarray) -> list[np.ndarray]:
         """The waveform of every (checked) sequence of frame units, generated in padded batches."""
         result: list[np.ndarray] = [np.zeros(0, np.float32)] * len(frames)
-        for group, length, rows in batches([len(ids) for ids in frames], self.batch_size, self.max_batch_frames):
-            batch, lengths = _pad(frames, group, length, rows)
-            picked = np.zeros((2, rows), np.int32)
-            picked[0, : len(group)], picked[1, : len(group)] = speakers[group], styles[group]
-            waves = np.asarray(_waveforms(self._graphdef, self._state, batch, lengths, picked[0], picked[1]))
+        for group, length in batches([len(ids) for ids in frames], self.batch_size, self.max_batch_frames):
+            batch, lengths = _pad(frames, group, length)
+            waves = np.asarray(_waveforms(self._graphdef, self._state, batch, lengths, speakers[group], styles[group]))
             for row, index in enumerate(group):
                 result[index] = waves[row, : self.config.num_samples(len(frames[index]))].copy()
         return result
