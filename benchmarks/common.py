@@ -139,6 +139,38 @@ def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, l
     return times
 
 
+def alternate_keeping_outputs(
+    fns: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """`alternate` over the functions, keeping each one's last output (for agreement figures)."""
+    outputs = {}
+
+    def keeping(name, fn):
+        def run():
+            outputs[name] = fn()
+
+        return run
+
+    return alternate({name: keeping(name, fn) for name, fn in fns.items()}, repeats), outputs
+
+
+def audio_rates(times: dict[str, list[float]], audio_seconds: float, reference: str) -> dict[str, dict]:
+    """Per implementation: median and all seconds, audio seconds per second, and the speed-up over `reference`."""
+    rates = {
+        name: {
+            "seconds": median(values),
+            "all_seconds": values,
+            "audio_seconds_per_second": audio_seconds / median(values),
+        }
+        for name, values in times.items()
+    }
+    for figures in rates.values():
+        figures["speedup_over_reference"] = (
+            figures["audio_seconds_per_second"] / rates[reference]["audio_seconds_per_second"]
+        )
+    return rates
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -164,33 +164,9 @@ def agreement(outputs: dict[str, list[np.ndarray]], reference: str) -> dict[str,
     return result
 
 
-def timed(fns: dict[str, Callable[[], list]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list]]:
-    """`common.alternate` over the functions, keeping each one's last output for the agreement figures."""
-    outputs = {}
-
-    def keeping(name, fn):
-        def run():
-            outputs[name] = fn()
-
-        return run
-
-    times = common.alternate({name: keeping(name, fn) for name, fn in fns.items()}, repeats)
-    return times, outputs
-
-
 def summarise(times: dict[str, list[float]], outputs: dict[str, list], setup: dict, repeats: int) -> dict:
     reference = "reference_torch_fp32_sklearn"
-    implementations = {
-        name: {
-            "seconds": common.median(values),
-            "all_seconds": values,
-            "audio_seconds_per_second": setup["audio_seconds"] / common.median(values),
-        }
-        for name, values in times.items()
-    }
-    base = implementations[reference]["audio_seconds_per_second"]
-    for figures in implementations.values():
-        figures["speedup_over_reference"] = figures["audio_seconds_per_second"] / base
+    implementations = common.audio_rates(times, setup["audio_seconds"], reference)
     for name, share in agreement(outputs, reference).items():
         implementations[name]["frames_equal_to_reference"] = share
     faithful = {"check": setup.pop("reference_padding_units"), reference: outputs[reference]}
@@ -243,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: need --clips >= 1 and --dtypes from {hubert.COMPUTE_DTYPES}", file=sys.stderr)
         return 1
     fns, setup = build(args.clips, dtypes)
-    times, outputs = timed(fns, args.repeats)
+    times, outputs = common.alternate_keeping_outputs(fns, args.repeats)
     result = summarise(times, outputs, setup, args.repeats)
     common.emit(result, args.json, report_lines(result))
     return 0

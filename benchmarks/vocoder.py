@@ -158,33 +158,10 @@ def build(count: int) -> tuple[dict[str, Callable[[], list]], dict]:
     return fns, setup
 
 
-def timed(fns: dict[str, Callable[[], list]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list]]:
-    """`common.alternate` over the functions, keeping each one's last output for the agreement figures."""
-    outputs = {}
-
-    def keeping(name, fn):
-        def run():
-            outputs[name] = fn()
-
-        return run
-
-    times = common.alternate({name: keeping(name, fn) for name, fn in fns.items()}, repeats)
-    return times, outputs
-
-
 def summarise(times: dict[str, list[float]], outputs: dict[str, list], setup: dict, repeats: int) -> dict:
     reference = "reference_torch_fp32"
-    implementations = {
-        name: {
-            "seconds": common.median(values),
-            "all_seconds": values,
-            "audio_seconds_per_second": setup["audio_seconds"] / common.median(values),
-        }
-        for name, values in times.items()
-    }
-    base = implementations[reference]["audio_seconds_per_second"]
+    implementations = common.audio_rates(times, setup["audio_seconds"], reference)
     for name, figures in implementations.items():
-        figures["speedup_over_reference"] = figures["audio_seconds_per_second"] / base
         pairs = zip(outputs[name], outputs[reference], strict=True)
         figures["max_abs_difference_from_reference"] = max(float(np.max(np.abs(a - b))) for a, b in pairs)
     samples = np.concatenate(outputs[reference])
@@ -229,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: need --clips >= 1 and --repeats >= 1", file=sys.stderr)
         return 1
     fns, setup = build(args.clips)
-    times, outputs = timed(fns, args.repeats)
+    times, outputs = common.alternate_keeping_outputs(fns, args.repeats)
     result = summarise(times, outputs, setup, args.repeats)
     common.emit(result, args.json, report_lines(result))
     return 0
