@@ -17,10 +17,11 @@ from configs import tokenize
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.mode = "eval"  # the job: pair metrics
-    config.seed = 0  # global seed (only used to fit k-means for an mfcc tokeniser)
+    config.seed = 0  # generative metrics: prompt i samples from (seed, i); also fits k-means for an mfcc tokeniser
 
     config.eval = ConfigDict()
-    config.eval.metric = "tstorycloze"  # sblimp | sstorycloze | tstorycloze | swuggy | salmon; comma list for several
+    config.eval.metric = "tstorycloze"  # sblimp | sstorycloze | tstorycloze | swuggy | salmon | genppl | auto_bleu;
+    # comma list for several
     config.eval.data_path = ""  # benchmark folder or pairs .jsonl, one per metric (comma list, same order)
     config.eval.model = ""  # converted model dir, training workdir (its newest checkpoint) or checkpoint step dir
     config.eval.compute_dtype = "float32"  # float32 | bfloat16 | '' (the model's own); float32 avoids bf16 ties
@@ -28,6 +29,26 @@ def get_config() -> ConfigDict:
     config.eval.salmon_parts = "all"  # SALMon parts to score (comma list of folder names) or all eight
     config.eval.units_cache = ""  # folder of cached audio units ('' = WORKDIR/units_cache); shared across runs
     config.eval.progress = True  # tqdm bar over scoring batches
+
+    # genppl | auto_bleu (configs/genppl.py): prompts -> sampled units -> vocoder -> Whisper -> text LM
+    config.eval.genppl = ConfigDict()
+    config.eval.genppl.vocoder = ""  # conversion.vocoder_to_flax dir (an MFCC tokeniser dir: its inverse)
+    config.eval.genppl.asr_model = ""  # conversion.whisper_to_flax dir (paper: openai/whisper-large-v3-turbo)
+    config.eval.genppl.text_lm = ""  # conversion.hf_to_flax dir of a text LM (paper: meta-llama/Llama-3.2-1B)
+    config.eval.genppl.prompt_files = "correct"  # correct: each pair's correct file (sStoryCloze) | all: every file
+    config.eval.genppl.num_prompts = 1000  # the first N usable files (0 = all); paper: 1000
+    config.eval.genppl.prompt_seconds = 3.0  # prompt = the first seconds of each file; shorter files are skipped
+    config.eval.genppl.max_new_tokens = 150  # units sampled after the prompt (paper: 150)
+    config.eval.genppl.temperature = 0.8  # paper: 0.8
+    config.eval.genppl.top_k = 25  # paper: 25 (0 = off)
+    config.eval.genppl.top_p = 1.0  # 1.0 = off
+    config.eval.genppl.predict_durations = True  # the vocoder's duration predictor (the paper's vocoder has one)
+    config.eval.genppl.language = "en"  # Whisper's language token
+    config.eval.genppl.asr_max_new_tokens = 128  # transcript tokens at most (Whisper's limit: 444)
+    config.eval.genppl.asr_batch_size = 16  # clips per Whisper batch, over all local devices
+    config.eval.genppl.lm_batch_size = 16  # transcripts per text-LM batch
+    config.eval.genppl.lm_compute_dtype = "float32"  # float32 | bfloat16
+    config.eval.genppl.auto_bleu_n = 2  # Auto-BLEU-n of the transcripts' words (paper: 2)
 
     config.tokenize = tokenize.get_config().tokenize  # audio -> units: same keys and defaults as configs/tokenize.py
     del config.tokenize.data_path  # set per benchmark

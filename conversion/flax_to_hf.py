@@ -2,11 +2,11 @@
 
     python -m conversion.flax_to_hf --checkpoint DIR --out DIR [--format hf|slamkit] [--dtype float32]
 
-`--format hf` loads with `transformers.Qwen2ForCausalLM.from_pretrained`; `--format slamkit` is the
-reference's speech-LM layout (`model_type` speech_language_model, nested `base_config`, weights under
-`lm.`), which `python -m conversion.hf_to_flax` also imports back; it names the text model the import recorded
-(`base_model_name`, `base_config`), or assumes the recipe's with a note. Written atomically, never over, inside
-or around the checkpoint it reads.
+`--format hf` loads with `transformers.Qwen2ForCausalLM.from_pretrained` (a llama model, e.g. a converted
+Llama 3, with `LlamaForCausalLM`); `--format slamkit` is the reference's speech-LM layout (`model_type`
+speech_language_model, nested `base_config`, weights under `lm.`), which `python -m conversion.hf_to_flax` also
+imports back; it names the text model the import recorded (`base_model_name`, `base_config`), or assumes the
+recipe's with a note. Written atomically, never over, inside or around the checkpoint it reads.
 """
 
 import argparse
@@ -81,7 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint", required=True, help="model dir, training workdir or checkpoint step dir")
     parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
-    parser.add_argument("--format", choices=FORMATS, default="hf", help="hf: Qwen2ForCausalLM; slamkit: reference")
+    parser.add_argument("--format", choices=FORMATS, default="hf", help="hf: Qwen2 or Llama; slamkit: reference")
     parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32", help="dtype of the written tensors")
     parser.add_argument("--max_shard_size_mb", type=int, default=0, help="shard files above this size (0 = one file)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -1,4 +1,5 @@
-"""Convert an HF Qwen2 checkpoint (or a slamkit speech LM) to a slam_jax model dir, optionally TWIST-initialised.
+"""Convert an HF Qwen2 or Llama checkpoint (or a slamkit speech LM) to a slam_jax model dir, optionally
+TWIST-initialised.
 
     python -m conversion.hf_to_flax --model DIR_OR_HUB_ID --out DIR [--twist] [--num_units 500] [--rope_theta 10000]
 
@@ -6,12 +7,16 @@ Reads safetensors with numpy (no torch), checks every tensor's shape against con
 `model_config.json` + Orbax `params/` + `provenance.json` (the source and its text model) atomically. `--twist`
 builds the Slam speech LM the reference's way: the vocabulary becomes `num_units + 2` rows taken from the start
 of the text embedding (what `resize_token_embeddings` keeps), the head is tied, rope_theta and the context length
-are overridden. A slamkit checkpoint's vocabulary is its top-level `vocab_size`.
+are overridden. A slamkit checkpoint's vocabulary is its top-level `vocab_size`. Without `--twist` the text
+model's tokenizer files are copied beside the weights, so the folder is a self-contained text LM
+(`slam_jax.evaluation.text_lm.load_text_lm`).
 """
 
 import argparse
 import re
+import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ import numpy as np
 from conversion import command, qwen2_hf
 from conversion.safetensors_io import CheckpointError, CheckpointReader
 from slam_jax import tokens
-from slam_jax.files import refuse_overlap
+from slam_jax.files import atomic_dir, refuse_overlap
 from slam_jax.models import storage
 from slam_jax.models.config import ModelConfig
 
@@ -29,10 +34,21 @@ SLAM_ROPE_THETA = 10_000.0
 SLAM_CONTEXT_LENGTH = 1024
 _MEAN_INIT_NOISE = 1e-2
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "generation_config.json",
+)
+CHECKPOINT_PATTERNS = ("config.json", "*.safetensors", "*.index.json", *TOKENIZER_FILES)
 
 
-def resolve_source(model: str) -> Path:
-    """A local checkpoint folder, or a hub id downloaded (config + safetensors only) when online."""
+def resolve_source(model: str, patterns: Sequence[str] = CHECKPOINT_PATTERNS) -> Path:
+    """A local checkpoint folder, or a hub id downloaded when online: only the files matching `patterns`
+    (default: config, safetensors and the tokenizer files)."""
     path = Path(model)
     if path.is_dir():
         return path
@@ -41,7 +57,7 @@ def resolve_source(model: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(model, allow_patterns=["config.json", "*.safetensors", "*.index.json"]))
+        return Path(snapshot_download(model, allow_patterns=list(patterns)))
     except Exception as error:  # noqa: BLE001 - any hub failure becomes one line naming the id
         raise CheckpointError(f"{model}: not a local folder and not downloadable ({type(error).__name__})") from None
 
@@ -53,6 +69,14 @@ def read_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, Any], dict]:
     config = qwen2_hf.model_config_from_hf(weights_config, source=str(folder / "config.json"))
     reader = CheckpointReader(folder)
     prefix = qwen2_hf.SLAMKIT_PREFIX if is_slamkit else ""
+    if not config.attention_bias:  # biases a bias-free config would silently drop: the config is wrong
+        biases = [prefix + name.format(i=0) for _, name, _ in qwen2_hf.LAYER_TENSORS if name.endswith(".bias")]
+        present = [name for name in biases if name in reader]
+        if present:
+            raise CheckpointError(
+                f"{folder / 'config.json'}: model_type {config.architecture!r} has no q/k/v biases, but "
+                f"{reader.file_of(present[0])} holds {present[0]} (a qwen2 checkpoint?)"
+            )
     params = qwen2_hf.params_from_hf(reader.get, config, prefix=prefix)
     return config, params, hf_config
 
@@ -159,13 +183,18 @@ def convert(
         overrides = {"rope_theta": rope_theta, "max_position_embeddings": context_length}
         config = config.replace(**{key: value for key, value in overrides.items() if value is not None})
     storage.move_to_device(params)  # one copy in memory: no host copies left for Orbax to duplicate
-    return storage.save_model(out, config, params, provenance=provenance, overwrite=overwrite)
+    tokenizer = [] if twist_vocab else [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    with atomic_dir(out, overwrite, [model, folder]) as staging:  # the model and its tokenizer appear together
+        storage.save_model(staging, config, params, provenance=provenance, overwrite=True)
+        for path in tokenizer:
+            shutil.copyfile(path, staging / path.name)
+    return Path(out).absolute()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m conversion.hf_to_flax",
-        description="Convert an HF Qwen2 (or slamkit speech-LM) checkpoint to a slam_jax model dir.",
+        description="Convert an HF Qwen2 or Llama (or slamkit speech-LM) checkpoint to a slam_jax model dir.",
     )
     parser.add_argument("--model", required=True, help="checkpoint folder (safetensors + config.json) or hub id")
     parser.add_argument("--out", required=True, help="output model dir (must be empty unless --overwrite)")
@@ -200,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
 def summary(out: Path) -> str:
     """What `wrote OUT` is followed by: the size and the shape of the converted model."""
     config = storage.load_config(out)
+    scaling = "" if config.rope_scaling == "none" else f" ({config.rope_scaling} scaling)"
     return (
-        f": {config.num_params():,} parameters, vocab {config.vocab_size}, "
-        f"{config.num_layers} layers, rope_theta {config.rope_theta:g}"
+        f": {config.architecture}, {config.num_params():,} parameters, vocab {config.vocab_size}, "
+        f"{config.num_layers} layers, rope_theta {config.rope_theta:g}{scaling}"
     )
 
 

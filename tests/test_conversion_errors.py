@@ -63,11 +63,19 @@ def test_missing_shard(capsys, hf_checkpoint, tmp_path):
     assert_clean_failure(code, err, tmp_path / "out", str(shard), "not found")
 
 
-def test_non_qwen2_config(capsys, hf_checkpoint, tmp_path):
+def test_unsupported_model_type(capsys, hf_checkpoint, tmp_path):
+    _, folder = hf_checkpoint()
+    rewrite_config(folder, model_type="mistral")
+    code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
+    expected = "model_type 'mistral' is not one of ['qwen2', 'llama']"
+    assert_clean_failure(code, err, tmp_path / "out", str(folder / "config.json"), expected)
+
+
+def test_qwen2_weights_labelled_llama_are_refused_not_stripped_of_their_biases(capsys, hf_checkpoint, tmp_path):
     _, folder = hf_checkpoint()
     rewrite_config(folder, model_type="llama")
     code, err = run_convert(capsys, "--model", folder, "--out", tmp_path / "out")
-    assert_clean_failure(code, err, tmp_path / "out", str(folder / "config.json"), "'llama' is not 'qwen2'")
+    assert_clean_failure(code, err, tmp_path / "out", str(folder / "config.json"), "has no q/k/v biases")
 
 
 def test_shape_mismatch_names_file_and_tensor(capsys, hf_checkpoint, tmp_path):

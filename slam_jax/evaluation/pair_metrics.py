@@ -1,4 +1,5 @@
-"""`mode: eval`: pair metrics (sBLIMP, sStoryCloze, tStoryCloze, sWUGGY, SALMon, or a pairs jsonl).
+"""`mode: eval`: pair metrics (sBLIMP, sStoryCloze, tStoryCloze, sWUGGY, SALMon, or a pairs jsonl), and the
+generative metrics GenPPL and Auto-BLEU (genppl.py).
 
     python -m slam_jax.main --config configs/eval.py --config.eval.metric=tstorycloze \\
         --config.eval.data_path=DIR --config.eval.model=PATH [--workdir W]
@@ -19,8 +20,9 @@ from ml_collections import ConfigDict
 
 from slam_jax import tokens
 from slam_jax.errors import DataError
+from slam_jax.evaluation import genppl, scoring
 from slam_jax.evaluation import pairs as pair_io
-from slam_jax.evaluation import scoring
+from slam_jax.evaluation.genppl import GenPplSettings
 from slam_jax.files import write_text
 from slam_jax.models import config as model_config
 from slam_jax.models import storage
@@ -42,6 +44,7 @@ class EvalSettings(Settings):
     salmon_parts: str = "all"
     units_cache: str = ""  # '' = WORKDIR/units_cache
     progress: bool = True
+    genppl: GenPplSettings = GenPplSettings()  # the generative metrics' models and protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +53,7 @@ class EvalJob(Settings):
     there is audio to tokenise: pairs of units need none)."""
 
     mode: str = setting("eval", choices=("eval",))
-    seed: int = 0  # k-means fitting only (an mfcc tokeniser with fit_units)
+    seed: int = 0  # the generative metrics' sampling (prompt i from (seed, i)); k-means fitting of an mfcc tokeniser
     eval: EvalSettings = EvalSettings()
     tokenize: TokenizeSettings = TokenizeSettings()
 
@@ -66,7 +69,9 @@ def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
     metrics = _split(settings.metric)
     data_paths = _split(settings.data_path)
     if not metrics:
-        raise ValueError("eval.metric is empty: name sblimp, sstorycloze, tstorycloze, swuggy or salmon")
+        raise ValueError(
+            "eval.metric is empty: name sblimp, sstorycloze, tstorycloze, swuggy, salmon, genppl or auto_bleu"
+        )
     if len(data_paths) != len(metrics):
         raise ValueError(f"eval.data_path: {len(data_paths)} path(s) for {len(metrics)} metric(s); give one per metric")
     if not settings.model:
@@ -74,10 +79,28 @@ def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
     model_dir = storage.resolve_model_dir(settings.model)
     model = load_model(model_dir, compute_dtype=settings.compute_dtype or None)
     scorer = scoring.Scorer(model, settings.batch_size, progress=settings.progress)
-    results = {}
+    results, generative = {}, {}
     for metric, data_path in zip(metrics, data_paths, strict=True):
-        results[metric] = evaluate(metric, data_path, scorer, job, Path(workdir), str(model_dir.absolute()))
-    print(table(results))
+        if pair_io.canonical_metric(metric) in genppl.METRICS:
+            generative.setdefault(data_path, []).append(pair_io.canonical_metric(metric))
+        else:
+            results[metric] = evaluate(metric, data_path, scorer, job, Path(workdir), str(model_dir.absolute()))
+    if results:
+        print(table(results))
+    for data_path, names in generative.items():  # one generation, vocoding and transcription per prompt set
+        results |= genppl.evaluate(
+            names,
+            data_path,
+            model,
+            settings.genppl,
+            job.tokenize,
+            settings.units_cache or Path(workdir) / "units_cache",
+            job.seed,
+            settings.batch_size,
+            Path(workdir) / "eval",
+            str(model_dir.absolute()),
+            settings.progress,
+        )
     return results
 
 

@@ -67,7 +67,15 @@ LAYOUTS = {
     "swuggy": Layout("folder", "_"),
     "salmon": Layout("salmon"),
 }
-ALIASES = {"ssc": "sstorycloze", "tsc": "tstorycloze", "storycloze": "sstorycloze"}
+ALIASES = {
+    "ssc": "sstorycloze",
+    "tsc": "tstorycloze",
+    "storycloze": "sstorycloze",
+    "gen_ppl": "genppl",
+    "asr_perplexity": "genppl",
+    "autobleu": "auto_bleu",
+    "auto-bleu": "auto_bleu",
+}
 
 
 def canonical_metric(name: str) -> str:

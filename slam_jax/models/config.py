@@ -1,4 +1,5 @@
-"""Qwen2 decoder configuration: named sizes, parameter counting and the JSON stored beside weights."""
+"""Decoder configuration (Qwen2, and Llama: the same block without q/k/v biases): named sizes, parameter
+counting and the JSON stored beside weights."""
 
 import dataclasses
 
@@ -8,11 +9,18 @@ from slam_jax.settings import Settings, setting
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "splash", "pallas_gpu", "cudnn")  # models/attention.py
+ARCHITECTURES = ("qwen2", "llama")  # the transformers model an export writes; the weights differ only by biases
+ROPE_SCALINGS = ("none", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(Settings):
-    """Architecture plus the execution knobs (dtype, layer scan, remat, attention kernel) of a Qwen2 decoder."""
+    """Architecture plus the execution knobs (dtype, layer scan, remat, attention kernel) of the decoder.
+
+    `rope_scaling="llama3"` rescales RoPE's inverse frequencies as Llama 3.1+ does, with the `rope_*` factors
+    and `rope_original_max_position_embeddings` (the context of the unscaled pre-training); they are unused
+    otherwise. A folder saved before these keys existed loads as the Qwen2 it is (the defaults).
+    """
 
     vocab_size: int = setting(minimum=1)
     hidden_size: int = setting(minimum=1)
@@ -21,7 +29,14 @@ class ModelConfig(Settings):
     num_heads: int = setting(minimum=1)
     num_kv_heads: int = setting(minimum=1)
     head_dim: int = setting(minimum=1)
+    architecture: str = setting("qwen2", choices=ARCHITECTURES)
     rope_theta: float = setting(10_000.0, above=0)
+    rope_scaling: str = setting("none", choices=ROPE_SCALINGS)
+    rope_factor: float = setting(8.0, above=0)
+    rope_low_freq_factor: float = setting(1.0, above=0)
+    rope_high_freq_factor: float = setting(4.0, above=0)
+    rope_original_max_position_embeddings: int = setting(8192, minimum=1)
+    attention_bias: bool = True  # q/k/v biases: Qwen2 has them, Llama not
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     max_position_embeddings: int = setting(1024, minimum=1)
@@ -31,13 +46,19 @@ class ModelConfig(Settings):
     attention: str = setting("auto", choices=ATTENTION_BACKENDS)
 
     def validate(self) -> None:
-        """Grouped-query heads and RoPE's half-split need these sizes to divide."""
+        """Grouped-query heads and RoPE's half-split need these sizes to divide; llama3 scaling needs its
+        frequency band to be non-empty (it divides by high - low)."""
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"{self._source}.num_heads={self.num_heads}: not a multiple of num_kv_heads={self.num_kv_heads}"
             )
         if self.head_dim % 2:
             raise ValueError(f"{self._source}.head_dim={self.head_dim}: must be even for RoPE")
+        if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+            raise ValueError(
+                f"{self._source}.rope_high_freq_factor={self.rope_high_freq_factor}: must be > "
+                f"rope_low_freq_factor={self.rope_low_freq_factor} for llama3 RoPE scaling"
+            )
 
     @property
     def num_query_groups(self) -> int:
@@ -47,7 +68,7 @@ class ModelConfig(Settings):
         """Exact parameter count from the shapes alone (no weights allocated)."""
         d, kv = self.hidden_size, self.num_kv_heads * self.head_dim
         q = self.num_heads * self.head_dim
-        attention = d * q + q + 2 * (d * kv + kv) + q * d
+        attention = d * q + 2 * d * kv + q * d + (q + 2 * kv if self.attention_bias else 0)
         mlp = 3 * d * self.intermediate_size
         per_layer = attention + mlp + 2 * d
         total = self.num_layers * per_layer + d
@@ -85,6 +106,30 @@ def qwen2_5_0_5b(**overrides) -> ModelConfig:
         head_dim=64,
         rope_theta=1_000_000.0,
         max_position_embeddings=32_768,
+    )
+    return ModelConfig(**{**values, **overrides})
+
+
+def llama3_2_1b(**overrides) -> ModelConfig:
+    """Llama-3.2-1B, the text LM that scores transcripts for GenPPL (1,235,814,400 parameters)."""
+    values = dict(
+        architecture="llama",
+        vocab_size=128_256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        rope_theta=500_000.0,
+        rope_scaling="llama3",
+        rope_factor=32.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_position_embeddings=8192,
+        attention_bias=False,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=131_072,
     )
     return ModelConfig(**{**values, **overrides})
 
@@ -136,6 +181,7 @@ PRESETS = {
     "slam_small": slam_small,
     "slam": slam,
     "qwen2_5_0_5b": qwen2_5_0_5b,
+    "llama3_2_1b": llama3_2_1b,
 }
 
 

@@ -1,4 +1,5 @@
-"""The Qwen2 decoder in Flax NNX, laid out like `transformers`' Qwen2ForCausalLM.
+"""The Qwen2 decoder in Flax NNX, laid out like `transformers`' Qwen2ForCausalLM, and through its config the
+Llama decoder (LlamaForCausalLM: no q/k/v biases, `attention_bias=False`, optionally llama3 RoPE scaling).
 
 Parameters are float32 (master weights); matmuls run in `config.compute_dtype` and accumulate in float32, in
 the forward and the backward pass alike (`precision.py`): a bf16 run multiplies bf16 by bf16 everywhere, while
@@ -17,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -71,10 +73,35 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(self.dtype) * normed.astype(self.dtype)
 
 
-def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_inverse_frequencies(config: ModelConfig) -> jax.Array:
+    """RoPE's [head_dim / 2] float32 inverse frequencies, llama3-rescaled when the config asks for it."""
+    head_dim = config.head_dim
+    if config.rope_scaling == "none":
+        return 1.0 / (config.rope_theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    return jnp.asarray(llama3_inverse_frequencies(config))
+
+
+def llama3_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """transformers' `_compute_llama3_parameters`: wavelengths longer than the original context / low_freq_factor
+    are slowed by `factor`, those shorter than original context / high_freq_factor kept, the band between
+    interpolated. The unscaled frequencies are rounded to float32 from float64 (torch's float32 pow may differ by
+    an ulp); the rescaling runs step by step in float32, as torch's does."""
+    head_dim, factor = config.head_dim, np.float32(config.rope_factor)
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    old_context = config.rope_original_max_position_embeddings
+    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+    inv_freq = (1.0 / config.rope_theta**exponents).astype(np.float32)
+    wavelength = np.float32(2 * np.pi) / inv_freq
+    low_freq_wavelength, high_freq_wavelength = old_context / low, old_context / high
+    scaled = np.where(wavelength > low_freq_wavelength, inv_freq / factor, inv_freq)
+    smooth = ((np.float32(old_context) / wavelength - np.float32(low)) / np.float32(high - low)).astype(np.float32)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelength < high_freq_wavelength) & ~(wavelength > low_freq_wavelength)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Rotate `x` [batch, length, heads, head_dim] by `positions` [batch, length] (half-split convention)."""
-    head_dim = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
@@ -84,14 +111,14 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Ar
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention with q/k/v biases and no output bias."""
+    """Grouped-query self-attention with q/k/v biases (Qwen2; none for Llama) and no output bias."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         dtype = _dtype(config.compute_dtype)
-        d, hd = config.hidden_size, config.head_dim
-        self.q_proj = Dense(d, config.num_heads * hd, use_bias=True, dtype=dtype, rngs=rngs)
-        self.k_proj = Dense(d, config.num_kv_heads * hd, use_bias=True, dtype=dtype, rngs=rngs)
-        self.v_proj = Dense(d, config.num_kv_heads * hd, use_bias=True, dtype=dtype, rngs=rngs)
+        d, hd, bias = config.hidden_size, config.head_dim, config.attention_bias
+        self.q_proj = Dense(d, config.num_heads * hd, use_bias=bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense(d, config.num_kv_heads * hd, use_bias=bias, dtype=dtype, rngs=rngs)
+        self.v_proj = Dense(d, config.num_kv_heads * hd, use_bias=bias, dtype=dtype, rngs=rngs)
         self.o_proj = Dense(config.num_heads * hd, d, use_bias=False, dtype=dtype, rngs=rngs)
         self.config = config
 
@@ -107,8 +134,9 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(batch, length, cfg.num_heads, cfg.head_dim)
         k = self.k_proj(x).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
-        q = rotary_embedding(q, positions, cfg.rope_theta)
-        k = rotary_embedding(k, positions, cfg.rope_theta)
+        inv_freq = rope_inverse_frequencies(cfg)
+        q = rotary_embedding(q, positions, inv_freq)
+        k = rotary_embedding(k, positions, inv_freq)
         keys, values = k, v
         if layer_cache is not None:
             start = (0, layer_cache["index"], 0, 0)
