@@ -1,15 +1,13 @@
 """Shared helpers of the speech tests: real speech from espeak-ng, tiny random HF HuBERTs, cheap long files."""
 
-import ctypes
-import functools
 import struct
-import threading
 from pathlib import Path
 
-import espeakng_loader
 import numpy as np
 import torch
 import transformers
+
+from slam_jax.speech import tts
 
 ESPEAK_RATE = 22_050
 SENTENCES = (
@@ -18,50 +16,17 @@ SENTENCES = (
     "Seven small boats sailed slowly across the quiet bay.",
     "Hello world.",
 )
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-_LOCK = threading.Lock()
-
-
-@functools.cache
-def _espeak() -> tuple[ctypes.CDLL, list, object]:
-    """libespeak-ng initialised once per process (synchronous output, samples collected by a callback)."""
-    library = ctypes.CDLL(espeakng_loader.get_library_path())
-    library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    library.espeak_Synth.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.c_uint,
-        ctypes.c_int,
-        ctypes.c_uint,
-        ctypes.c_uint,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-    ]
-    rate = library.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
-    assert rate == ESPEAK_RATE, rate
-    chunks: list[np.ndarray] = []
-
-    def collect(samples, count, events):
-        if count > 0:
-            chunks.append(np.ctypeslib.as_array(samples, (count,)).copy())
-        return 0
-
-    callback = _SYNTH_CALLBACK(collect)  # kept alive with the library: espeak calls it later
-    library.espeak_SetSynthCallback(callback)
-    assert library.espeak_SetVoiceByName(b"en") == 0
-    return library, chunks, callback
 
 
 def synthesize(text: str) -> np.ndarray:
-    """`text` spoken by espeak-ng: int16 samples at 22,050 Hz."""
-    with _LOCK:
-        library, chunks, _ = _espeak()
-        chunks.clear()
-        encoded = text.encode()
-        assert library.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, 0, None, None) == 0
-        assert library.espeak_Synchronize() == 0
-        return np.concatenate(chunks)
+    """`text` spoken by espeak-ng: int16 samples at 22,050 Hz, the same whatever was spoken before.
+
+    Through slam_jax's espeak backend (its flutter-free voice, fixed noise draws, volume under the gain control):
+    the stock voice's flutter and noise carry state from one utterance to the next, so the same text came out
+    differently on each call and tests depended on what other tests had spoken first.
+    """
+    wave = tts.EspeakBackend().synthesize(text, tts.Voice("en"))
+    return np.round(wave * 32768).astype(np.int16)
 
 
 def write_silent_wav(path: Path, seconds: float, rate: int) -> Path:

@@ -247,20 +247,31 @@ def test_deduplicated_units_last_their_mean_duration(tmp_path, speech, tokenizer
 
 def test_a_unit_the_vocoder_lacks_names_the_file_and_keeps_the_lines_written(tmp_path, speech, tokenizer_folder):
     units = {Path(record["file_name"]).name: frame_units(record) for record in read_lines(tokenizer_folder / FEATURES)}
-    known = max(units["s3.wav"]) + 1  # a vocoder of the first `known` units speaks s3 ("Hello world.") ...
-    lacking = next(unit for unit in units["s1.wav"] if unit >= known)  # ... but not all of s1
-    smaller = kmeans.save_centroids(tmp_path / "smaller.npy", np.load(tokenizer_folder / "centroids.npy")[:known])
-    files = f"{speech / 's3.wav'},{speech / 's1.wav'}"
+    spoken, lacked, unit = next(  # a unit one file has and another lacks
+        (first, second, unit)
+        for first in sorted(units)
+        for second in sorted(units)
+        for unit in units[second]
+        if unit not in units[first]
+    )
+    # The same centroids with `unit` moved last: the tokeniser gives it id K - 1, and a vocoder of the first K - 1
+    # speaks `spoken` whole but not `lacked`.
+    centroids = np.load(tokenizer_folder / "centroids.npy")
+    order = [index for index in range(len(centroids)) if index != unit] + [unit]
+    relabelled = kmeans.save_centroids(tmp_path / "relabelled.npy", centroids[order])
+    smaller = kmeans.save_centroids(tmp_path / "smaller.npy", centroids[order][:-1])
+    files = f"{speech / spoken},{speech / lacked}"
     config = resynthesize_config_for(files, tokenizer_folder, vocoder=str(smaller))
+    config.tokenize.kmeans_path = str(relabelled)
     with pytest.raises(ValueError) as caught:
         resynthesize.run(config, tmp_path)
-    position = units["s1.wav"].index(lacking)
+    last = len(centroids) - 1
     assert str(caught.value) == (
-        f"resynthesize.vocoder='{smaller}': {speech / 's1.wav'}: units[{position}]={lacking}: unit ids must be in "
-        f"0..{known - 1}"
+        f"resynthesize.vocoder='{smaller}': {speech / lacked}: units[{units[lacked].index(unit)}]={last}: unit ids "
+        f"must be in 0..{last - 1}"
     )
-    assert [line["wav"] for line in read_lines(tmp_path / "resynthesize" / resynthesize.LINES)] == ["s3.wav"]
-    assert (tmp_path / "resynthesize" / "s3.wav").is_file() and not (tmp_path / "resynthesize" / "s1.wav").exists()
+    assert [line["wav"] for line in read_lines(tmp_path / "resynthesize" / resynthesize.LINES)] == [spoken]
+    assert (tmp_path / "resynthesize" / spoken).is_file() and not (tmp_path / "resynthesize" / lacked).exists()
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, speech, tokenizer_folder):

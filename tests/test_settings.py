@@ -80,7 +80,17 @@ def error_of(job_class, values) -> str:
 
 
 def test_the_config_files_of_these_jobs_are_all_listed():
-    expected = ["demo", "eval", "generate", "genppl", "selfcheck", "slam_pipeline", "spokenswag", "stinystories", "tokenize"]
+    expected = [
+        "demo",
+        "eval",
+        "generate",
+        "genppl",
+        "selfcheck",
+        "slam_pipeline",
+        "spokenswag",
+        "stinystories",
+        "tokenize",
+    ]
     assert OUR_CONFIGS == [*expected, "tokenize_mfcc"]
 
 

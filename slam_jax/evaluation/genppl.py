@@ -19,10 +19,12 @@ per prompt (file, prompt units, continuation units, wav, transcript, NLL), writt
 and again with each later stage, and `<metric>_audio/<index>.wav`.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,13 @@ from slam_jax.data.auto_bleu import auto_bleu_text
 from slam_jax.errors import DataError
 from slam_jax.evaluation import generation
 from slam_jax.evaluation import pairs as pair_io
+from slam_jax.evaluation.text_lm import load_text_lm
 from slam_jax.files import write_text
 from slam_jax.models import sampling
 from slam_jax.models.speech_lm import SpeechLM
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units, vocoders
+from slam_jax.speech.asr import load_asr
 from slam_jax.speech.tokenize import TokenizeSettings
 
 METRICS = ("genppl", "auto_bleu")
@@ -83,41 +87,35 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, dict]:
     """The generative `metrics` (a subset of METRICS) on the prompts of `data_path`: {metric: summary}."""
-    start = time.perf_counter()
+    start, stages = time.perf_counter(), {}
     wants_lm = "genppl" in metrics
     for key, value in (("vocoder", settings.vocoder), ("asr_model", settings.asr_model)):
         if not value:
             raise ValueError(f"eval.genppl.{key} is empty: {', '.join(metrics)} need(s) it")
     if wants_lm and not settings.text_lm:
         raise ValueError("eval.genppl.text_lm is empty: genppl scores the transcripts with a text LM")
-    vocoder = load_vocoder(settings, tokenize)
-    asr = _load_asr(settings.asr_model)
-    text_lm = _load_text_lm(settings.text_lm, settings.lm_compute_dtype) if wants_lm else None
-
-    names, prompts, skipped = read_prompts(data_path, settings, tokenize, units_cache, seed)
-    num_units = model.config.vocab_size - tokens.UNIT_OFFSET
-    _check_units(names, prompts, num_units)
-    prompt_ids = [
-        np.concatenate([[tokens.BOS_ID], np.asarray(units, np.int64) + tokens.UNIT_OFFSET]) for units in prompts
-    ]
-    new_ids = generation.generate_batched(model, prompt_ids, settings.sampling_settings(), batch_size, seed, progress)
+    with timed(stages, "load"):
+        vocoder = load_vocoder(settings, tokenize)
+        asr = load_asr(settings.asr_model)
+        text_lm = load_text_lm(settings.text_lm, settings.lm_compute_dtype) if wants_lm else None
+    with timed(stages, "prompts"):
+        names, prompts, skipped = read_prompts(data_path, settings, tokenize, units_cache, seed)
     name = "genppl" if wants_lm else "auto_bleu"
-    samples = []
-    for file_name, prompt, row in zip(names, prompts, new_ids, strict=True):
-        units, ended = generation.continuation(row)
-        samples.append({"file_name": file_name, "prompt_units": list(prompt), "units": units, "ended": ended})
+    with timed(stages, "generate"):
+        samples = continue_prompts(model, names, prompts, settings, batch_size, seed, progress)
     write_samples(out, name, samples)  # the units are kept whatever a later stage does
-
-    waves = speak(vocoder, samples, settings, out, name)
+    with timed(stages, "vocode"):
+        waves = speak(vocoder, samples, settings, out, name)
     samples = [sample | {"wav": f"{name}_audio/{index:04d}.wav"} for index, sample in enumerate(samples)]
     write_samples(out, name, samples)
-    texts = asr.transcribe(
-        waves,
-        vocoder.sample_rate,
-        batch_size=settings.asr_batch_size,
-        max_new_tokens=settings.asr_max_new_tokens,
-        language=settings.language,
-    )
+    with timed(stages, "transcribe"):
+        texts = asr.transcribe(
+            waves,
+            vocoder.sample_rate,
+            batch_size=settings.asr_batch_size,
+            max_new_tokens=settings.asr_max_new_tokens,
+            language=settings.language,
+        )
     n = settings.auto_bleu_n
     samples = [
         sample | {"transcript": text, f"auto_bleu_{n}": auto_bleu_text(text, n)}
@@ -125,12 +123,14 @@ def evaluate(
     ]
     write_samples(out, name, samples)
     if text_lm is not None:
-        nlls = text_lm.nll(texts, batch_size=settings.lm_batch_size)
+        with timed(stages, "score"):
+            nlls = text_lm.nll(texts, batch_size=settings.lm_batch_size)
         samples = [
             sample | {"nll": None if math.isnan(nll) else float(nll)} for sample, nll in zip(samples, nlls, strict=True)
         ]
         write_samples(out, name, samples)
     summary = summarise(samples, skipped, settings, seed, model_name, data_path, time.perf_counter() - start)
+    summary["stage_seconds"] = {stage: round(seconds, 3) for stage, seconds in stages.items()}
     results = {}
     for metric in metrics:
         result = {"metric": metric, **summary, "samples": f"{name}_samples.jsonl"}
@@ -138,6 +138,36 @@ def evaluate(
         results[metric] = result
     print(describe(summary, n))
     return results
+
+
+@contextlib.contextmanager
+def timed(stages: dict[str, float], stage: str) -> Iterator[None]:
+    """Adds the wall time of the block to `stages[stage]` (the summary's `stage_seconds`, compilation included)."""
+    start = time.perf_counter()
+    yield
+    stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
+
+
+def continue_prompts(
+    model: SpeechLM,
+    names: list[str],
+    prompts: list[list[int]],
+    settings: GenPplSettings,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> list[dict]:
+    """One sample per prompt: its file, its units and the sampled continuation (row i from (seed, i))."""
+    _check_units(names, prompts, model.config.vocab_size - tokens.UNIT_OFFSET)
+    prompt_ids = [
+        np.concatenate([[tokens.BOS_ID], np.asarray(units, np.int64) + tokens.UNIT_OFFSET]) for units in prompts
+    ]
+    new_ids = generation.generate_batched(model, prompt_ids, settings.sampling_settings(), batch_size, seed, progress)
+    samples = []
+    for file_name, prompt, row in zip(names, prompts, new_ids, strict=True):
+        units, ended = generation.continuation(row)
+        samples.append({"file_name": file_name, "prompt_units": list(prompt), "units": units, "ended": ended})
+    return samples
 
 
 def load_vocoder(settings: GenPplSettings, tokenize: TokenizeSettings):
@@ -263,15 +293,3 @@ def _check_units(names: list[str], prompts: list[list[int]], num_units: int) -> 
     for name, units in zip(names, prompts, strict=True):
         if units and not 0 <= min(units) <= max(units) < num_units:
             raise DataError(f"{name}: its units go outside [0, {num_units}), the model's unit range")
-
-
-def _load_asr(path: str):
-    from slam_jax.speech.asr import load_asr
-
-    return load_asr(path)
-
-
-def _load_text_lm(path: str, compute_dtype: str):
-    from slam_jax.evaluation.text_lm import load_text_lm
-
-    return load_text_lm(path, compute_dtype=compute_dtype)

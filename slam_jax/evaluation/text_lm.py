@@ -40,7 +40,7 @@ class TextLM:
         self.graphdef, state = nnx.split(model)
         self.state = jax.device_put(state, parallel.replicated(self.mesh))
         self.batch_sharding = parallel.batch_sharding(self.mesh)
-        self._log_probs = parallel.traced_under(self.mesh, _token_log_probs)  # a fused attention kernel per shard
+        self._log_probs = parallel.traced_under(self.mesh, token_log_probs)  # a fused attention kernel per shard
 
     def nll(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """[len(texts)] float64: each text's mean next-token NLL as the reference computes it (nan where no token
@@ -79,7 +79,7 @@ def length_bucket(length: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _token_log_probs(graphdef, state, input_ids: jax.Array, segment_ids: jax.Array) -> jax.Array:
+def token_log_probs(graphdef, state, input_ids: jax.Array, segment_ids: jax.Array) -> jax.Array:
     """[rows, width - 1] float32 log-probability of each next token (the caller reads the scored ones)."""
     return next_token_log_probs(nnx.merge(graphdef, state)(input_ids, segment_ids), input_ids)
 

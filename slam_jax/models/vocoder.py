@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from slam_jax import parallel
 from slam_jax.models import hubert, weights
 from slam_jax.settings import Settings, setting
 
@@ -322,12 +323,14 @@ def save_vocoder(directory: str | Path, config: VocoderConfig, params: dict[str,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _waveforms(graphdef, state, units, lengths, speakers, styles):
+def waveforms(graphdef, state, units, lengths, speakers, styles):
+    """Waveforms [rows, samples] of frame units [rows, frames] (each row valid up to its length)."""
     return nnx.merge(graphdef, state)(units, lengths, speakers, styles)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _durations(graphdef, state, units, lengths):
+def unit_durations(graphdef, state, units, lengths):
+    """Frames per unit [rows, units] the duration predictor gives deduplicated units [rows, units]."""
     return durations_from_log(nnx.merge(graphdef, state).log_durations(units, lengths))
 
 
@@ -395,10 +398,12 @@ class Vocoder:
     The interface every unit vocoder of slam_jax offers: `sample_rate`, `hop_length`, `vocode`, `vocode_batch`.
     """
 
-    def __init__(self, model: CodeHiFiGAN, batch_size: int = 8, max_batch_frames: int = 6000):
+    def __init__(self, model: CodeHiFiGAN, batch_size: int = 8, max_batch_frames: int = 6000, mesh=None):
         self.model = model
         self.batch_size, self.max_batch_frames = batch_size, max_batch_frames
-        self._graphdef, self._state = nnx.split(model)
+        self.mesh = parallel.local_mesh() if mesh is None else mesh
+        self._graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state, parallel.replicated(self.mesh))
 
     @property
     def config(self) -> VocoderConfig:
@@ -497,18 +502,28 @@ class Vocoder:
         """Frames per unit of every (checked) sequence, predicted in padded batches."""
         result: list[np.ndarray] = [np.zeros(0, np.int32)] * len(units)
         for group, length in batches([len(ids) for ids in units], self.batch_size, self.max_batch_frames):
-            batch, lengths = _pad(units, group, length)
-            predicted = np.asarray(_durations(self._graphdef, self._state, batch, lengths))
+            batch, lengths = self._spread(*_pad(units, group, length))
+            predicted = np.asarray(unit_durations(self._graphdef, self._state, batch, lengths))
             for row, index in enumerate(group):
                 result[index] = predicted[row, : len(units[index])].copy()
         return result
+
+    def _spread(self, *arrays: np.ndarray) -> list[jax.Array]:
+        """A batch's arrays with their rows split over the mesh's devices: rows padded to a multiple of the devices
+        with copies of the first (computed and dropped; a real row keeps every padded shape valid)."""
+        rows = len(arrays[0])
+        wanted = -(-rows // parallel.data_parallel_size(self.mesh)) * parallel.data_parallel_size(self.mesh)
+        padded = [np.concatenate([array, np.repeat(array[:1], wanted - rows, axis=0)]) for array in arrays]
+        return [
+            jax.device_put(array, parallel.batch_sharding(self.mesh, trailing_axes=array.ndim - 1)) for array in padded
+        ]
 
     def _generate(self, frames: list[np.ndarray], speakers: np.ndarray, styles: np.ndarray) -> list[np.ndarray]:
         """The waveform of every (checked) sequence of frame units, generated in padded batches."""
         result: list[np.ndarray] = [np.zeros(0, np.float32)] * len(frames)
         for group, length in batches([len(ids) for ids in frames], self.batch_size, self.max_batch_frames):
-            batch, lengths = _pad(frames, group, length)
-            waves = np.asarray(_waveforms(self._graphdef, self._state, batch, lengths, speakers[group], styles[group]))
+            inputs = self._spread(*_pad(frames, group, length), speakers[group], styles[group])
+            waves = np.asarray(waveforms(self._graphdef, self._state, *inputs))
             for row, index in enumerate(group):
                 result[index] = waves[row, : self.config.num_samples(len(frames[index]))].copy()
         return result

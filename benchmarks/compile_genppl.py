@@ -1,0 +1,217 @@
+"""GenPPL's four programs compiled for a TPU or a GPU this machine does not have: the whole metric runs there.
+
+    python -m benchmarks.compile_genppl --target tpu-v5e [--sizes paper|tiny] [--json]
+
+The programs `eval.metric=genppl` runs, jitted as it runs them, with the paper's models at their real sizes
+(shape-only: nothing is allocated) on the target's devices, parameters replicated and rows split over a data mesh
+(`slam_jax.parallel`), as on the local devices:
+- generate: the speech LM `slam` (358M) sampling 150 units after a 3 s prompt (76 tokens), 8 rows per device
+  (`sampling.generate`);
+- vocode: the unit HiFi-GAN of the paper's architecture (benchmarks/vocoder.py), 9 s of 25 Hz frames (256), 2 rows
+  per device, and its duration predictor (`vocoder.waveforms`, `vocoder.unit_durations`);
+- transcribe: whisper-large-v3-turbo (809M), the front end, the encoder and the greedy loop of 128 tokens, 4 rows per
+  device (`asr.greedy_ids`);
+- score: Llama-3.2-1B (1.24B), 64-token transcripts, 4 rows per device (`text_lm.token_log_probs`).
+Each program's report: compiled or why not, its memory per device, and whether it fits. `--sizes tiny` compiles
+the tests' sizes (seconds). Targets: those of benchmarks/compile.py.
+"""
+
+import argparse
+import contextlib
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from benchmarks import compile as compile_benchmark
+from benchmarks import vocoder as vocoder_benchmark
+from slam_jax import parallel
+from slam_jax.evaluation import text_lm
+from slam_jax.models import config as model_config
+from slam_jax.models import qwen2, sampling, weights, whisper
+from slam_jax.models import vocoder as vocoder_model
+from slam_jax.speech import asr, whisper_features
+
+PROMPT_TOKENS = 76  # BOS + 3 s of 25 Hz units
+VOCODER_FRAMES = 256  # 9 s of 25 Hz frames, bucketed
+TRANSCRIPT_TOKENS = 64
+
+
+def vocoder_config(sizes: str) -> vocoder_model.VocoderConfig:
+    architecture = vocoder_benchmark.ARCHITECTURE
+    paper = sizes == "paper"
+    return vocoder_model.VocoderConfig(
+        num_embeddings=architecture["num_embeddings"],
+        embedding_dim=architecture["embedding_dim"] if paper else 16,
+        upsample_rates=tuple(architecture["upsample_rates"]),
+        upsample_kernel_sizes=tuple(architecture["upsample_kernel_sizes"]),
+        upsample_initial_channel=architecture["upsample_initial_channel"] if paper else 64,
+        resblock_kernel_sizes=tuple(architecture["resblock_kernel_sizes"]),
+        resblock_dilation_sizes=tuple(tuple(rates) for rates in architecture["resblock_dilation_sizes"]),
+        duration_predictor_dim=architecture["dur_predictor_params"]["var_pred_hidden_dim"] if paper else 16,
+    )
+
+
+def configs(sizes: str) -> dict:
+    if sizes == "paper":
+        return {
+            "speech_lm": model_config.slam(),
+            "vocoder": vocoder_config(sizes),
+            "whisper": whisper.large_v3_turbo(),
+            "text_lm": model_config.llama3_2_1b(compute_dtype="float32"),
+        }
+    return {
+        "speech_lm": model_config.tiny(num_units=500),
+        "vocoder": vocoder_config(sizes),
+        "whisper": whisper.tiny(),
+        "text_lm": model_config.tiny(architecture="llama", attention_bias=False, vocab_size=300),
+    }
+
+
+def on(mesh, tree, sharding=None):
+    """Shape-only `tree` placed on `mesh`: replicated, or with `sharding`."""
+    sharding = sharding or parallel.replicated(mesh)
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), tree)
+
+
+def rows_of(mesh, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
+    sharding = parallel.batch_sharding(mesh, trailing_axes=len(shape) - 1)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def programs(sizes: str, mesh) -> dict:
+    """name -> (jitted function, its shape-only arguments)."""
+    devices = parallel.data_parallel_size(mesh)
+    found = configs(sizes)
+    speech_graph, speech_state = nnx.split(qwen2.abstract_model(found["speech_lm"]))
+    rows = 8 * devices
+    generate = (
+        sampling.generate,
+        (
+            speech_graph,
+            on(mesh, speech_state),
+            rows_of(mesh, (rows, PROMPT_TOKENS), jnp.int32),
+            rows_of(mesh, (rows,), jnp.int32),
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh)),
+            sampling.SamplingSettings(150, 0.8, 25, 1.0, 1.0),
+        ),
+    )
+    vocoder_graph, vocoder_state = nnx.split(weights.abstract_model(vocoder_model.FAMILY, found["vocoder"]))
+    vocoder_rows = 2 * devices
+    vocode = (
+        vocoder_model.waveforms,
+        (
+            vocoder_graph,
+            on(mesh, vocoder_state),
+            rows_of(mesh, (vocoder_rows, VOCODER_FRAMES), jnp.int32),
+            *(rows_of(mesh, (vocoder_rows,), jnp.int32) for _ in range(3)),
+        ),
+    )
+    durations = (
+        vocoder_model.unit_durations,
+        (
+            vocoder_graph,
+            on(mesh, vocoder_state),
+            rows_of(mesh, (vocoder_rows, VOCODER_FRAMES), jnp.int32),
+            rows_of(mesh, (vocoder_rows,), jnp.int32),
+        ),
+    )
+    whisper_config = found["whisper"]
+    whisper_graph, whisper_state = nnx.split(whisper.abstract_model(whisper_config))
+    whisper_state = jax.eval_shape(lambda state: whisper.inference_state(state, whisper_config), whisper_state)
+    asr_rows = 4 * devices
+    transcribe = (
+        asr.greedy_ids,
+        (
+            whisper_graph,
+            on(mesh, whisper_state),
+            rows_of(mesh, (asr_rows, whisper_features.NUM_SAMPLES), jnp.float32),
+            jax.ShapeDtypeStruct((4,), jnp.int32, sharding=parallel.replicated(mesh)),
+            rows_of(mesh, (asr_rows,), jnp.bool_),
+            whisper.GreedySettings(max_new_tokens=128, eos_token_id=whisper_config.vocab_size - 1),
+        ),
+    )
+    text_graph, text_state = nnx.split(qwen2.abstract_model(found["text_lm"]))
+    score = (
+        text_lm.token_log_probs,
+        (
+            text_graph,
+            on(mesh, text_state),
+            *(rows_of(mesh, (4 * devices, TRANSCRIPT_TOKENS), jnp.int32) for _ in range(2)),
+        ),
+    )
+    return {"generate": generate, "vocode": vocode, "durations": durations, "transcribe": transcribe, "score": score}
+
+
+# The programs traced with the mesh as their context, as they run (`parallel.traced_under`): text_lm.TextLM's.
+TRACED_UNDER_MESH = ("score",)
+
+
+def compile_one(fn, arguments, mesh, memory: int, traced_under_mesh: bool) -> dict:
+    """Lower and compile `fn` on `arguments` (shardings on `mesh`): its memory per device, or why it did not
+    compile."""
+    try:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if traced_under_mesh else contextlib.nullcontext():
+            compiled = fn.lower(*arguments).compile()
+    except Exception as error:  # noqa: BLE001 - the report says why the program did not compile
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return {"compiled": False, "error": f"{error.__class__.__name__}: {first_line[:300]}"}
+    stats = compiled.memory_analysis()
+    used = stats.argument_size_in_bytes + stats.temp_size_in_bytes + stats.output_size_in_bytes
+    used -= stats.alias_size_in_bytes
+    return {
+        "compiled": True,
+        "bytes_per_device": int(used),
+        "gib_per_device": used / compile_benchmark.GIB,
+        "fits": used <= memory,
+    }
+
+
+def report(target_name: str, sizes: str) -> dict:
+    target = compile_benchmark.TARGETS[target_name]
+    devices = compile_benchmark.target_devices(target)
+    mesh = parallel.make_mesh(devices=devices)
+    memory = compile_benchmark.device_memory(target)
+    results = {
+        name: compile_one(fn, arguments, mesh, memory, name in TRACED_UNDER_MESH)
+        for name, (fn, arguments) in programs(sizes, mesh).items()
+    }
+    return {
+        "benchmark": "compile_genppl",
+        "target": target_name,
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "sizes": sizes,
+        "device_memory_bytes": memory,
+        "programs": results,
+        "all_compiled": all(result["compiled"] for result in results.values()),
+    }
+
+
+def report_lines(result: dict) -> list[str]:
+    lines = [f"{result['target']} ({result['device_kind']}, {result['devices']} devices), {result['sizes']} sizes"]
+    for name, program in result["programs"].items():
+        if program["compiled"]:
+            lines.append(
+                f"  {name:10s} compiled, {program['gib_per_device']:.2f} GiB per device (fits: {program['fits']})"
+            )
+        else:
+            lines.append(f"  {name:10s} did not compile: {program['error']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_genppl", description=__doc__.split("\n")[0])
+    parser.add_argument("--target", choices=sorted(compile_benchmark.TARGETS), default="tpu-v5e")
+    parser.add_argument("--sizes", choices=("paper", "tiny"), default="paper")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = report(args.target, args.sizes)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(report_lines(result)))
+    return 0 if result["all_compiled"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
