@@ -17,6 +17,7 @@ whose programs are compiled, is reported (the first run's stages include compila
 """
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -126,7 +127,7 @@ def build(root: Path, prompts: int, asr_max_new_tokens: int):
 
 
 def run(prompts: int, asr_max_new_tokens: int) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(sys.stderr):  # stdout: the result only
         root = Path(folder)
         config = build(root, prompts, asr_max_new_tokens)
         runs = []

@@ -85,3 +85,19 @@ def test_unknown_config_key_is_one_line_error():
         done.stderr.strip().splitlines()[-1]
         == "--set model.atention=xla: model.atention is not a key of configs/slam.py"
     )
+
+
+def test_genppl_programs_compile_for_a_gpu():
+    """`benchmarks.compile_genppl`: the five programs of `eval.metric=genppl` (speech-LM sampling, the vocoder and
+    its duration predictor, Whisper's greedy transcription, the text LM's scores) compile for an H100 as they run;
+    the paper's sizes and the TPU (minutes to compile) are in benchmarks/RESULTS.md."""
+    command = [sys.executable, "-m", "benchmarks.compile_genppl", "--target", "h100", "--sizes", "tiny", "--json"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.stdout.strip(), done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["all_compiled"], report
+    assert sorted(report["programs"]) == ["durations", "generate", "score", "transcribe", "vocode"]
+    for program in report["programs"].values():
+        assert 0 < program["bytes_per_device"] < report["device_memory_bytes"] and program["fits"]
+    assert done.returncode == 0
