@@ -6,6 +6,7 @@ status 1 and no traceback for anything a user can fix (a missing or corrupt file
 existing output).
 """
 
+import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -46,3 +47,22 @@ def finish(convert: Callable[[], Path], summary: Callable[[Path], str], timed: b
     elapsed = f" in {time.perf_counter() - start:.1f} s" if timed else ""
     print(f"wrote {out}{description}{elapsed}")
     return 0
+
+
+def run_model_converter(
+    argv: list[str] | None,
+    prog: str,
+    description: str,
+    model_help: str,
+    out_noun: str,
+    convert: Callable[..., Path],
+    summary: Callable[[Path], str],
+) -> int:
+    """The `main` of a converter whose arguments are `--model`, `--out` and `--overwrite`: parse `argv` (default
+    the command line), run `convert(model, out, overwrite=...)` and print its outcome; the exit status."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--out", required=True, help=f"output {out_noun} (must be empty unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return finish(lambda: convert(args.model, args.out, overwrite=args.overwrite), summary)

@@ -10,7 +10,6 @@ Checkpoints of a model with a head (`HubertForCTC`, ...) keep the encoder under 
 stripped.
 """
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,20 +186,16 @@ def convert(model: str | Path, out: str | Path, overwrite: bool = False) -> Path
     return hubert.save_encoder(out, config, params, overwrite=overwrite)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def main(argv: list[str] | None = None) -> int:
+    return command.run_model_converter(
+        argv,
         prog="python -m conversion.hubert_to_flax",
         description="Convert an HF HubertModel checkpoint (safetensors + config.json) to a slam_jax encoder dir.",
+        model_help="checkpoint folder (model.safetensors + config.json)",
+        out_noun="encoder dir",
+        convert=convert,
+        summary=summary,
     )
-    parser.add_argument("--model", required=True, help="checkpoint folder (model.safetensors + config.json)")
-    parser.add_argument("--out", required=True, help="output encoder dir (must be empty unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    return command.finish(lambda: convert(args.model, args.out, overwrite=args.overwrite), summary)
 
 
 def summary(out: Path) -> str:

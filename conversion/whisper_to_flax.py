@@ -10,7 +10,6 @@ are those of `WhisperForConditionalGeneration` (under `model.`) or of a bare `Wh
 the token embedding (a stored `proj_out.weight` must equal it), and any other tensor is an error.
 """
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -206,22 +205,16 @@ def convert(model: str, out: str | Path, overwrite: bool = False) -> Path:
     return Path(out).absolute()
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def main(argv: list[str] | None = None) -> int:
+    return command.run_model_converter(
+        argv,
         prog="python -m conversion.whisper_to_flax",
         description="Convert an HF Whisper checkpoint to a slam_jax Whisper model folder (for speech recognition).",
+        model_help="checkpoint folder (safetensors + config.json + tokenizer) or hub id",
+        out_noun="model folder",
+        convert=convert,
+        summary=summary,
     )
-    parser.add_argument(
-        "--model", required=True, help="checkpoint folder (safetensors + config.json + tokenizer) or hub id"
-    )
-    parser.add_argument("--out", required=True, help="output model folder (must be empty unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    return command.finish(lambda: convert(args.model, args.out, overwrite=args.overwrite), summary)
 
 
 def summary(out: Path) -> str:
