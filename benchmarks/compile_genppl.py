@@ -27,6 +27,7 @@ from flax import nnx
 
 from benchmarks import compile as compile_benchmark
 from benchmarks import vocoder as vocoder_benchmark
+from conversion import vocoder_to_flax
 from slam_jax import parallel
 from slam_jax.evaluation import text_lm
 from slam_jax.models import config as model_config
@@ -40,18 +41,11 @@ TRANSCRIPT_TOKENS = 64
 
 
 def vocoder_config(sizes: str) -> vocoder_model.VocoderConfig:
-    architecture = vocoder_benchmark.ARCHITECTURE
-    paper = sizes == "paper"
-    return vocoder_model.VocoderConfig(
-        num_embeddings=architecture["num_embeddings"],
-        embedding_dim=architecture["embedding_dim"] if paper else 16,
-        upsample_rates=tuple(architecture["upsample_rates"]),
-        upsample_kernel_sizes=tuple(architecture["upsample_kernel_sizes"]),
-        upsample_initial_channel=architecture["upsample_initial_channel"] if paper else 64,
-        resblock_kernel_sizes=tuple(architecture["resblock_kernel_sizes"]),
-        resblock_dilation_sizes=tuple(tuple(rates) for rates in architecture["resblock_dilation_sizes"]),
-        duration_predictor_dim=architecture["dur_predictor_params"]["var_pred_hidden_dim"] if paper else 16,
-    )
+    """The paper's vocoder architecture as its converter reads it, or narrower for the tiny sizes."""
+    paper = vocoder_to_flax.config_from_textless(vocoder_benchmark.ARCHITECTURE, "benchmarks/vocoder.py ARCHITECTURE")
+    if sizes == "paper":
+        return paper
+    return paper.replace(embedding_dim=16, upsample_initial_channel=64, duration_predictor_dim=16)
 
 
 def configs(sizes: str) -> dict:

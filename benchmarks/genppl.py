@@ -31,7 +31,7 @@ from benchmarks import common, transcribe
 from benchmarks import vocoder as vocoder_benchmark
 from configs import genppl as genppl_config
 from configs import tokenize_mfcc
-from conversion import hf_to_flax, whisper_to_flax
+from conversion import hf_to_flax, vocoder_to_flax, whisper_to_flax
 from slam_jax.evaluation import pair_metrics
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2, storage
@@ -79,20 +79,9 @@ def speech_lm(folder: Path) -> Path:
 
 def unit_vocoder(folder: Path) -> Path:
     """The paper's vocoder architecture with random weights, `NUM_UNITS` unit embeddings."""
-    architecture = vocoder_benchmark.ARCHITECTURE
-    config = vocoder_model.VocoderConfig(
-        num_embeddings=NUM_UNITS,
-        embedding_dim=architecture["embedding_dim"],
-        upsample_rates=tuple(architecture["upsample_rates"]),
-        upsample_kernel_sizes=tuple(architecture["upsample_kernel_sizes"]),
-        upsample_initial_channel=architecture["upsample_initial_channel"],
-        resblock_kernel_sizes=tuple(architecture["resblock_kernel_sizes"]),
-        resblock_dilation_sizes=tuple(tuple(rates) for rates in architecture["resblock_dilation_sizes"]),
-        resblock=architecture["resblock"],
-        duration_predictor_dim=architecture["dur_predictor_params"]["var_pred_hidden_dim"],
-    )
-    model = vocoder_model.init_model(config)
-    return vocoder_model.save_vocoder(folder, config, vocoder_model.get_params(model))
+    architecture = {**vocoder_benchmark.ARCHITECTURE, "num_embeddings": NUM_UNITS}
+    config = vocoder_to_flax.config_from_textless(architecture, "benchmarks/vocoder.py ARCHITECTURE")
+    return vocoder_model.save_vocoder(folder, config, vocoder_model.get_params(vocoder_model.init_model(config)))
 
 
 def asr_model(root: Path) -> Path:
