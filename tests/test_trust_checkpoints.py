@@ -101,24 +101,31 @@ def test_a_non_finite_checkpoint_of_an_older_run_is_set_aside(trained, tmp_path,
     assert all(np.isfinite(leaf).all() for leaf in final_params(workdir, 6))
 
 
-def largest_params_file(step_dir: Path) -> Path:
-    return max((path for path in (step_dir / "params").rglob("*") if path.is_file()), key=lambda p: p.stat().st_size)
+def params_data_files(step_dir: Path) -> list[Path]:
+    """The params item's OCDBT data files. Damage goes to all of them, not to the largest alone: how OCDBT spreads
+    the arrays over its files varies from run to run, and a file may hold only values that no array refers to any
+    longer, so damaging one file did not always damage what a restore reads."""
+    files = [path for path in (step_dir / "params").rglob("*") if path.is_file() and path.parent.name == "d"]
+    assert files, f"no data files under {step_dir / 'params'}"
+    return files
 
 
-def delete_a_params_file(step_dir: Path) -> None:
-    largest_params_file(step_dir).unlink()
+def delete_the_params_data_files(step_dir: Path) -> None:
+    for path in params_data_files(step_dir):
+        path.unlink()
 
 
-def truncate_a_params_file(step_dir: Path) -> None:
-    path = largest_params_file(step_dir)
-    os.truncate(path, path.stat().st_size // 2)
+def truncate_the_params_data_files(step_dir: Path) -> None:
+    """Each cut to half its size, as an interrupted copy leaves them."""
+    for path in params_data_files(step_dir):
+        os.truncate(path, path.stat().st_size // 2)
 
 
 def garble_the_metadata(step_dir: Path) -> None:
     (step_dir / "meta" / "metadata").write_text("{step: 4,")
 
 
-@pytest.mark.parametrize("damage", [delete_a_params_file, truncate_a_params_file, garble_the_metadata])
+@pytest.mark.parametrize("damage", [delete_the_params_data_files, truncate_the_params_data_files, garble_the_metadata])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(trained, tmp_path, capsys, damage):
     workdir = copy_of(trained, tmp_path)
     damage(workdir / "checkpoints" / "4")
@@ -133,7 +140,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(trained, tmp_pa
 
 def test_no_readable_checkpoint_is_one_line_listing_them_and_moves_nothing(trained, tmp_path):
     workdir = copy_of(trained, tmp_path)
-    delete_a_params_file(workdir / "checkpoints" / "4")
+    delete_the_params_data_files(workdir / "checkpoints" / "4")
     garble_the_metadata(workdir / "checkpoints" / "2")
     with pytest.raises(TrainingError) as error:
         loop.run(tiny_config(**BASE), workdir)
