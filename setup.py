@@ -42,10 +42,14 @@ setup(
             "jax[tpu,cuda12-local]",
             "nvidia-cuda-nvcc-cu12",
             "hifi-gan",
+            "nbformat",
         ],
         "tpu": ["jax[tpu]"],  # run on TPUs, or compile for them anywhere (benchmarks.compile --target tpu-*)
         "cuda": ["jax[cuda12]"],  # run on NVIDIA GPUs, or compile for them (cuDNN included) anywhere
-        "notebook": ["jupyter"],
+        "notebook": ["jupyter"],  # run the notebooks locally
+        # what executing the notebooks needs beyond slam_jax (Colab has it): a kernel, nbclient, and scikit-learn
+        # for the official k-means file; the tests build a Python 3.12 venv with it (tests/test_notebooks.py)
+        "notebooks": ["nbclient", "nbformat", "ipykernel", "scikit-learn"],
         "eval": ["scikit-learn"],
     },
 )

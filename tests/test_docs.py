@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SUFFIXES = {".py", ".md", ".sh", ".txt", ".txtpb", ".ipynb", ".toml"}
-SKIPPED_DIRS = {".venv", "venv", ".git", "build", "workdir", "__pycache__"}
+SKIPPED_DIRS = {".venv", ".venv-notebooks", "venv", ".git", "build", "workdir", "__pycache__"}
 # Built from pieces so that this file does not cite what it forbids.
 OUTSIDE_NOTES = re.compile(r"\b(?:RECIPE|PERFORMANCE|DESIGN|STYLE)" + r"\.md\b")
 OUTSIDE_FOLDER = re.compile(r"(?:\.\./|/work/)+shared\b")

@@ -39,16 +39,3 @@ def test_unknown_config_key_lists_the_valid_ones(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "unknown config key 'train.learning_rat'" in result.stderr
     assert "train.learning_rate" in result.stderr and "data.context_length" in result.stderr
-
-
-def test_notebook_code_cells_compile_and_use_existing_configs():
-    notebook = json.loads((ROOT / "notebooks" / "quickstart.ipynb").read_text())
-    for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        source = "".join(cell["source"])
-        python = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("!"))
-        compile(python, "notebook", "exec")
-        for word in source.split():
-            if word.startswith("configs/"):
-                assert (ROOT / word).is_file(), word

@@ -402,7 +402,7 @@ class Trainer:
             initial=step,
             disable=jax.process_index() != 0,
             dynamic_ncols=True,
-            desc="pretrain",
+            desc=self.job,
         )
         pending, final, reason = None, {}, "max_steps"
         try:
