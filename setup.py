@@ -36,6 +36,7 @@ setup(
         # hifi-gan: the original HiFi-GAN generator (PyTorch, no dependencies), the vocoder's reference
         "test": [
             "pytest",
+            "pytest-xdist",  # the README's test command runs the tests on 2 workers
             "torch==2.13.0",
             "ruff",
             "scikit-learn",
