@@ -40,6 +40,24 @@ def _all_finite(*values) -> None:
         _finite(value, "value")
 
 
+def _plots(workdir: Path, summary: dict, count: int) -> None:
+    """summary.json's `plots`: `count` PNG files in `workdir`."""
+    assert len(summary["plots"]) == count, summary["plots"]
+    for name in summary["plots"]:
+        _png(workdir / name)
+
+
+def _speech_stand_ins(stand_ins: dict) -> dict:
+    """The tokeniser and vocoder parameters (mHuBERT, its k-means, the converted vocoder) set to the stand-ins;
+    the stand-in HuBERT has 3 layers."""
+    return {
+        "HUBERT": stand_ins["hubert"],
+        "HUBERT_LAYER": 3,
+        "KMEANS": stand_ins["kmeans"],
+        "VOCODER": stand_ins["vocoder"],
+    }
+
+
 def _jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -96,9 +114,7 @@ def check_quickstart(workdir: Path) -> None:
     assert slamkit_config["vocab_size"] == 102
     diff = summary["logits_max_abs_diff"]
     assert diff is None or _finite(diff, "logits_max_abs_diff") < 1e-3  # None: no torch in the notebooks' venv
-    for name in summary["plots"]:
-        _png(workdir / name)
-    assert len(summary["plots"]) == 3
+    _plots(workdir, summary, 3)
 
 
 # tokenize -----------------------------------------------------------------------------------------------------
@@ -107,10 +123,7 @@ def check_quickstart(workdir: Path) -> None:
 def ci_params_tokenize(workdir: Path, stand_ins: dict) -> dict:
     return {
         "WORKDIR": str(workdir),
-        "HUBERT": stand_ins["hubert"],
-        "HUBERT_LAYER": 3,
-        "KMEANS": stand_ins["kmeans"],
-        "VOCODER": stand_ins["vocoder"],
+        **_speech_stand_ins(stand_ins),
         "OWN_UNITS": 20,
         "NUM_SENTENCES": 2,
     }
@@ -151,9 +164,7 @@ def check_tokenize(workdir: Path) -> None:
         info = _wav(workdir / "resynthesize" / row["wav"])
         # frame units at the input's timing: the output lasts as long as the input, to a frame
         assert abs(info.duration - soundfile.info(row["file_name"]).duration) <= 0.04 + 1e-6
-    for name in summary["plots"]:
-        _png(workdir / name)
-    assert len(summary["plots"]) == 3
+    _plots(workdir, summary, 3)
 
 
 # generate_and_listen ------------------------------------------------------------------------------------------
@@ -163,10 +174,7 @@ def ci_params_generate_and_listen(workdir: Path, stand_ins: dict) -> dict:
     return {
         "WORKDIR": str(workdir),
         "SLM": stand_ins["slam"],
-        "HUBERT": stand_ins["hubert"],
-        "HUBERT_LAYER": 3,
-        "KMEANS": stand_ins["kmeans"],
-        "VOCODER": stand_ins["vocoder"],
+        **_speech_stand_ins(stand_ins),
         "PREDICT_DURATIONS": False,
         "NUM_PROMPTS": 2,
         "PROMPT_SECONDS": 1.0,
@@ -197,9 +205,7 @@ def check_generate_and_listen(workdir: Path) -> None:
         assert abs(continuation.duration - 0.04 * len(row["units"])) < 1e-6
         assert abs(full.duration - 0.04 * (len(row["prompt_units"]) + len(row["units"]))) < 1e-6
     assert summary["sample_rate"] == 16_000 and len(summary["wavs"]) == 4
-    for name in summary["plots"]:
-        _png(workdir / name)
-    assert len(summary["plots"]) == 2
+    _plots(workdir, summary, 2)
 
 
 # --- pretrain_tpu -------------------------------------------------------------------------------------------------
@@ -259,9 +265,24 @@ def ci_params_dpo(workdir: Path, stand_ins: dict) -> dict:
     }
 
 
+def ci_params_dpo_converted(workdir: Path, stand_ins: dict) -> dict:
+    """The real parameters' path: a slamkit model converted by hf_to_flax, the pairs tokenised by mHuBERT + k-means."""
+    return {
+        "WORKDIR": str(workdir),
+        "MODEL": stand_ins["slam"],
+        "HUBERT": stand_ins["hubert"],
+        "LAYER": 3,
+        "KMEANS": stand_ins["kmeans"],
+        "NUM_ROWS": 32,
+        "DPO_STEPS": 4,
+        "TIME_BUDGET": "3m",
+    }
+
+
 def check_dpo(workdir: Path) -> None:
     summary = _summary(workdir)
-    assert summary["offline"] is True and summary["num_units"] == 100
+    units = 100 if summary["offline"] else 500  # the demo's MFCC units, or the 500 of mHuBERT's k-means
+    assert summary["num_units"] == units
     assert summary["pairs"] >= 24, summary["pairs"]  # 32 rows, few dropped by Auto-BLEU
     assert summary["held_out"] == max(8, min(64, summary["pairs"] // 10))
     assert summary["dpo_steps"] == 4
@@ -280,7 +301,7 @@ def check_dpo(workdir: Path) -> None:
     rows = _jsonl(summary["files"]["metrics"])
     assert all(key in rows[-1] for key in ("chosen_reward", "rejected_reward", "reward_margin", "reward_accuracy"))
     pair = _jsonl(summary["files"]["pairs"])[0]
-    assert all(max(pair[part]["units"]) < 100 for part in ("prompt", "chosen", "rejected"))
+    assert all(max(pair[part]["units"]) < units for part in ("prompt", "chosen", "rejected"))
     audio = Path(summary["files"]["pairs"]).parent / "tts" / "audio" / pair["id"]
     for part in ("prompt", "chosen", "rejected"):
         wav = (audio / f"{part}.wav").read_bytes()
@@ -291,6 +312,18 @@ def check_dpo(workdir: Path) -> None:
 def ci_params_evaluate(workdir: Path, stand_ins: dict) -> dict:
     del stand_ins  # offline: MFCC units, a small model pre-trained in the notebook
     return {"WORKDIR": str(workdir), "MODEL": "", "NUM_PAIRS": 16, "NUM_STORIES": 30, "PRETRAIN_STEPS": 5}
+
+
+def ci_params_evaluate_converted(workdir: Path, stand_ins: dict) -> dict:
+    """The real parameters' path: a slamkit model converted by hf_to_flax, the pairs tokenised by mHuBERT + k-means."""
+    return {
+        "WORKDIR": str(workdir),
+        "MODEL": stand_ins["slam"],
+        "HUBERT": stand_ins["hubert"],
+        "LAYER": 3,
+        "KMEANS": stand_ins["kmeans"],
+        "NUM_PAIRS": 8,
+    }
 
 
 def check_evaluate(workdir: Path) -> None:
@@ -321,13 +354,17 @@ def check_evaluate(workdir: Path) -> None:
     assert wav[:4] == b"RIFF" and struct.unpack("<I", wav[24:28])[0] == 16_000
 
 
-CI_PARAMS = {
-    "quickstart": ci_params_quickstart,
-    "tokenize": ci_params_tokenize,
-    "pretrain_tpu": ci_params_pretrain_tpu,
-    "dpo": ci_params_dpo,
-    "generate_and_listen": ci_params_generate_and_listen,
-    "evaluate": ci_params_evaluate,
+# run id -> (notebook, its CI parameters): every notebook with its CI parameters, and the two whose CI parameters
+# take the offline branch again with the real parameters' branch (converted models, mHuBERT units) on stand-ins
+RUNS = {
+    "quickstart": ("quickstart", ci_params_quickstart),
+    "tokenize": ("tokenize", ci_params_tokenize),
+    "pretrain_tpu": ("pretrain_tpu", ci_params_pretrain_tpu),
+    "dpo": ("dpo", ci_params_dpo),
+    "dpo_converted_models": ("dpo", ci_params_dpo_converted),
+    "generate_and_listen": ("generate_and_listen", ci_params_generate_and_listen),
+    "evaluate": ("evaluate", ci_params_evaluate),
+    "evaluate_converted_models": ("evaluate", ci_params_evaluate_converted),
 }
 CHECKS = {
     "quickstart": check_quickstart,

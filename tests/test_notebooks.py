@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_checks import CHECKS, CI_PARAMS
+from notebook_checks import CHECKS, RUNS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("quickstart", "tokenize", "pretrain_tpu", "dpo", "generate_and_listen", "evaluate")
@@ -84,12 +84,13 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
     return notebook_stand_ins.build(tmp_path_factory.mktemp("stand_ins"))
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("run_id", RUNS)
 def test_the_notebook_runs_end_to_end_on_colabs_python_and_makes_what_it_shows(
-    name, notebook_python, stand_ins, tmp_path
+    run_id, notebook_python, stand_ins, tmp_path
 ):
+    name, ci_params = RUNS[run_id]
     workdir = tmp_path / "work"
-    params = CI_PARAMS[name](workdir, stand_ins)
+    params = ci_params(workdir, stand_ins)
     assert params["WORKDIR"] == str(workdir)
     (tmp_path / "params.json").write_text(json.dumps(params))
     env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PYTHONPATH")}
@@ -116,7 +117,7 @@ def test_the_notebook_runs_end_to_end_on_colabs_python_and_makes_what_it_shows(
 def test_every_notebook_is_listed_and_tested():
     on_disk = sorted(path.stem for path in (ROOT / "notebooks").glob("*.ipynb"))
     assert on_disk == sorted(NOTEBOOKS)
-    assert set(CHECKS) == set(NOTEBOOKS) == set(CI_PARAMS)
+    assert set(CHECKS) == set(NOTEBOOKS) == {name for name, _ in RUNS.values()}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
