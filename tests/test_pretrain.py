@@ -79,6 +79,13 @@ def test_training_logs_learns_and_saves_a_loadable_model(tmp_path, capsys):
     assert model.config.vocab_size == 22
     assert np.isfinite(model.log_likelihood([[1, 5, 6, 7, 1]])).all()
 
+    again = loop.run(tiny_config(**{"train.max_steps": 12}), tmp_path)  # a finished run, re-run: nothing to train
+    out = capsys.readouterr().out
+    assert again["step"] == 12 and "loss" not in again
+    assert "stopped at step 12 (max_steps); no step to train (resumed at the end)" in out and "nan" not in out
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == list(range(1, 13))  # no step trained again
+
 
 def test_time_budget_sets_the_schedule_and_stops(tmp_path):
     changes = {

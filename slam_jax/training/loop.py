@@ -453,10 +453,8 @@ class Trainer:
         finally:
             preemption.restore()
             progress.close()
-        self.say(
-            f"stopped at step {step} ({reason}); loss {final.get('loss', float('nan')):.4f}; "
-            f"checkpoint {self.workdir / 'checkpoints' / str(step)}"
-        )
+        loss = f"loss {final['loss']:.4f}" if "loss" in final else "no step to train (resumed at the end)"
+        self.say(f"stopped at step {step} ({reason}); {loss}; checkpoint {self.workdir / 'checkpoints' / str(step)}")
         return {"step": step, "stop_reason": reason, **final}
 
     def warmup_only(self, step: int) -> float:
