@@ -171,6 +171,14 @@ def audio_rates(times: dict[str, list[float]], audio_seconds: float, reference: 
     return rates
 
 
+def audio_rate_line(name: str, figures: dict, name_width: int = 24) -> str:
+    """One implementation's figures from `audio_rates` as a report line (callers append what else they measured)."""
+    return (
+        f"{name:{name_width}s} {figures['seconds']:7.2f} s  {figures['audio_seconds_per_second']:7.2f} audio s/s  "
+        f"{figures['speedup_over_reference']:.2f}x"
+    )
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

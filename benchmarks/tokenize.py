@@ -190,11 +190,8 @@ def report_lines(result: dict) -> list[str]:
         f"layer {result['layer']}, {result['num_units']} units, batch {result['batch']}, median of {result['repeats']}"
     ]
     for name, figures in result["implementations"].items():
-        lines.append(
-            f"{name:30s} {figures['seconds']:7.2f} s  {figures['audio_seconds_per_second']:6.2f} audio s/s  "
-            f"{figures['speedup_over_reference']:.2f}x  "
-            f"units equal to the reference's {figures['frames_equal_to_reference']:.1%}"
-        )
+        equal = figures["frames_equal_to_reference"]
+        lines.append(f"{common.audio_rate_line(name, figures, 30)}  units equal to the reference's {equal:.1%}")
     lines.append(f"first pass incl. compilation: {result['first_pass_seconds_incl_compile']}")
     share = result["slam_jax_float32_reference_padding_frames_equal_to_reference"]
     lines.append(f"slam_jax float32 with reference_padding (untimed): units equal to the reference's {share:.2%}")

@@ -188,10 +188,7 @@ def report_lines(result: dict) -> list[str]:
         f"same ids: {result['same_ids']}; decode steps {result['decode_steps']['longest']}",
     ]
     for name, figures in result["implementations"].items():
-        lines.append(
-            f"{name:24s} {figures['seconds']:7.2f} s  {figures['audio_seconds_per_second']:7.2f} audio s/s  "
-            f"{figures['speedup_over_reference']:.2f}x"
-        )
+        lines.append(common.audio_rate_line(name, figures))
     for name, parts in result["parts_seconds"].items():
         lines.append(
             f"{name:24s} front end {parts['front_end']:.2f} s, encoder {parts['encoder']:.2f} s, decoder "

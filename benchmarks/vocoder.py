@@ -183,10 +183,8 @@ def report_lines(result: dict) -> list[str]:
         f"median of {result['repeats']}"
     ]
     for name, figures in result["implementations"].items():
-        lines.append(
-            f"{name:24s} {figures['seconds']:7.2f} s  {figures['audio_seconds_per_second']:7.2f} audio s/s  "
-            f"{figures['speedup_over_reference']:.2f}x  max |diff| {figures['max_abs_difference_from_reference']:.1e}"
-        )
+        difference = figures["max_abs_difference_from_reference"]
+        lines.append(f"{common.audio_rate_line(name, figures)}  max |diff| {difference:.1e}")
     lines.append(f"first pass incl. compilation: {result['first_pass_seconds_incl_compile']}")
     lines.append(common.describe(result["machine"]))
     return lines
