@@ -1,9 +1,33 @@
 """Shared fixtures: tiny random `transformers` Qwen2 models saved to disk, the independent reference."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu and the CUDA plugin are installed only to compile for them
+
+
+def share_compiled_programs() -> None:
+    """One JAX compilation cache for the whole test session: the pytest process, its xdist workers and every
+    command a test starts (they inherit the environment). Many tests compile the same tiny programs (a resume,
+    a second process, the same model in another test); XLA then compiles each once. The cache is new for each
+    session (nothing from an earlier code version is reused) and removed at the end; a size cap turns on JAX's
+    file lock, so two workers never read an entry the other is still writing."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # a worker (it inherits the session's) or the user's own
+        return
+    folder = tempfile.mkdtemp(prefix="slam-jax-test-xla-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=folder,
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(4 * 2**30),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+
+
+share_compiled_programs()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
