@@ -17,8 +17,9 @@ DIR/<part>.json the moment it ends, and all of them to DIR/suite.json:
 - `decode`: 150 sampled tokens after 76-token prompts at batch 1 and 32, bf16, slam_jax against transformers;
 - `pipeline`: the Grain pipeline's packed 8 x 1024 batches per second, in-process and with worker processes,
   against what the fastest train step consumes;
-- `xla_flags`: the `auto` train step again in a fresh process per XLA flag set (latency-hiding scheduler,
-  Triton GEMM off, command buffers off).
+- `xla_flags`: the `auto` train step laid out as `configs/slam.py` trains (layers unrolled) again, in a fresh
+  process per XLA flag set (latency-hiding scheduler, Triton GEMM off, command buffers off), to compare with
+  the same variant of the `train` part.
 `--tiny` runs every part at toy sizes: on a CPU that checks the suite end to end in a few minutes (the Pallas
 kernels then run in interpret mode; cuDNN is reported as not available). A part that fails is recorded with
 its error and the suite goes on.
@@ -309,9 +310,15 @@ def pipeline_part(size: dict, repeats: int, train_tokens_per_second: float | Non
     }
 
 
+def config_layout_variant(auto: str) -> str:
+    """The train variant of the `auto` backend with the layers as configs/slam.py has them (scanned or not)."""
+    return f"{auto}_{'scan' if slam_config.get_config().model.scan_layers else 'unrolled'}"
+
+
 def xla_flags_part(out: Path, tiny: bool, repeats: int, auto: str) -> dict:
-    """The `auto` train step once per flag set, each in a fresh process (XLA reads its flags at start-up)."""
+    """The config's train step once per flag set, each in a fresh process (XLA reads its flags at start-up)."""
     flag_sets = GPU_FLAG_SETS if platform() == "gpu" else CPU_FLAG_SETS
+    variant = config_layout_variant(auto)
     found = {}
     for name, flags in flag_sets.items():
         folder = out / f"xla_flags_{name}"
@@ -327,15 +334,15 @@ def xla_flags_part(out: Path, tiny: bool, repeats: int, auto: str) -> dict:
             "--repeats",
             str(repeats),
             "--variants",
-            f"{auto}_scan",
+            variant,
         ] + (["--tiny"] if tiny else [])
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         try:
-            variant = json.loads((folder / "train.json").read_text())["variants"][f"{auto}_scan"]
-            found[name] = {"flags": flags, **variant}
+            figures = json.loads((folder / "train.json").read_text())["variants"][variant]
+            found[name] = {"flags": flags, **figures}
         except (OSError, KeyError, ValueError):
             found[name] = {"flags": flags, "failed": (done.stderr or done.stdout)[-500:]}
-    return {"variant": f"{auto}_scan", "flag_sets": found}
+    return {"variant": variant, "flag_sets": found}
 
 
 # ---- driver ------------------------------------------------------------------------------------------------

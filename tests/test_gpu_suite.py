@@ -64,5 +64,6 @@ def test_dpo_decode_pipeline_and_flags_have_figures(suite):
     workers = sorted(figures["workers"] for figures in pipeline["pipelines"].values())
     assert len(workers) == 2 and workers[0] == 0 and workers[1] >= 1  # in-process, then worker processes
     assert pipeline["pipeline_over_train"] > 0
+    assert results["xla_flags"]["variant"] == "xla_unrolled"  # the step as configs/slam.py lays it out
     flag_run = results["xla_flags"]["flag_sets"]["cpu_fast_math_off"]
     assert flag_run["seconds"] > 0 and flag_run["flags"] == "--xla_cpu_enable_fast_math=false"
