@@ -249,6 +249,10 @@ def check_pretrain_tpu(workdir: Path) -> None:
     assert json.loads(Path(summary["files"]["twist"], "model_config.json").read_text())["vocab_size"] == 102
     second = Path(workdir, "pretrain_second.log").read_text()
     assert "[pretrain] resumed from" in second and "(step 8)" in second
+    first_step = summary["first_step_seconds"]  # each run's first step, its compilation included
+    assert len(first_step) == 2 and all(seconds > 0 for seconds in first_step), first_step
+    cache = f"(compilation cache {Path(workdir, 'xla_cache').absolute()})"  # COMPILATION_CACHE, the default
+    assert all(cache in Path(workdir, log).read_text() for log in ("pretrain_first.log", "pretrain_second.log"))
 
 
 # --- dpo ----------------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The pre-training loop end to end on CPU (8 forced devices): logs, checkpoints, resume, budget, NaN, SIGTERM."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +89,14 @@ def test_training_logs_learns_and_saves_a_loadable_model(tmp_path, capsys):
     assert [row["step"] for row in rows if "loss" in row] == list(range(1, 13))  # no step trained again
 
 
+def test_the_first_step_is_timed_with_its_compilation_and_names_the_cache():
+    started = time.perf_counter() - 2.0  # a step begun 2 s ago
+    line = loop.first_step_line(started, {"loss": jax.numpy.ones(())}, "/data/xla_cache")
+    assert re.fullmatch(r"first step 2\.\d s, its compilation included \(compilation cache /data/xla_cache\)", line)
+    line = loop.first_step_line(time.perf_counter(), {"loss": jax.numpy.ones(())}, None)
+    assert line.endswith("(set JAX_COMPILATION_CACHE_DIR to keep the compiled step)")
+
+
 def test_time_budget_sets_the_schedule_and_stops(tmp_path):
     changes = {
         "train.max_steps": 0,
@@ -140,6 +150,9 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
     resumed = subprocess.run(command(killed, **changes), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr + resumed.stdout
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the test session's (conftest), inherited by the command
+    first = rf"\[pretrain\] first step \d+\.\d s, its compilation included \(compilation cache {re.escape(cache)}\)"
+    assert re.search(first, resumed.stdout)
     for got, want in zip(final_params(killed, 10), final_params(uninterrupted, 10), strict=True):
         np.testing.assert_array_equal(got, want)
     steps = lambda d: [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731

@@ -183,6 +183,15 @@ def validation_summary(data: DataSettings, valid_stores: list[str]) -> str:
     return "validation: none (data.train_path holds no valid split; data.valid_path names one)"
 
 
+def first_step_line(started: float, step_metrics, cache_dir: str | None) -> str:
+    """The line for a process's first step (begun at `perf_counter()` `started`), which compiles the step unless
+    JAX's persistent compilation cache (`cache_dir`, from `JAX_COMPILATION_CACHE_DIR`) holds it from a start before."""
+    jax.block_until_ready(step_metrics)
+    seconds = time.perf_counter() - started
+    where = f"compilation cache {cache_dir}" if cache_dir else "set JAX_COMPILATION_CACHE_DIR to keep the compiled step"
+    return f"first step {seconds:.1f} s, its compilation included ({where})"
+
+
 def one_line(error: BaseException, limit: int = 160) -> str:
     """An exception as one short line (a TensorStore error runs to dozens of lines)."""
     lines = str(error).strip().splitlines()
@@ -404,7 +413,7 @@ class Trainer:
             dynamic_ncols=True,
             desc=self.job,
         )
-        pending, final, reason = None, {}, "max_steps"
+        pending, final, reason, stepped = None, {}, "max_steps", False
         try:
             while True:
                 if train.max_steps and step >= train.max_steps:
@@ -420,7 +429,11 @@ class Trainer:
                     )
                 lr = schedule(step) if schedule.total_steps else self.warmup_only(step)
                 batch = self.to_device(next(iterator))
+                started = time.perf_counter()
                 state, step_metrics = self.train_step(state, batch, jnp.asarray(lr, jnp.float32))
+                if not stepped:  # this process's first step: it compiled the step
+                    self.say(first_step_line(started, step_metrics, jax.config.jax_compilation_cache_dir))
+                    stepped = True
                 step += 1
                 if pending is not None:
                     final = self.record(pending, progress)
