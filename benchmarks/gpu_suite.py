@@ -13,6 +13,9 @@ DIR/<part>.json the moment it ends, and all of them to DIR/suite.json:
   peak on a known accelerator);
 - `torch`: PyTorch as slamkit runs it (transformers Qwen2, bf16 weights, sdpa, torch.optim.AdamW) and a strong
   PyTorch (the same under torch.compile, fused AdamW), same batch, same process;
+- `profile`: the step as `configs/slam.py` trains it (the `auto` backend) under `jax.profiler.trace`: where its
+  time goes on the device, by kind (attention kernel, matmuls, collectives, copies, the fused elementwise rest)
+  and by op, beside the step's wall-clock time (`benchmarks/trace_summary.py`; the trace stays in DIR/profile/);
 - `dpo`: the DPO step (one pair of 2 x 1024, precomputed reference) beside a pre-training step of 2 x 1024;
 - `decode`: 150 sampled tokens after 76-token prompts at batch 1 and 32, bf16, slam_jax against transformers;
 - `pipeline`: the Grain pipeline's packed 8 x 1024 batches per second, in-process and with worker processes,
@@ -49,7 +52,7 @@ from slam_jax.models import config as model_config
 from slam_jax.training import metrics
 from slam_jax.training.settings import TrainSettings
 
-PARTS = ("attention", "train", "torch", "dpo", "decode", "pipeline", "xla_flags")
+PARTS = ("attention", "train", "torch", "profile", "dpo", "decode", "pipeline", "xla_flags")
 GPU_FLAG_SETS = {
     "latency_hiding_scheduler": "--xla_gpu_enable_latency_hiding_scheduler=true",
     "triton_gemm_off": "--xla_gpu_enable_triton_gemm=false",
@@ -264,6 +267,31 @@ def torch_part(size: dict, repeats: int) -> dict:
     return {"device": device, "torch": torch.__version__, "batch": [rows, length], "variants": found}
 
 
+# ---- profile -----------------------------------------------------------------------------------------------
+
+PROFILED_STEPS = 2
+
+
+def profile_part(out: Path, size: dict, repeats: int) -> dict:
+    """The config's train step timed, then `PROFILED_STEPS` of it traced, and the trace summarised."""
+    from benchmarks import trace_summary
+
+    cfg, rows, length = size["cfg"], size["rows"], size["length"]
+    variant = config_layout_variant(attention.resolve("auto"))
+    model_changes, train_changes = variant_changes(variant)
+    train = TrainSettings.from_config(slam_config.get_config().train, "train").replace(**train_changes)
+    folder = out / "profile"
+    with kernels_for_this_platform():
+        run, _ = jax_train_step(cfg.replace(**model_changes), train, packed_rows(rows, length, cfg.vocab_size))
+        wall = timed(run, repeats)["seconds"]
+        with jax.profiler.trace(str(folder), create_perfetto_trace=True):
+            for _ in range(PROFILED_STEPS):
+                run()
+    jax.clear_caches()
+    summary = trace_summary.summarise(trace_summary.load_events(folder), PROFILED_STEPS, wall)
+    return {"variant": variant, "batch": [rows, length], "trace_folder": str(folder), **summary}
+
+
 # ---- dpo, decode, pipeline ---------------------------------------------------------------------------------
 
 
@@ -362,6 +390,8 @@ def run_part(name: str, args, size: dict, results: dict) -> dict:
         return train_part(size, repeats, args.variants.split(",") if args.variants else None)
     if name == "torch":
         return torch_part(size, repeats)
+    if name == "profile":
+        return profile_part(args.out, size, repeats)
     if name == "dpo":
         return dpo_part(size, repeats)
     if name == "decode":
@@ -374,6 +404,16 @@ def run_part(name: str, args, size: dict, results: dict) -> dict:
 _NAMED_FIGURES = ("variants", "backends", "implementations", "steps", "pipelines", "flag_sets")
 
 
+def profile_lines(result: dict) -> list[str]:
+    wall = result["wall_seconds_per_step"]
+    head = f"profile   {result['variant']}: busy {result['busy_seconds_per_step'] * 1e3:.2f} ms of {wall * 1e3:.2f} ms"
+    lines = [f"{head} per step ({result['lines']})"]
+    for name, figures in result["by_category"].items():
+        share = figures["share_of_busy"]
+        lines.append(f"profile     {name:32s} {figures['seconds_per_step'] * 1e3:9.2f} ms/step  {share:.0%} of busy")
+    return lines
+
+
 def report_lines(results: dict) -> list[str]:
     lines = []
     for part, result in results.items():
@@ -381,6 +421,9 @@ def report_lines(results: dict) -> list[str]:
             continue
         if "failed" in result:
             lines.append(f"{part}: failed: {result['failed'][:200]}")
+            continue
+        if part == "profile":
+            lines += profile_lines(result)
             continue
         named = next((result[key] for key in _NAMED_FIGURES if isinstance(result.get(key), dict)), {})
         for name, figures in named.items():
