@@ -200,11 +200,16 @@ def variant_changes(name: str) -> tuple[dict, dict]:
     raise ValueError(f"train variant {name!r}: not <backend>_<{'|'.join(VARIANT_CHANGES)}>")
 
 
-def jax_train_step(cfg, train, batch: dict):
-    """The project's compiled train step on one device over `batch` (one micro-batch), ready to call."""
+def variant_train_step(cfg, name: str, batch: dict):
+    """The project's train step as the variant `name` changes it (VARIANT_CHANGES, the one-hot embedding),
+    compiled on one device over `batch` (one micro-batch): (run, compile seconds)."""
     from benchmarks import train_step
 
-    return train_step.jax_step(cfg, batch["input_ids"], train, batch)
+    model_changes, train_changes = variant_changes(name)
+    train = TrainSettings.from_config(slam_config.get_config().train, "train").replace(**train_changes)
+    embedding = onehot_embed if name.endswith("onehot_embed") else qwen2.Qwen2.embed
+    with kernels_for_this_platform(), mock.patch.object(qwen2.Qwen2, "embed", embedding):
+        return train_step.jax_step(cfg.replace(**model_changes), batch["input_ids"], train, batch)
 
 
 def peak_flops() -> float | None:
@@ -229,12 +234,8 @@ def train_part(size: dict, repeats: int, only: list[str] | None = None) -> dict:
     auto = attention.resolve("auto")
     found = {}
     for name in only or train_variants(auto):
-        model_changes, train_changes = variant_changes(name)
-        train = TrainSettings.from_config(slam_config.get_config().train, "train").replace(**train_changes)
-        embedding = onehot_embed if name.endswith("onehot_embed") else qwen2.Qwen2.embed
         try:
-            with kernels_for_this_platform(), mock.patch.object(qwen2.Qwen2, "embed", embedding):
-                run, compile_seconds = jax_train_step(cfg.replace(**model_changes), train, batch)
+            run, compile_seconds = variant_train_step(cfg, name, batch)
             figures = timed(run, repeats)
             figures["compile_seconds"] = compile_seconds
             found[name] = with_rates(figures, rows * length, flops_per_token)
@@ -278,15 +279,12 @@ def profile_part(out: Path, size: dict, repeats: int) -> dict:
 
     cfg, rows, length = size["cfg"], size["rows"], size["length"]
     variant = config_layout_variant(attention.resolve("auto"))
-    model_changes, train_changes = variant_changes(variant)
-    train = TrainSettings.from_config(slam_config.get_config().train, "train").replace(**train_changes)
     folder = out / "profile"
-    with kernels_for_this_platform():
-        run, _ = jax_train_step(cfg.replace(**model_changes), train, packed_rows(rows, length, cfg.vocab_size))
-        wall = timed(run, repeats)["seconds"]
-        with jax.profiler.trace(str(folder), create_perfetto_trace=True):
-            for _ in range(PROFILED_STEPS):
-                run()
+    run, _ = variant_train_step(cfg, variant, packed_rows(rows, length, cfg.vocab_size))
+    wall = timed(run, repeats)["seconds"]
+    with jax.profiler.trace(str(folder), create_perfetto_trace=True):
+        for _ in range(PROFILED_STEPS):
+            run()
     jax.clear_caches()
     summary = trace_summary.summarise(trace_summary.load_events(folder), PROFILED_STEPS, wall)
     return {"variant": variant, "batch": [rows, length], "trace_folder": str(folder), **summary}
