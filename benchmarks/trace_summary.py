@@ -38,7 +38,7 @@ def category(name: str) -> str:
 def load_events(folder: Path) -> list[dict]:
     """The events of the newest Perfetto trace under `folder` (a `jax.profiler.trace` log folder)."""
     runs = sorted(Path(folder).glob("plugins/profile/*/"), key=lambda path: path.stat().st_mtime)
-    traces = [trace for run in runs[-1:] for trace in sorted(run.glob("*trace.json.gz"), key=_perfetto_first)]
+    traces = sorted(runs[-1].glob("*trace.json.gz"), key=_perfetto_first) if runs else []
     if not traces:
         raise FileNotFoundError(f"{folder}: no plugins/profile/*/perfetto_trace.json.gz (was the trace written?)")
     with gzip.open(traces[0], "rt") as stream:
