@@ -168,3 +168,26 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+# Small host-side results (reports, scores, generated units) shared by every process.
+
+
+def gather_json(value) -> list:
+    """Every process's JSON-serialisable `value`, in process order, on every process (`[value]` for one process).
+
+    A collective: every process calls it, in the same order. Exact for floats (JSON keeps every digit of a float);
+    dict keys come back as strings, tuples as lists. The bytes travel padded to a power of two, so few shapes compile.
+    """
+    if jax.process_count() == 1:
+        return [value]
+    import json
+
+    from jax.experimental import multihost_utils
+
+    payload = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(payload.size))).reshape(-1)
+    padded = np.zeros(1 << max(int(lengths.max()) - 1, 0).bit_length(), np.uint8)
+    padded[: payload.size] = payload
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(row[:length].tobytes()) for row, length in zip(rows, lengths, strict=True)]

@@ -1,5 +1,6 @@
 """The tokenisation pipeline on real (espeak-ng) speech: units against transformers + scikit-learn, frame counts,
-dedup, batch/device independence, bad input, kill-and-resume, host slices and the command line."""
+dedup, batch/device independence, bad input, kill-and-resume and the command line (several hosts:
+tests/test_multihost_tokenize.py)."""
 
 import collections
 import itertools
@@ -329,22 +330,6 @@ def test_other_settings_into_the_same_folder_are_refused(tmp_path, speech, mfcc_
     tokenize.run(settings(speech, tmp_path / "out", **common), tmp_path)
     with pytest.raises(ValueError, match="other settings .*dedup"):
         tokenize.run(settings(speech, tmp_path / "out", dedup=False, **common), tmp_path)
-
-
-def test_hosts_take_slices_and_the_last_one_merges(tmp_path, speech, mfcc_centroids, monkeypatch):
-    common = dict(encoder_path="mfcc", kmeans_path=str(mfcc_centroids), shard_size=2)
-    tokenize.run(settings(speech, tmp_path / "single", **common), tmp_path)
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    for host in (0, 1):
-        monkeypatch.setattr(jax, "process_index", lambda host=host: host)
-        report = tokenize.run(settings(speech, tmp_path / "hosts", **common), tmp_path)
-        assert report["files"] == report["tokenized"] == len(SENTENCES)
-        assert (tmp_path / "hosts" / tokenize.FEATURES).exists() == (host == 1)
-    merged = read_jsonl(tmp_path / "hosts" / tokenize.FEATURES)
-    single = read_jsonl(tmp_path / "single" / tokenize.FEATURES)
-    files = audio.list_audio(str(speech))
-    assert [line["file_name"] for line in merged] == files[0::2] + files[1::2]
-    assert sorted(merged, key=lambda line: line["file_name"]) == single
 
 
 # What XLA's native libraries log at `import jax`, before any slam_jax code runs: absl's notice and its

@@ -84,7 +84,7 @@ class UnitEncoder:
         self.num_frames = num_frames
         self.step_rows = micro_batch * len(devices)
         replicated = parallel.replicated(self.mesh)
-        rows = parallel.batch_sharding(self.mesh, trailing_axes=0)
+        rows = self.row_sharding = parallel.batch_sharding(self.mesh, trailing_axes=0)
         self.params = jax.device_put(params, replicated)
         self.centroids = None if centroids is None else jax.device_put(jnp.asarray(centroids, jnp.float32), replicated)
         features = micro_batched(features_fn, self.mesh, micro_batch)
@@ -132,6 +132,9 @@ class UnitEncoder:
         results: list[np.ndarray | None] = [None] * len(waveforms)
         for indices in self.steps(waveforms):
             batch, lengths, frames = self.layout([waveforms[index] for index in indices])
+            # placed on this process's devices first: under jax.distributed, jit takes no numpy input sharded over
+            # a mesh (even a local one)
+            batch, lengths = jax.device_put((batch, lengths), self.row_sharding)
             values = np.asarray(fn(params, batch, lengths))
             for row, index in enumerate(indices):
                 results[index] = values[row, : frames[row]]

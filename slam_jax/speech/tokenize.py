@@ -5,11 +5,12 @@
 The output folder (`tokenize.out_path`, default WORKDIR/units) holds:
     features.jsonl   one line per tokenised file, {"units": [...], "duration": [...], "file_name": "..."}:
                      the reference's format (`duration[i]` = frames that carried `units[i]`, one frame =
-                     `frame_samples` / 16000 s); hosts one after the other, each in file-list order
+                     `frame_samples` / 16000 s); in file-list order, however many hosts made them
     errors.jsonl     one line per file not (fully) tokenised: {"file_name", "reason", "tokenized"};
                      `tokenized: true` marks a file cut at `max_seconds` whose units are in features.jsonl
     tokenizer.json   what the units depend on (encoder, layer, centroids, frame size, padding, ...)
-    report.json      the counts of the last run
+    report.json      the counts of the last run, over all hosts
+    store/           the unit store of features.jsonl (`tokenize.store`)
     parts/           the same lines per shard of `shard_size` files, each written atomically; the two
                      .jsonl files above are rebuilt from them once every shard of every host is done
 Resume: a shard whose part exists is skipped, so a re-run after a kill redoes only unfinished shards and no
@@ -18,6 +19,10 @@ line is ever written twice. A re-run into a folder made with other settings is r
 Work flow per shard: file headers are probed (for durations) and files are read, mixed to mono and
 resampled by a thread pool, longest first, while the main thread runs the encoder on batches of
 similar-length windows; each host takes every `process_count`-th file of the sorted list.
+
+Several hosts (`jax.distributed`, one process each, `out_path` on a filesystem they share): each writes its
+own parts, then all wait at a barrier; process 0 alone merges the parts, writes the store and report.json
+(whichever host finished last), and the others wait at a second barrier and return the report it wrote.
 """
 
 import collections
@@ -176,10 +181,7 @@ def tokenize(job: TokenizeJob, workdir: Path) -> dict:
         encoder.set_centroids(_centroids(settings, centroids_path, encoder, files, pool, job.seed))
         _claim_folder(out, describe(settings, encoder, centroids_path))
         counts = _tokenize_host(files, encoder, pool, settings, out)
-    report = _report(files, settings.shard_size, out, counts)
-    if settings.store and jax.process_index() == 0 and (out / FEATURES).is_file():
-        report["store"] = _write_store(out, encoder.num_units, settings.valid_fraction)
-    write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    report = _finish(files, settings, out, counts, encoder.num_units)
     print(
         f"tokenized {report['tokenized']} of {report['files']} files ({report['failed']} failed, "
         f"{report['truncated']} truncated, {report['resumed_files']} from an earlier run) -> {out}; "
@@ -244,7 +246,7 @@ def describe(settings: TokenizeSettings, encoder: unit_encoder.UnitEncoder, cent
 
 
 def _claim_folder(out: Path, description: dict) -> None:
-    """Write tokenizer.json, or check that the folder's existing one matches `description`."""
+    """Check that the folder's tokenizer.json matches `description` (every process), or write it (process 0)."""
     path = out / DESCRIPTION
     if path.is_file():
         existing = json.loads(path.read_text())
@@ -256,7 +258,8 @@ def _claim_folder(out: Path, description: dict) -> None:
                 f"{out}: holds units made with other settings ({', '.join(changed)}); use another out_path"
             )
         return
-    write_text(path, json.dumps(description, indent=2) + "\n")
+    if jax.process_index() == 0:
+        write_text(path, json.dumps(description, indent=2) + "\n")
 
 
 def _centroids(settings: TokenizeSettings, path: Path, encoder, files: list[str], pool, seed: int) -> np.ndarray:
@@ -292,8 +295,8 @@ def shard_plan(files: list[str], shard_size: int, host: int, hosts: int) -> list
     return shards
 
 
-def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path) -> dict:
-    """Every unfinished shard of this host, then the merge if all hosts are done; this run's counts."""
+def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path) -> collections.Counter:
+    """Every unfinished shard of this host; this run's counts."""
     shards = shard_plan(files, settings.shard_size, jax.process_index(), jax.process_count())
     parts = out / PARTS
     parts.mkdir(parents=True, exist_ok=True)
@@ -310,9 +313,33 @@ def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path) 
             records, errors = _tokenize_shard(shard, encoder, pool, settings, counts, bar, start)
             write_text(parts / f"{name}.{ERRORS}", "".join(units.to_line(error) for error in errors))
             write_text(parts / f"{name}.jsonl", "".join(units.to_line(record) for record in records))
-    _merge_if_complete(files, settings.shard_size, out)
     counts["seconds"] = time.perf_counter() - start
     return counts
+
+
+def _finish(files: list[str], settings: TokenizeSettings, out: Path, counts: collections.Counter, num_units: int):
+    """Once every host's parts are written: process 0 merges them, writes the store and report.json; every
+    process returns that report (the same on every host, whichever host finished last)."""
+    totals = _sum_counts(parallel.gather_json(dict(counts)))
+    parallel.barrier("slam_jax: tokenize parts written")
+    if jax.process_index() == 0:
+        merged = _merge_if_complete(files, settings.shard_size, out)
+        report = _report(files, settings.shard_size, out, totals)
+        if settings.store and merged:
+            report["store"] = _write_store(out, num_units, settings.valid_fraction)
+        write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    parallel.barrier("slam_jax: tokenize report written")
+    return report if jax.process_index() == 0 else json.loads((out / REPORT).read_text())
+
+
+def _sum_counts(per_host: list[dict]) -> collections.Counter:
+    """The counts of all hosts: summed, except `seconds`, the longest host's (the hosts run side by side)."""
+    totals = collections.Counter()
+    for counts in per_host:
+        totals.update({key: value for key, value in counts.items() if key != "seconds"})
+    totals["seconds"] = max(counts.get("seconds", 0.0) for counts in per_host)
+    totals["hosts"] = len(per_host)
+    return totals
 
 
 def _tokenize_shard(files, encoder, pool, settings, counts, bar, start) -> tuple[list[dict], list[dict]]:
@@ -435,28 +462,40 @@ def _write_store(out: Path, num_units: int, valid_fraction: float) -> dict:
 
 
 def _merge_if_complete(files: list[str], shard_size: int, out: Path) -> bool:
-    """Rebuild features.jsonl and errors.jsonl from the parts once every host's shards are there."""
-    hosts = jax.process_count()
-    names = [name for host in range(hosts) for name, _ in shard_plan(files, shard_size, host, hosts)]
+    """Rebuild features.jsonl and errors.jsonl from the parts, in file-list order (as one host writes them),
+    once every host's shards are there; False (and a note) if some are missing."""
+    names = _all_part_names(files, shard_size)
     parts = out / PARTS
-    if not all((parts / f"{name}.jsonl").is_file() for name in names):
+    missing = [name for name in names if not (parts / f"{name}.jsonl").is_file()]
+    if missing:
+        print(f"{parts}: {len(missing)} of {len(names)} parts missing, no features.jsonl (is out_path shared?)")
         return False
-    write_text(out / FEATURES, "".join((parts / f"{name}.jsonl").read_text() for name in names))
-    write_text(out / ERRORS, "".join((parts / f"{name}.{ERRORS}").read_text() for name in names))
+    position = {file: index for index, file in enumerate(files)}
+    for suffix, target in ((".jsonl", FEATURES), (f".{ERRORS}", ERRORS)):
+        lines = [line for name in names for line in _lines(parts / f"{name}{suffix}")]
+        lines.sort(key=lambda line: position[json.loads(line)["file_name"]])
+        write_text(out / target, "".join(f"{line}\n" for line in lines))
     return True
 
 
+def _all_part_names(files: list[str], shard_size: int) -> list[str]:
+    """The part names of every host's shards, host after host."""
+    hosts = jax.process_count()
+    return [name for host in range(hosts) for name, _ in shard_plan(files, shard_size, host, hosts)]
+
+
 def _report(files: list[str], shard_size: int, out: Path, counts: collections.Counter) -> dict:
-    """Counts over this host's shards (earlier runs included) and this run's speed (over the tokenising
-    itself: reading, encoding, writing; not loading the encoder or fitting k-means)."""
+    """Counts over every host's shards (earlier runs included) and this run's speed over all hosts (over the
+    tokenising itself: reading, encoding, writing; not loading the encoder or fitting k-means)."""
     seconds = counts["seconds"]
-    names = [name for name, _ in shard_plan(files, shard_size, jax.process_index(), jax.process_count())]
+    names = _all_part_names(files, shard_size)
     parts = out / PARTS
     errors = [json.loads(line) for name in names for line in _lines(parts / f"{name}.{ERRORS}")]
-    tokenized = sum(len(_lines(parts / f"{name}.jsonl")) for name in names)
+    tokenized = sum(len(_lines(parts / f"{name}.jsonl")) for name in names if (parts / f"{name}.jsonl").is_file())
     audio_seconds = counts["audio_samples_this_run"] / audio.SAMPLE_RATE
     return {
-        "files": len(_host_files(files)),
+        "files": len(files),
+        "hosts": counts["hosts"],
         "tokenized": tokenized,
         "failed": sum(not error["tokenized"] for error in errors),
         "truncated": sum(bool(error["tokenized"]) for error in errors),
@@ -473,7 +512,7 @@ def _report(files: list[str], shard_size: int, out: Path, counts: collections.Co
 
 
 def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+    return path.read_text().splitlines() if path.is_file() else []
 
 
 def _host_prefix(host: int, hosts: int) -> str:
