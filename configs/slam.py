@@ -72,6 +72,7 @@ def get_config() -> ConfigDict:
     config.train.eval_batches = 100  # validation batches per evaluation (0 = the whole split)
     config.train.peak_flops_per_device = 0.0  # for MFU; 0 = vendor figure, or a matmul measured on CPU
     config.train.stall_steps = 20  # steps in a row of grad norm exactly 0 before a warning (0 = off; not in the paper)
+    config.train.host_timeout = 60.0  # several hosts: s a process may go unheard before all stop, exit 69 (0 = off)
     # run-manifest keys (WORKDIR/run_manifest.json) a resume may change, comma-separated, e.g. 'seed' ('' = none)
     config.train.allow_changed = ""
 

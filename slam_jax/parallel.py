@@ -12,8 +12,13 @@ dimension is dropped (replicated) rather than failing, so odd sizes such as the 
 import functools
 import os
 import re
+import sys
+import threading
+import time
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -109,6 +114,29 @@ def batch_sharding(mesh: Mesh, leading_axes: int = 0, trailing_axes: int = 1) ->
     return NamedSharding(mesh, P(*([None] * leading_axes), BATCH_AXES, *([None] * trailing_axes)))
 
 
+def process_rows(mesh: Mesh, rows: int) -> list[int]:
+    """The indices of the rows (of a batch of `rows` rows split over data x fsdp) that this process's devices hold,
+    in order: which rows of the global batch this process builds."""
+    sharding = NamedSharding(mesh, P(BATCH_AXES))
+    held = set()
+    for index in sharding.addressable_devices_indices_map((rows,)).values():
+        held.update(range(*index[0].indices(rows)))
+    return sorted(held)
+
+
+def global_batch(local: np.ndarray, rows: list[int], sharding: NamedSharding, global_shape, row_axis: int) -> jax.Array:
+    """A global array from this process's `rows` (`local` holds them in order along `row_axis`): each local device
+    gets the rows its shard of `sharding` covers. Exact for any mesh and any process count."""
+    where = {row: position for position, row in enumerate(rows)}
+    pieces = []
+    for device, index in sharding.addressable_devices_indices_map(tuple(global_shape)).items():
+        wanted = range(*index[row_axis].indices(global_shape[row_axis]))
+        taken = np.take(local, [where[row] for row in wanted], axis=row_axis)
+        rest = tuple(slice(None) if axis == row_axis else part for axis, part in enumerate(index))
+        pieces.append(jax.device_put(taken[rest], device))
+    return jax.make_array_from_single_device_arrays(tuple(global_shape), sharding, pieces)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
@@ -143,8 +171,11 @@ def wants_distributed(environ=os.environ) -> bool:
     return len(environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
 
 
-def maybe_initialize(environ=os.environ) -> None:
-    """Join the job's processes (once, before any computation); a no-op for a single process."""
+def maybe_initialize(environ=os.environ, host_timeout: float = 0.0) -> None:
+    """Join the job's processes (once, before any computation); a no-op for a single process.
+
+    `host_timeout`: the training loop's own `HostWatchdog` bound; JAX's coordination service, which aborts every
+    process with a C++ trace when a heartbeat is missed, is given a longer one so that the watchdog speaks first."""
     if not wants_distributed(environ) or jax.distributed.is_initialized():
         return
     if environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -157,9 +188,14 @@ def maybe_initialize(environ=os.environ) -> None:
             coordinator_address=environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(environ["JAX_NUM_PROCESSES"]),
             process_id=int(environ["JAX_PROCESS_ID"]),
+            **_heartbeat(host_timeout),
         )
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_heartbeat(host_timeout))
+
+
+def _heartbeat(host_timeout: float) -> dict:
+    return {"heartbeat_timeout_seconds": int(max(100, 2 * host_timeout + 30))} if host_timeout else {}
 
 
 def barrier(name: str) -> None:
@@ -191,3 +227,97 @@ def gather_json(value) -> list:
     padded[: payload.size] = payload
     rows = np.asarray(multihost_utils.process_allgather(padded))
     return [json.loads(row[:length].tobytes()) for row, length in zip(rows, lengths, strict=True)]
+
+
+@functools.lru_cache(maxsize=8)
+def _max_over_processes(mesh: Mesh):
+    return jax.jit(lambda flags: jnp.max(flags, axis=0), out_shardings=replicated(mesh))
+
+
+def any_process(mesh: Mesh, flags) -> jax.Array:
+    """The element-wise maximum of every process's `flags` (small ints), as a replicated array: a decision all
+    processes take at the same step (a signal one host got, a time-based save one host's clock asks for). It is
+    dispatched like a step and read later, so it never stalls the device queue."""
+    flags = np.asarray(flags, np.int32)
+    sharding = NamedSharding(mesh, P(MESH_AXES))
+    shape = (mesh.size, len(flags))
+    pieces = [jax.device_put(flags[None], device) for device in sharding.addressable_devices_indices_map(shape)]
+    return _max_over_processes(mesh)(jax.make_array_from_single_device_arrays(shape, sharding, pieces))
+
+
+EXIT_HOST_LOST = 69  # EX_UNAVAILABLE: a peer process died or stopped answering; re-run the same command to resume
+
+
+class HostWatchdog:
+    """Several hosts: a process that dies or hangs must not leave the others waiting in a collective for ever.
+
+    Every process publishes a heartbeat in the coordination service's key-value store a few times per `timeout`
+    and reads its peers'. A peer whose heartbeat has not moved for `timeout` seconds (a killed process, a lost
+    host), or a coordination service that stops answering (process 0 is gone), makes this process print one line
+    naming the lost process and `describe()` (the last committed checkpoint) and exit `EXIT_HOST_LOST` at once,
+    whatever its main thread is blocked in. A no-op for one process or `timeout` 0."""
+
+    PREFIX = "slam_jax/heartbeat/"
+
+    def __init__(self, timeout: float, describe: Callable[[], str], job: str = "slam_jax"):
+        self.timeout, self.describe, self.job = timeout, describe, job
+        self.active = timeout > 0 and jax.process_count() > 1
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="slam_jax-host-watchdog", daemon=True)
+
+    def __enter__(self):
+        if self.active:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+
+    def _watch(self) -> None:
+        from jax._src import distributed
+
+        client, me, count = distributed.global_state.client, jax.process_index(), jax.process_count()
+        interval = max(0.2, min(5.0, self.timeout / 6))
+        seen = {peer: (None, time.monotonic()) for peer in range(count) if peer != me}
+        beat = 0
+        while not self._stop.wait(interval):
+            beat += 1
+            asked = time.monotonic()
+            try:
+                client.key_value_set(f"{self.PREFIX}{me}", str(beat), allow_overwrite=True)
+            except Exception:  # noqa: BLE001 - the service is gone (its host, process 0, is lost)
+                if not self._stop.is_set():
+                    self._lose(0, time.monotonic() - asked, "the coordination service stopped answering")
+                return
+            now = time.monotonic()
+            for peer, (last, since) in seen.items():
+                try:
+                    value = client.key_value_try_get(f"{self.PREFIX}{peer}")
+                except Exception:  # noqa: BLE001 - not published yet
+                    value = None
+                if value != last:
+                    seen[peer] = (value, now)
+                elif now - since >= self.timeout and not self._stop.is_set():
+                    self._lose(peer, now - since, "no heartbeat")
+                    return
+
+    def _lose(self, peer: int, silent: float, why: str) -> None:
+        self._lost.set()
+        try:
+            where = self.describe()
+        except Exception:  # noqa: BLE001 - the line must come out whatever the checkpoint folder holds
+            where = "the last committed checkpoint is unknown"
+        print(
+            f"[{self.job}] error: lost process {peer} of {jax.process_count()} ({why} for {silent:.0f} s; this is "
+            f"process {jax.process_index()}); {where}; re-run the same command on every host to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_HOST_LOST)
+
+    def verdict(self) -> None:
+        """After a collective failed in the main thread: wait (up to the timeout and a margin) for the watchdog to
+        name the lost peer and end the process; returns if every peer is still heard (then the error is real)."""
+        if self.active and self._thread.is_alive():
+            self._lost.wait(self.timeout + 15)

@@ -132,9 +132,37 @@ def test_mixture_weights_set_the_proportions(tmp_path):
     assert 0.75 < share_a < 0.85
 
 
-def test_processes_read_disjoint_slices(store):
-    first = [
-        next(iter(pipeline.train_dataset([store], None, 8, 1, 0, False, process_index=i, process_count=2)))
-        for i in range(2)
-    ]
-    assert not np.array_equal(first[0]["input_ids"], first[1]["input_ids"])
+def test_each_process_builds_its_rows_of_one_global_batch(store):
+    """The global batch is planned from global indices: split the rows among 'processes' any way and the rows are
+    the same, in the same places, batch after batch (and the data position is the same global integer)."""
+    whole = pipeline.train_dataset([store], None, 8, rows_per_batch=4, seed=5, packing=True)
+    parts = [pipeline.train_dataset([store], None, 8, 4, 5, True, rows=rows) for rows in ([0, 1], [2], [3])]
+    for _ in range(6):
+        expected = next(whole)
+        got = [next(part) for part in parts]
+        for key in expected:
+            np.testing.assert_array_equal(np.concatenate([batch[key] for batch in got]), expected[key])
+        assert {part.position for part in parts} == {whole.position}
+
+
+def test_a_global_position_resumes_on_another_split(store):
+    first = pipeline.train_dataset([store], None, 8, 4, 1, True)
+    for _ in range(3):
+        next(first)
+    expected = [next(first) for _ in range(4)]
+    position = pipeline.position_after([store], None, 8, 4, 1, True, steps=3)
+    resumed = pipeline.train_dataset([store], None, 8, 4, 1, True, rows=[2, 3], start=position)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key][2:])
+
+
+def test_validation_batches_are_global_and_cover_every_chunk_once(store):
+    whole = list(pipeline.eval_dataset([store], 8, rows_per_batch=3, packing=True))
+    halves = [list(pipeline.eval_dataset([store], 8, 3, True, rows=rows)) for rows in ([0], [1, 2])]
+    assert len(halves[0]) == len(halves[1]) == len(whole)  # every process runs the same number of batches
+    tokens = sum(int(np.count_nonzero(batch["segment_ids"])) for batch in whole)
+    assert tokens == 5 + 8 + 4 + 8 + 8 + 8 + 3 + 8 + 2
+    for batch, first, rest in zip(whole, *halves, strict=True):
+        np.testing.assert_array_equal(np.concatenate([first["input_ids"], rest["input_ids"]]), batch["input_ids"])

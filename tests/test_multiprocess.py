@@ -62,10 +62,11 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     for result in launch(tmp_path, max_steps=6):
         assert result.returncode == 0, result.stderr[-3000:]
     step_dir = tmp_path / "checkpoints" / "6"
-    assert sorted(p.name for p in (step_dir / "data").glob("process_*.json")) == [
-        "process_0-of-2.json",
-        "process_1-of-2.json",
-    ]
+    meta = json.loads((step_dir / "meta" / "metadata").read_text())
+    # The data position is one global integer, the same whatever the number of processes that saved it.
+    assert isinstance(meta["data_position"], int) and meta["data_position"] > 0
+    assert meta["layout"] == {"processes": 2, "devices": 4, "mesh": {"data": 4, "fsdp": 1, "tensor": 1}}
+    assert not (step_dir / "data").exists()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]  # process 0 logs, once
     assert all(np.isfinite(row["loss"]) for row in rows if "loss" in row)

@@ -85,6 +85,7 @@ def test_a_non_finite_checkpoint_of_an_older_run_is_set_aside(trained, tmp_path,
     with monkeypatch.context() as patch:  # what a run without the checks saved: a step-6 checkpoint of inf
         patch.setattr(checkpoints, "all_finite", lambda tree: jnp.asarray(True))
         patch.setattr(loop.Trainer, "evaluate", lambda self, params: None)
+        patch.setattr(loop.Trainer, "probe_loss", lambda self, params: 0.0)
         spike_at(patch, 6)
         loop.run(tiny_config(**{**BASE, "train.max_steps": 6}), workdir)
     assert not np.isfinite(final_params(workdir, 6)[0]).all()
@@ -152,21 +153,22 @@ def test_no_readable_checkpoint_is_one_line_listing_them_and_moves_nothing(train
 
 
 @pytest.mark.parametrize(
-    "key, old, new",
+    "key, old, new, setting, value",
     [
-        ("data.num_units", 20, 30),
-        ("data.context_length", 64, 128),
-        ("seed", 0, 1),
-        ("train.per_device_batch_size", 1, 2),
+        ("data.num_units", 20, 30, "data.num_units", 30),
+        ("data.context_length", 64, 128, "data.context_length", 128),
+        ("seed", 0, 1, "seed", 1),
+        # The global batch, not the per-device size: 1 row on each of the 8 devices, then 2.
+        ("train.global_batch_rows", 8, 16, "train.per_device_batch_size", 2),
     ],
 )
-def test_a_setting_changed_on_resume_is_refused_naming_it(trained, tmp_path, key, old, new):
+def test_a_setting_changed_on_resume_is_refused_naming_it(trained, tmp_path, key, old, new, setting, value):
     workdir = copy_of(trained, tmp_path)
     config = tiny_config(**BASE)
-    if key == "seed":
-        config.seed = new
+    if setting == "seed":
+        config.seed = value
     else:
-        config = tiny_config(**{**BASE, key: new})
+        config = tiny_config(**{**BASE, setting: value})
     prepared = sorted(path.name for path in (workdir / "data").iterdir())
     with pytest.raises(ValueError) as error:
         loop.run(config, workdir)
@@ -181,12 +183,12 @@ def test_a_setting_changed_on_resume_is_refused_naming_it(trained, tmp_path, key
 def test_allow_changed_lets_a_resume_change_a_setting_and_records_it(trained, tmp_path, capsys):
     workdir = copy_of(trained, tmp_path)
     changes = {**BASE, "train.max_steps": 5, "train.per_device_batch_size": 2}
-    result = loop.run(tiny_config(**changes, **{"train.allow_changed": "train.per_device_batch_size"}), workdir)
+    result = loop.run(tiny_config(**changes, **{"train.allow_changed": "train.global_batch_rows"}), workdir)
     assert result["step"] == 5 and "(step 4)" in capsys.readouterr().out
     recorded = json.loads((workdir / manifest.MANIFEST).read_text())
-    assert recorded["settings"]["train.per_device_batch_size"] == 2
+    assert recorded["settings"]["train.global_batch_rows"] == 16
     assert [(change["key"], change["old"], change["new"]) for change in recorded["changes"]] == [
-        ("train.per_device_batch_size", 1, 2)
+        ("train.global_batch_rows", 8, 16)
     ]
 
 

@@ -10,6 +10,7 @@ manifest; reference log-probs computed once are stored beside it.
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from slam_jax import tokens
 from slam_jax.data.auto_bleu import auto_bleu_text
 from slam_jax.data.ingest import parse_units
+from slam_jax.data.pipeline import GlobalBatches
 from slam_jax.errors import DataError
 from slam_jax.files import atomic_dir, expand_paths, read_records
 
@@ -177,11 +179,35 @@ class PairSource:
 
 
 def train_dataset(
-    source: PairSource, pairs_per_batch: int, seed: int, process_index: int = 0, process_count: int = 1
-) -> grain.IterDataset:
-    """Endless, seeded, per-epoch reshuffled batches of pairs for this process (checkpointable)."""
-    dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat()[process_index::process_count]
-    return dataset.to_iter_dataset().batch(pairs_per_batch, drop_remainder=True)
+    source: PairSource,
+    pairs_per_batch: int,
+    seed: int,
+    rows: Sequence[int] | None = None,
+    start: int = 0,
+) -> GlobalBatches:
+    """Endless, seeded, per-epoch reshuffled global batches of `pairs_per_batch` pairs, of which this process gets
+    the pairs numbered `rows` (default all); the data position (`start`, `.position`) is the global count of pairs
+    served, so the batches do not depend on the number of processes."""
+    order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    return GlobalBatches(_PairPlan(order, pairs_per_batch), _PairRows(source), rows, start)
+
+
+@dataclass(frozen=True)
+class _PairPlan:
+    order: grain.MapDataset
+    pairs: int
+
+    def __call__(self, position: int) -> tuple[list[int], int]:
+        return [int(self.order[position + index]) for index in range(self.pairs)], position + self.pairs
+
+
+@dataclass(frozen=True)
+class _PairRows:
+    source: PairSource
+
+    def __call__(self, pairs: Sequence[int]) -> dict[str, np.ndarray]:
+        items = [self.source[index] for index in pairs]
+        return {key: np.stack([item[key] for item in items]) for key in items[0]}
 
 
 def ordered_dataset(source: PairSource, pairs_per_batch: int) -> grain.IterDataset:

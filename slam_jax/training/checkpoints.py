@@ -2,20 +2,23 @@
 
     WORKDIR/checkpoints/<step>/params        float32 master params (also what `load_model` reads)
     WORKDIR/checkpoints/<step>/opt_state     optimiser state, sharded like the params
-    WORKDIR/checkpoints/<step>/data          Grain iterator state, one file per process
-    WORKDIR/checkpoints/<step>/meta          step, tokens seen, schedule length, elapsed time, seed
+    WORKDIR/checkpoints/<step>/meta          step, tokens seen, schedule length, elapsed time, seed, the global data
+                                             position and the layout (processes, devices, mesh) that saved it
     WORKDIR/checkpoints/<step>/model_config  the model config (so a step dir is a loadable model)
 
 Saves are asynchronous and atomic (Orbax finalises a step only when every item is written), so a kill
-at any moment leaves the previous checkpoint restorable. The loop saves only states that `all_finite` passes;
+at any moment leaves the previous checkpoint restorable. Nothing in a checkpoint depends on the number of processes:
+arrays are restored onto the target shardings the resuming run gives (any process count and mesh shape), and the
+data position is one global integer. (Checkpoints of earlier versions also hold `data/`, a Grain iterator state per
+process; it is not read.) The loop saves only states that `all_finite` passes;
 a step folder that cannot be resumed (damaged, or non-finite from an older run) is moved by `set_aside` to
 WORKDIR/rejected_checkpoints/, so nothing is deleted and the older checkpoints beside it serve the resume.
 """
 
+import re
 import shutil
 from pathlib import Path
 
-import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -24,7 +27,7 @@ from slam_jax.models.config import ModelConfig
 from slam_jax.models.storage import CONFIG_ITEM, PARAMS_DIR
 from slam_jax.training.step import TrainState
 
-_ITEMS = (PARAMS_DIR, "opt_state", "data", "meta", CONFIG_ITEM)
+_ITEMS = (PARAMS_DIR, "opt_state", "meta", CONFIG_ITEM)
 REJECTED_DIR = "rejected_checkpoints"
 
 
@@ -50,7 +53,6 @@ class Checkpointer:
         handlers = {
             PARAMS_DIR: ocp.StandardCheckpointHandler(),
             "opt_state": ocp.StandardCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
             "meta": ocp.JsonCheckpointHandler(),
             CONFIG_ITEM: ocp.JsonCheckpointHandler(),
         }
@@ -80,31 +82,33 @@ class Checkpointer:
         """Forget steps moved away since the manager listed them."""
         self.manager.reload()
 
-    def due(self, step: int, seconds_since_save: float) -> bool:
-        by_steps = self.every_steps > 0 and step % self.every_steps == 0
-        by_time = self.every_seconds > 0 and seconds_since_save >= self.every_seconds
-        return by_steps or by_time
+    def due_by_steps(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
 
-    def save(self, step: int, state: TrainState, data_iterator, meta: dict, model_config: ModelConfig) -> None:
+    def due_by_time(self, seconds_since_save: float) -> bool:
+        return self.every_seconds > 0 and seconds_since_save >= self.every_seconds
+
+    def due(self, step: int, seconds_since_save: float) -> bool:
+        return self.due_by_steps(step) or self.due_by_time(seconds_since_save)
+
+    def save(self, step: int, state: TrainState, meta: dict, model_config: ModelConfig) -> None:
         args = ocp.args.Composite(
             **{
                 PARAMS_DIR: ocp.args.StandardSave(state.params),
                 "opt_state": ocp.args.StandardSave(state.opt_state),
-                "data": grain.checkpoint.CheckpointSave(data_iterator),
                 "meta": ocp.args.JsonSave(meta),
                 CONFIG_ITEM: ocp.args.JsonSave(model_config.to_dict()),
             }
         )
         self.manager.save(step, args=args, force=True)
 
-    def restore(self, step: int, abstract_state: TrainState, data_iterator) -> tuple[TrainState, dict]:
-        """The state (placed with the shardings of `abstract_state`'s leaves) and metadata of `step`;
-        `data_iterator` is moved to where it was."""
+    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
+        """The state (placed with the shardings of `abstract_state`'s leaves, whatever layout saved it) and the
+        metadata of `step`."""
         args = ocp.args.Composite(
             **{
                 PARAMS_DIR: ocp.args.StandardRestore(abstract_state.params),
                 "opt_state": ocp.args.StandardRestore(abstract_state.opt_state),
-                "data": grain.checkpoint.CheckpointRestore(data_iterator),
                 "meta": ocp.args.JsonRestore(),
             }
         )
@@ -119,3 +123,13 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def committed_steps(directory: Path) -> list[int]:
+    """The steps committed in `directory`, oldest first, from its listing alone (an unfinished save is a temporary
+    folder Orbax renames only when every item is written)."""
+    try:
+        names = [path.name for path in Path(directory).iterdir() if path.is_dir()]
+    except OSError:
+        return []
+    return sorted(int(name) for name in names if re.fullmatch(r"\d+", name))

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax import parallel
-from slam_jax.data import fingerprints, preference
+from slam_jax.data import fingerprints, pipeline, preference
 from slam_jax.files import expand_paths
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import next_token_log_probs
@@ -212,15 +212,31 @@ class DPOTrainer(loop.Trainer):
         print(f"[dpo] reference log-probs of {len(source)} pairs computed with {self.init_dir}")
         return np.concatenate(results)
 
-    def data_iterator(self):
-        dataset = preference.train_dataset(
+    def data_iterator(self, position: int = 0):
+        """This process's pairs of the global batches from global data position `position` (pairs served)."""
+        accumulation = self.settings.train.grad_accum_steps
+        return preference.train_dataset(
             self.source,
-            self.settings.train.grad_accum_steps * self.local_rows,
+            accumulation * self.global_rows,
             self.settings.seed,
-            jax.process_index(),
-            jax.process_count(),
+            rows=pipeline.step_rows(self.global_rows, accumulation, self.batch_rows),
+            start=position,
         )
-        return iter(dataset)
+
+    def replayed_position(self, steps: int) -> int:
+        return steps * self.settings.train.grad_accum_steps * self.global_rows
+
+    def probe_loss(self, params) -> float:
+        """The policy's mean NLL per completion token of the first micro-batch's pairs (chosen and rejected)."""
+        if self._probe is None:
+            self._probe = self.probe_batch()
+            self._probe_logps = jax.jit(
+                parallel.traced_under(self.mesh, functools.partial(sequence_logps, graphdef=self.graphdef)),
+                out_shardings=parallel.replicated(self.mesh),
+            )
+        logps = self._probe_logps(params, self._probe)
+        tokens = float(jnp.sum(self._probe["completion_mask"]))
+        return -float(jnp.sum(logps)) / max(tokens, 1.0)
 
     def evaluate(self, params) -> None:
         return None

@@ -141,6 +141,43 @@ class Preemption:
             signal.signal(signum, previous)
 
 
+class Signals:
+    """Decisions every process must take at the same step: stop (a signal reached any one process) and save now
+    (any process's clock says a time-based save is due). One process decides at once; several processes combine
+    their flags with `parallel.any_process` after each step and act on them one step later, when the values are
+    fetched (with the step's metrics), so the device queue never waits and all processes save the same step."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.several = jax.process_count() > 1
+        self._previous = None
+
+    def after_step(self, stop: bool, save: bool) -> tuple[bool, bool]:
+        if not self.several:
+            return stop, save
+        agreed = parallel.any_process(self.mesh, [int(stop), int(save)])
+        previous, self._previous = self._previous, agreed
+        if previous is None:
+            return False, False
+        values = np.asarray(previous)
+        return bool(values[0]), bool(values[1])
+
+
+def layout(mesh) -> dict:
+    """Where a run's state lives: processes, devices and mesh shape (recorded in each checkpoint's metadata)."""
+    return {"processes": jax.process_count(), "devices": jax.device_count(), "mesh": dict(mesh.shape)}
+
+
+def describe_layout(saved: dict) -> str:
+    processes, devices = saved["processes"], saved["devices"]
+    mesh = " x ".join(f"{axis} {size}" for axis, size in saved["mesh"].items())
+    per_process = devices // max(processes, 1)
+    return (
+        f"{processes} process{'es' if processes != 1 else ''} x {per_process} device{'s' if per_process != 1 else ''}"
+        f" (mesh {mesh})"
+    )
+
+
 def resolve_stores(job: PretrainJob, workdir: Path) -> stores.ResolvedStores:
     """Process 0 prepares raw inputs while the others wait; then every process opens the same stores."""
     if jax.process_index() == 0:
@@ -155,7 +192,7 @@ def run(config, workdir: Path, trainer_class: type["Trainer"] | None = None) -> 
     `config` (a ConfigDict or mapping) becomes the trainer's typed settings here, before any device work."""
     trainer_class = trainer_class or Trainer
     job = trainer_class.settings_class.from_config(config, "config")
-    parallel.maybe_initialize()
+    parallel.maybe_initialize(host_timeout=job.train.host_timeout)
     workdir = Path(workdir)
     # One run per workdir; the processes of the other hosts are part of process 0's run.
     lock = manifest.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
@@ -222,11 +259,11 @@ class Trainer:
         self.abstract_state = jax.tree.map(
             lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, self.shardings
         )
-        batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        batch_devices = parallel.data_parallel_size(self.mesh)
         self.global_rows = settings.train.per_device_batch_size * batch_devices
-        if self.global_rows % jax.process_count():
-            raise ValueError(f"{self.global_rows} rows per micro-batch do not split over {jax.process_count()} hosts")
-        self.local_rows = self.global_rows // jax.process_count()
+        # The rows of each global micro-batch this process's devices hold: the only ones it reads.
+        self.batch_rows = parallel.process_rows(self.mesh, self.global_rows)
+        self.layout = layout(self.mesh)
         self.checkpointer = checkpoints.Checkpointer(
             workdir / "checkpoints",
             settings.checkpoint.every_steps,
@@ -235,6 +272,7 @@ class Trainer:
             settings.checkpoint.keep_period,
         )
         self.finite = jax.jit(checkpoints.all_finite, out_shardings=parallel.replicated(self.mesh))
+        self._probe = None
         # Checked before the data is prepared: a refused resume must not rebuild the stores its checkpoints read.
         self.manifest = self.manifest_values(batch_devices)
         resuming = bool(self.checkpointer.all_steps())
@@ -274,30 +312,61 @@ class Trainer:
         self.checkpointer.close()
         self.writer.close()
 
-    def data_iterator(self):
-        dataset = pipeline.train_dataset(
+    def data_iterator(self, position: int = 0):
+        """This process's rows of the global batches from global data position `position` (`pipeline`)."""
+        accumulation = self.settings.train.grad_accum_steps
+        return pipeline.train_dataset(
             self.train_stores,
             self.train_weights,
             self.context_length,
-            rows_per_batch=self.settings.train.grad_accum_steps * self.local_rows,
+            rows_per_batch=accumulation * self.global_rows,
             seed=self.settings.seed,
             packing=self.settings.data.packing,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            rows=pipeline.step_rows(self.global_rows, accumulation, self.batch_rows),
+            start=position,
         )
-        return iter(dataset)
+
+    def replayed_position(self, steps: int) -> int:
+        """The data position after `steps` steps, for a checkpoint that predates saved positions."""
+        return pipeline.position_after(
+            self.train_stores,
+            self.train_weights,
+            self.context_length,
+            self.settings.train.grad_accum_steps * self.global_rows,
+            self.settings.seed,
+            self.settings.data.packing,
+            steps,
+        )
 
     def to_device(self, local: dict[str, np.ndarray], accumulation: bool = True) -> dict[str, jax.Array]:
-        """Process-local rows -> global arrays sharded over data x fsdp (with a leading accumulation axis)."""
+        """This process's rows (`batch_rows` of every micro-batch, in order) -> global arrays sharded over data x
+        fsdp (with a leading accumulation axis)."""
         leading = (self.settings.train.grad_accum_steps,) if accumulation else ()
         arrays = {}
         for key, value in local.items():
             rest = value.shape[1:]
             target = parallel.batch_sharding(self.mesh, leading_axes=len(leading), trailing_axes=len(rest))
+            local_value = value.reshape(*leading, len(self.batch_rows), *rest)
             global_shape = (*leading, self.global_rows, *rest)
-            local_value = value.reshape(*leading, self.local_rows, *rest)
-            arrays[key] = jax.make_array_from_process_local_data(target, local_value, global_shape)
+            arrays[key] = parallel.global_batch(local_value, self.batch_rows, target, global_shape, len(leading))
         return arrays
+
+    def probe_batch(self) -> dict[str, jax.Array]:
+        """The first micro-batch of the run's data: what a checkpoint's loss is checked on before it is trusted."""
+        batches = self.data_iterator(0)
+        try:
+            first = next(batches)
+        finally:
+            batches.close()
+        rows = len(self.batch_rows)
+        return self.to_device({key: value[:rows] for key, value in first.items()}, accumulation=False)
+
+    def probe_loss(self, params) -> float:
+        """The model's token-mean loss on `probe_batch`: finite parameters can still give NaN (|w| ~ 1e30)."""
+        if self._probe is None:
+            self._probe = self.probe_batch()
+        loss_sum, tokens = self.eval_step(params, self._probe)
+        return float(loss_sum) / max(float(tokens), 1.0)
 
     def initial_state(self) -> TrainState:
         """Parameters from `model.init_from` or a seeded random init, placed with their shardings."""
@@ -308,41 +377,50 @@ class Trainer:
         params = jax.device_put(params, self.shardings.params)
         return jax.jit(lambda p: init_state(p, self.optimizer), out_shardings=self.shardings)(params)
 
-    def restore_newest(self, iterator) -> tuple[TrainState, dict] | None:
-        """The state and metadata of the newest usable checkpoint (None: the workdir has none yet).
+    def restore_newest(self) -> tuple[TrainState, dict] | None:
+        """The state and metadata of the newest usable checkpoint (None: the workdir has none yet), restored onto
+        this run's mesh and process count whatever layout saved it.
 
-        A checkpoint that cannot be read (a missing or truncated file, garbled metadata) or that holds NaN or inf
-        is skipped for the next older one; once one is usable, each skipped one is moved to
-        WORKDIR/rejected_checkpoints/ with a one-line warning. None usable: one TrainingError line listing them.
+        A checkpoint that cannot be read (a missing or truncated file, garbled metadata), that holds NaN or inf, or
+        whose model gives a non-finite loss on the run's first batch (`probe_loss`) is skipped for the next older
+        one, and each skipped one is moved to WORKDIR/rejected_checkpoints/ with a one-line warning. When none is
+        usable and some were unreadable, one TrainingError line lists them (the files may be repairable); when
+        the only faults are non-finite states, they are set aside and the run starts from its initialisation.
         """
         rejected = []
         for step in self.checkpointer.all_steps():
             try:
-                state, meta = self.checkpointer.restore(step, self.abstract_state, iterator)
-            except Exception as error:  # noqa: BLE001 - Orbax, TensorStore, Grain and json each raise their own type
+                state, meta = self.checkpointer.restore(step, self.abstract_state)
+            except Exception as error:  # noqa: BLE001 - Orbax, TensorStore and json each raise their own type
                 rejected.append((step, f"is unreadable ({one_line(error)})"))
                 continue
             if not bool(self.finite(state)):
                 rejected.append((step, "holds NaN or inf"))
                 continue
+            loss = self.probe_loss(state.params)
+            if not math.isfinite(loss):
+                rejected.append((step, f"gives a non-finite loss ({loss}) on the first batch"))
+                continue
             self.set_aside(rejected, step)
             return state, meta
-        if rejected:
+        if any("unreadable" in why for _, why in rejected):
             tried = "; ".join(f"step {step} {why}" for step, why in rejected)
             raise TrainingError(
                 f"no usable checkpoint in {self.checkpointer.directory}: {tried}; move them away to start afresh, "
                 "or use another --workdir"
             )
+        self.set_aside(rejected, None)
         return None
 
-    def set_aside(self, rejected: list[tuple[int, str]], resumed_step: int) -> None:
+    def set_aside(self, rejected: list[tuple[int, str]], resumed_step: int | None) -> None:
         """Move the skipped checkpoints out of the way (process 0; they are kept, not deleted) and say so."""
         if not rejected:
             return
+        then = "starting from the initialisation" if resumed_step is None else f"resuming from step {resumed_step}"
         if jax.process_index() == 0:
             for step, why in rejected:
                 target = self.checkpointer.set_aside(step)
-                self.warn(f"checkpoint step {step} {why}: moved to {target}; resuming from step {resumed_step}")
+                self.warn(f"checkpoint step {step} {why}: moved to {target}; {then}")
         parallel.barrier("slam_jax: unusable checkpoints set aside")
         self.checkpointer.reload()
 
@@ -359,17 +437,32 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         return f"the last finite checkpoint is {'none' if latest is None else f'step {latest}'}"
 
+    def last_committed(self) -> str:
+        """The newest checkpoint committed on disk (read from the folder: safe from the watchdog's thread)."""
+        steps = checkpoints.committed_steps(self.checkpointer.directory)
+        return f"the last committed checkpoint is {f'step {steps[-1]}' if steps else 'none'}" + (
+            f" in {self.checkpointer.directory}" if steps else ""
+        )
+
+    def save(self, step: int, state: TrainState, iterator, clock: "Clock", schedule: "Schedule") -> None:
+        """Save `step` once its model gives a finite loss (a usable state, not only finite numbers)."""
+        loss = self.probe_loss(state.params)
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the model after step {step} gives a non-finite loss ({loss}) on the first batch although its "
+                f"parameters are finite; stopped without saving it; {self.last_checkpoint()} (resume with a lower "
+                "train.learning_rate)"
+            )
+        meta = {**self.meta(step, clock, schedule), "data_position": int(iterator.position), "layout": self.layout}
+        self.checkpointer.save(step, state, meta, self.model_config)
+        clock.saved()
+
     def evaluate(self, params) -> float | None:
         """Token-mean validation loss over (up to `train.eval_batches` batches of) the held-out stores."""
         if not self.valid_stores:
             return None
         dataset = pipeline.eval_dataset(
-            self.valid_stores,
-            self.context_length,
-            self.local_rows,
-            self.settings.data.packing,
-            jax.process_index(),
-            jax.process_count(),
+            self.valid_stores, self.context_length, self.global_rows, self.settings.data.packing, self.batch_rows
         )
         total, count = 0.0, 0.0
         for index, batch in enumerate(dataset):
@@ -382,23 +475,24 @@ class Trainer:
     def fit(self) -> dict:
         train = self.settings.train
         budget = train.budget_seconds
-        iterator = self.data_iterator()
         self.say(
             f"attention kernel: {attention.resolve(self.model_config.attention)} "
             f"(model.attention={self.model_config.attention!r}, {jax.default_backend()}), "
             f"compute dtype {self.model_config.compute_dtype}"
         )
-        restored = self.restore_newest(iterator)
+        restored = self.restore_newest()
         meta = {"step": 0, "tokens_seen": 0.0, "elapsed_seconds": 0.0, "total_steps": int(train.max_steps)}
         if restored is not None:
             state, meta = restored
             self.say(f"resumed from {self.checkpointer.directory / str(meta['step'])} (step {meta['step']})")
+            self.say_layout_change(meta.get("layout"))
         else:
             state = self.initial_state()
             self.say(
                 f"{self.model_config.num_params():,} params on mesh {dict(self.mesh.shape)}; "
                 f"{self.tokens_per_step:,} tokens per step"
             )
+        iterator = self.data_iterator(self.resume_position(meta))
         schedule = Schedule(train, int(train.max_steps) or meta["total_steps"])
         step = int(meta["step"])
         self._tokens_seen = float(meta["tokens_seen"])
@@ -406,6 +500,8 @@ class Trainer:
         self._window_start, self._window_tokens = time.perf_counter(), 0
         planner = BudgetPlanner(budget, train.calibration_steps)
         preemption = Preemption()
+        signals = Signals(self.mesh)
+        watchdog = parallel.HostWatchdog(train.host_timeout, self.last_committed, self.job)
         progress = tqdm(
             total=schedule.total_steps or None,
             initial=step,
@@ -415,60 +511,90 @@ class Trainer:
         )
         pending, final, reason, stepped = None, {}, "max_steps", False
         try:
-            while True:
-                if train.max_steps and step >= train.max_steps:
-                    break
-                if budget and clock.elapsed() >= budget:
-                    reason = "time_budget"
-                    break
-                if not schedule.total_steps and planner.plan(step, clock.elapsed()):
-                    schedule.total_steps = progress.total = planner.total_steps
-                    self.say(
-                        f"time budget {train.time_budget}: {planner.seconds_per_step:.3f} s/step -> cosine "
-                        f"over {schedule.total_steps} steps"
+            with watchdog:
+                while True:
+                    if train.max_steps and step >= train.max_steps:
+                        break
+                    if budget and clock.elapsed() >= budget:
+                        reason = "time_budget"
+                        break
+                    if not schedule.total_steps and planner.plan(step, clock.elapsed()):
+                        schedule.total_steps = progress.total = planner.total_steps
+                        self.say(
+                            f"time budget {train.time_budget}: {planner.seconds_per_step:.3f} s/step -> cosine "
+                            f"over {schedule.total_steps} steps"
+                        )
+                    lr = schedule(step) if schedule.total_steps else self.warmup_only(step)
+                    batch = self.to_device(next(iterator))
+                    started = time.perf_counter()
+                    state, step_metrics = self.train_step(state, batch, jnp.asarray(lr, jnp.float32))
+                    if not stepped:  # this process's first step: it compiled the step
+                        self.say(first_step_line(started, step_metrics, jax.config.jax_compilation_cache_dir))
+                        stepped = True
+                    step += 1
+                    stop, save_by_time = signals.after_step(
+                        preemption.requested, self.checkpointer.due_by_time(clock.since_save())
                     )
-                lr = schedule(step) if schedule.total_steps else self.warmup_only(step)
-                batch = self.to_device(next(iterator))
-                started = time.perf_counter()
-                state, step_metrics = self.train_step(state, batch, jnp.asarray(lr, jnp.float32))
-                if not stepped:  # this process's first step: it compiled the step
-                    self.say(first_step_line(started, step_metrics, jax.config.jax_compilation_cache_dir))
-                    stepped = True
-                step += 1
+                    if pending is not None:
+                        final = self.record(pending, progress)
+                    pending = (step, lr, step_metrics)
+                    due_eval = train.eval_every and step % train.eval_every == 0
+                    due_save = self.checkpointer.due_by_steps(step) or save_by_time
+                    if not (due_eval or due_save or stop):
+                        continue
+                    final, pending = self.record(pending, progress), None
+                    self.check_finite(step, state)
+                    if due_eval:
+                        self.log_validation(step, state.params)
+                    if due_save or stop:
+                        self.save(step, state, iterator, clock, schedule)
+                    planner.interrupted()
+                    if stop:
+                        reason = "preempted"
+                        break
                 if pending is not None:
                     final = self.record(pending, progress)
-                pending = (step, lr, step_metrics)
-                due_eval = train.eval_every and step % train.eval_every == 0
-                due_save = self.checkpointer.due(step, clock.since_save())
-                if not (due_eval or due_save or preemption.requested):
-                    continue
-                final, pending = self.record(pending, progress), None
                 self.check_finite(step, state)
-                if due_eval:
-                    self.log_validation(step, state.params)
-                if due_save or preemption.requested:
-                    self.checkpointer.save(step, state, iterator, self.meta(step, clock, schedule), self.model_config)
-                    clock.saved()
-                planner.interrupted()
-                if preemption.requested:
-                    reason = "preempted"
-                    break
-            if pending is not None:
-                final = self.record(pending, progress)
-            self.check_finite(step, state)
-            if reason != "preempted":
-                validation = self._validation.get(step) or self.log_validation(step, state.params)
-                if validation is not None:
-                    final["validation_loss"] = validation
-            if self.checkpointer.latest_step() != step:
-                self.checkpointer.save(step, state, iterator, self.meta(step, clock, schedule), self.model_config)
-            self.checkpointer.wait()
+                if reason != "preempted":
+                    validation = self._validation.get(step) or self.log_validation(step, state.params)
+                    if validation is not None:
+                        final["validation_loss"] = validation
+                if self.checkpointer.latest_step() != step:
+                    self.save(step, state, iterator, clock, schedule)
+                self.checkpointer.wait()
+        except Exception:
+            # A peer that died makes this process's next collective fail: let the watchdog name it and exit.
+            watchdog.verdict()
+            raise
         finally:
             preemption.restore()
             progress.close()
+            iterator.close()
         loss = f"loss {final['loss']:.4f}" if "loss" in final else "no step to train (resumed at the end)"
         self.say(f"stopped at step {step} ({reason}); {loss}; checkpoint {self.workdir / 'checkpoints' / str(step)}")
         return {"step": step, "stop_reason": reason, **final}
+
+    def resume_position(self, meta: dict) -> int:
+        """The global data position to continue from: the checkpoint's, or (a checkpoint older than saved positions)
+        the position its step reaches under today's global order."""
+        if "data_position" in meta:
+            return int(meta["data_position"])
+        if not meta["step"]:
+            return 0
+        self.warn(
+            f"checkpoint step {meta['step']} predates global data positions: its data continues from where step "
+            f"{meta['step']} ends under the global order, not exactly where that run was"
+        )
+        return self.replayed_position(int(meta["step"]))
+
+    def say_layout_change(self, saved: dict | None) -> None:
+        """One line when the checkpoint was saved on another number of processes, devices or mesh shape."""
+        if saved and saved != self.layout:
+            self.say(
+                f"layout changed: saved on {describe_layout(saved)}, resumed on {describe_layout(self.layout)}; the "
+                f"global batch is the same {self.global_rows} rows x {self.settings.train.grad_accum_steps} "
+                "micro-batches, so the run continues as it would have"
+            )
 
     def warmup_only(self, step: int) -> float:
         """lr while a time-budget run is still measuring its speed (always inside the warmup)."""

@@ -70,9 +70,10 @@ def architecture(config: ModelConfig) -> str:
 def values(job: PretrainJob, model_config: ModelConfig, batch_devices: int) -> dict:
     """The settings a resume must not change, keyed as the config spells them.
 
-    `model.init_from` holds the architecture of that model (the path may move); `mesh.batch_devices` is the
-    data x fsdp product the global batch is split over; `data.train_path` / `data.valid_path` hold what their
-    entries contain (`stores.describe_sources`), so changed data is seen under an unchanged path."""
+    `model.init_from` holds the architecture of that model (the path may move); `train.global_batch_rows` is the
+    rows of each micro-batch (`train.per_device_batch_size` x the data x fsdp devices): the layout (processes,
+    devices, mesh shape) may change on resume as long as it does not change; `data.train_path` / `data.valid_path`
+    hold what their entries contain (`stores.describe_sources`), so changed data is seen under an unchanged path."""
     data = job.data
     return {
         "model.preset": "" if job.model.init_from else job.model.preset,
@@ -84,9 +85,8 @@ def values(job: PretrainJob, model_config: ModelConfig, batch_devices: int) -> d
         "data.weights": data.weights,
         "data.context_length": data.context_length,
         "data.packing": data.packing,
-        "train.per_device_batch_size": job.train.per_device_batch_size,
+        "train.global_batch_rows": job.train.per_device_batch_size * batch_devices,
         "train.grad_accum_steps": job.train.grad_accum_steps,
-        "mesh.batch_devices": batch_devices,
         "seed": job.seed,
     }
 

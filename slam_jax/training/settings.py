@@ -84,6 +84,8 @@ class TrainSettings(Settings):
     eval_batches: int = setting(100, minimum=0)
     peak_flops_per_device: float = setting(0.0, minimum=0.0)
     stall_steps: int = setting(20, minimum=0)  # warn after this many steps in a row with a zero gradient; 0: off
+    # Several hosts: a process unheard for this many seconds is lost and every process stops (exit 69); 0: off.
+    host_timeout: float = setting(60.0, minimum=0.0)
     allow_changed: str = ""  # run-manifest keys a resume may change (training/manifest.py), comma-separated
 
     def validate(self) -> None:
