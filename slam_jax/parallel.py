@@ -271,7 +271,10 @@ class HostWatchdog:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and issubclass(exc_type, Exception):
+            # A peer that died makes this process's next collective fail: let the watchdog name it and exit.
+            self.verdict()
         self._stop.set()
 
     def _watch(self) -> None:
@@ -288,7 +291,7 @@ class HostWatchdog:
                 client.key_value_set(f"{self.PREFIX}{me}", str(beat), allow_overwrite=True)
             except Exception:  # noqa: BLE001 - the service is gone (its host, process 0, is lost)
                 if not self._stop.is_set():
-                    self._lose(0, time.monotonic() - asked, "the coordination service stopped answering")
+                    self.lose(0, time.monotonic() - asked, "the coordination service stopped answering")
                 return
             now = time.monotonic()
             for peer, (last, since) in seen.items():
@@ -299,18 +302,20 @@ class HostWatchdog:
                 if value != last:
                     seen[peer] = (value, now)
                 elif now - since >= self.timeout and not self._stop.is_set():
-                    self._lose(peer, now - since, "no heartbeat")
+                    self.lose(peer, now - since, "no heartbeat")
                     return
 
-    def _lose(self, peer: int, silent: float, why: str) -> None:
+    def lose(self, peer: int, silent: float | None, why: str) -> None:
+        """Print the line naming the lost process `peer` and the last committed checkpoint; exit EXIT_HOST_LOST."""
         self._lost.set()
         try:
             where = self.describe()
         except Exception:  # noqa: BLE001 - the line must come out whatever the checkpoint folder holds
             where = "the last committed checkpoint is unknown"
-        print(
-            f"[{self.job}] error: lost process {peer} of {jax.process_count()} ({why} for {silent:.0f} s; this is "
-            f"process {jax.process_index()}); {where}; re-run the same command on every host to resume",
+        print(  # on a line of its own, after whatever progress bar this process drew
+            f"\n[{self.job}] error: lost process {peer} of {jax.process_count()} ({why}"
+            f"{'' if silent is None else f' for {silent:.0f} s'}; this is process {jax.process_index()}); {where}; "
+            "re-run the same command on every host to resume",
             file=sys.stderr,
             flush=True,
         )
