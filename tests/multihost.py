@@ -32,7 +32,8 @@ runpy.run_module("slam_jax.main", run_name="__main__", alter_sys=True)
 
 
 def launch(args: list[str], writes: Path, processes: int = 2, devices: int = 2, timeout: float = 300):
-    """Run `python -m slam_jax.main ARGS` as `processes` JAX processes of one job; their CompletedProcesses."""
+    """Run `python -m slam_jax.main ARGS` as `processes` JAX processes of one job (1: a plain one-host run), each
+    with `devices` CPU devices; their CompletedProcesses."""
     writes.mkdir(parents=True, exist_ok=True)
     port = portpicker.pick_unused_port()
     running = []
@@ -41,11 +42,11 @@ def launch(args: list[str], writes: Path, processes: int = 2, devices: int = 2, 
             os.environ,
             JAX_PLATFORMS="cpu",
             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            JAX_NUM_PROCESSES=str(processes),
             JAX_PROCESS_ID=str(index),
             WRITES=str(writes),
         )
+        if processes > 1:  # one process runs as a plain single-host job
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
         command = [sys.executable, "-c", LAUNCHER, *args]
         running.append(
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -54,8 +55,8 @@ def launch(args: list[str], writes: Path, processes: int = 2, devices: int = 2, 
     for process in running:
         stdout, stderr = process.communicate(timeout=timeout)
         results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    for result in results:
-        assert result.returncode == 0, result.stderr[-4000:]
+    failed = [f"process {index}: {result.stderr[-3000:]}" for index, result in enumerate(results) if result.returncode]
+    assert not failed, "\n".join(failed)
     return results
 
 

@@ -16,6 +16,11 @@ no EOS), or, for a units jsonl (features.jsonl / tokens.jsonl lines), the units 
 Row i samples from (seed, i), so a prompt's continuation does not depend on batch size or order. The vocoder is
 loaded before sampling (a wrong path stops the job first) and the units are written before any audio, so a
 vocoder that refuses a unit loses none of them.
+
+Several hosts (`jax.distributed`, one process each): the audio prompts are tokenised by all hosts, the sampling
+batches are dealt out to the processes (batch b to process b mod P, each the batch one process would run, so the
+continuations are those of one process with as many local devices) and gathered, each host vocodes every P-th
+prompt into its wavs, and process 0 alone writes generations.jsonl and summary.json while the others wait.
 """
 
 import dataclasses
@@ -102,6 +107,7 @@ def run(config: ConfigDict, workdir: Path) -> dict:
 def generate(job: GenerateJob, workdir: Path) -> dict:
     """Generate a continuation of every prompt; returns (and saves) the summary."""
     settings = job.generate
+    parallel.maybe_initialize()
     if not settings.model:
         raise ValueError("generate.model is empty: give a converted model dir, a training workdir or a checkpoint")
     if not settings.data_path:
@@ -116,7 +122,13 @@ def generate(job: GenerateJob, workdir: Path) -> dict:
         np.concatenate([[tokens.BOS_ID], np.asarray(units, np.int64) + tokens.UNIT_OFFSET]) for units in prompts
     ]
     new_ids = generate_batched(
-        model, prompt_ids, settings.sampling_settings(), settings.batch_size, job.seed, settings.progress
+        model,
+        prompt_ids,
+        settings.sampling_settings(),
+        settings.batch_size,
+        job.seed,
+        settings.progress,
+        split_over_processes=True,
     )
     seconds = time.perf_counter() - start
     records = [
@@ -129,6 +141,7 @@ def generate(job: GenerateJob, workdir: Path) -> dict:
     if vocoder is not None:
         records, summary["audio"] = write_audio(records, vocoder, out, settings)
         write_outputs(out, records, summary)
+    parallel.barrier("slam_jax: generations written")
     n = settings.auto_bleu_n
     whole, generated = summary[f"auto_bleu_{n}"], summary[f"auto_bleu_{n}_continuation"]
     print(
@@ -153,16 +166,23 @@ def load_vocoder(job: GenerateJob):
 
 
 def write_outputs(out: Path, records: list[dict], summary: dict) -> None:
-    """generations.jsonl and summary.json, each written atomically."""
+    """generations.jsonl and summary.json, each written atomically (by process 0 of a multi-host job)."""
+    if jax.process_index() != 0:
+        return
     write_text(out / GENERATIONS, "".join(json.dumps(record) + "\n" for record in records))
     write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
 def write_audio(records: list[dict], vocoder, out: Path, settings: GenerateSettings) -> tuple[list[dict], dict]:
     """Each record's prompt + continuation and continuation alone as wavs in OUT/audio/: the records naming them
-    (relative to OUT), and what was written."""
-    named, seconds = [], 0.0
+    (relative to OUT), and what was written. Of a multi-host job, each process writes every `process_count`-th
+    record's wavs."""
+    named, durations = [], []
     for index, record in enumerate(records):
+        paths = {f"wav_{key}": f"{AUDIO}/{index:04d}_{key}.wav" for key in ("full", "continuation")}
+        named.append(record | paths)
+        if index % jax.process_count() != jax.process_index():
+            continue
         try:
             waves = speak(
                 vocoder, [record["prompt_units"] + record["units"], record["units"]], settings.predict_durations
@@ -172,12 +192,12 @@ def write_audio(records: list[dict], vocoder, out: Path, settings: GenerateSetti
                 f"generate.vocoder={settings.vocoder!r}: line {index + 1} of {out / GENERATIONS} "
                 f"({record['file_name']}): {error} (units_list[0]: prompt + continuation, [1]: continuation)"
             ) from None
-        paths = {}
         for key, wave in zip(("full", "continuation"), waves, strict=True):
-            paths[f"wav_{key}"] = f"{AUDIO}/{index:04d}_{key}.wav"
             vocoders.write_wav(out / paths[f"wav_{key}"], wave, vocoder.sample_rate)
-            seconds += len(wave) / vocoder.sample_rate
-        named.append(record | paths)
+            durations.append((index, len(wave) / vocoder.sample_rate))
+    # summed in record order, whichever process wrote each wav: the same float as one process
+    everyone = sorted(sum(parallel.gather_json(durations), []), key=lambda pair: pair[0])
+    seconds = sum(duration for _, duration in everyone)
     print(f"[generate] {2 * len(records)} wav files ({seconds:.1f} s of audio) -> {out / AUDIO}")
     written = {
         "vocoder": str(Path(settings.vocoder).absolute()),
@@ -224,9 +244,11 @@ def generate_batched(
     batch_size: int,
     seed: int,
     progress: bool = False,
+    split_over_processes: bool = False,
 ) -> np.ndarray:
-    """New ids [len(prompt_ids), max_new_tokens]: length-sorted batches sharded over all devices; row i of the
-    input samples from (seed, i) whatever its batch."""
+    """New ids [len(prompt_ids), max_new_tokens]: length-sorted batches sharded over the local devices; row i of
+    the input samples from (seed, i) whatever its batch. `split_over_processes`: batch b runs on process b mod P of
+    a multi-host job (every process calls this with the same prompts), and the rows are gathered on every one."""
     mesh = parallel.local_mesh()
     devices = parallel.data_parallel_size(mesh)
     rows = -(-batch_size // devices) * devices
@@ -236,7 +258,10 @@ def generate_batched(
     row_sharding = parallel.batch_sharding(mesh, trailing_axes=0)
     order = np.argsort([-len(ids) for ids in prompt_ids], kind="stable")
     new_ids = np.zeros((len(prompt_ids), settings.max_new_tokens), np.int32)
-    for start in tqdm(range(0, len(order), rows), desc="generating", unit="batch", disable=not progress):
+    starts = range(0, len(order), rows)
+    if split_over_processes:
+        starts = starts[jax.process_index() :: jax.process_count()]
+    for start in tqdm(starts, desc="generating", unit="batch", disable=not progress):
         chosen = order[start : start + rows]
         fillers = [np.array([tokens.BOS_ID])] * (rows - len(chosen))
         batch = sampling.left_pad([prompt_ids[i] for i in chosen] + fillers)
@@ -250,6 +275,10 @@ def generate_batched(
             settings,
         )
         new_ids[chosen] = np.asarray(result)[: len(chosen)]
+    if split_over_processes:
+        mine = np.concatenate([order[start : start + rows] for start in starts] or [np.zeros(0, np.int64)])
+        for indices, values in parallel.gather_json([mine.tolist(), new_ids[mine].tolist()]):
+            new_ids[indices] = np.asarray(values, np.int32).reshape(len(indices), settings.max_new_tokens)
     return new_ids
 
 

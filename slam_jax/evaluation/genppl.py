@@ -14,9 +14,13 @@ files shorter than the prompt are skipped and listed. A transcript with no token
 NLL: it is counted, listed and left out of GenPPL (the reference's mean would be NaN), and counts 0 in Auto-BLEU.
 
 Every model (speech LM, vocoder, Whisper, text LM) runs on the local devices' mesh with its rows sharded, as
-`mode: generate` does. Output in WORKDIR/eval/: `<metric>.json` (the summary) and `<metric>_samples.jsonl`, one line
-per prompt (file, prompt units, continuation units, wav, transcript, NLL), written as soon as the units exist
-and again with each later stage, and `<metric>_audio/<index>.wav`.
+`mode: generate` does. Several hosts (`jax.distributed`): the prompts are tokenised by all hosts and the sampling
+batches dealt out to the processes and gathered (generation.py: the continuations of one process with as many local
+devices); vocoding, transcription and scoring then run whole on every process (the same inputs on the same local
+meshes), and process 0 alone writes the files while the others wait.
+Output in WORKDIR/eval/: `<metric>.json` (the summary) and `<metric>_samples.jsonl`, one line per prompt (file,
+prompt units, continuation units, wav, transcript, NLL), written as soon as the units exist and again with each
+later stage, and `<metric>_audio/<index>.wav`.
 """
 
 import contextlib
@@ -27,9 +31,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from slam_jax import tokens
+from slam_jax import parallel, tokens
 from slam_jax.data.auto_bleu import auto_bleu_text
 from slam_jax.errors import DataError
 from slam_jax.evaluation import generation
@@ -134,8 +139,10 @@ def evaluate(
     results = {}
     for metric in metrics:
         result = {"metric": metric, **summary, "samples": f"{name}_samples.jsonl"}
-        write_text(out / f"{metric}.json", json.dumps(result, indent=2) + "\n")
+        if jax.process_index() == 0:
+            write_text(out / f"{metric}.json", json.dumps(result, indent=2) + "\n")
         results[metric] = result
+    parallel.barrier(f"slam_jax: {name} written")
     print(describe(summary, n))
     return results
 
@@ -162,7 +169,9 @@ def continue_prompts(
     prompt_ids = [
         np.concatenate([[tokens.BOS_ID], np.asarray(units, np.int64) + tokens.UNIT_OFFSET]) for units in prompts
     ]
-    new_ids = generation.generate_batched(model, prompt_ids, settings.sampling_settings(), batch_size, seed, progress)
+    new_ids = generation.generate_batched(
+        model, prompt_ids, settings.sampling_settings(), batch_size, seed, progress, split_over_processes=True
+    )
     samples = []
     for file_name, prompt, row in zip(names, prompts, new_ids, strict=True):
         units, ended = generation.continuation(row)
@@ -228,7 +237,8 @@ def speak(vocoder, samples: list[dict], settings: GenPplSettings, out: Path, nam
     except ValueError as error:
         raise ValueError(f"eval.genppl.vocoder={settings.vocoder!r}: {error}") from None
     for index, wave in enumerate(waves):
-        vocoders.write_wav(out / f"{name}_audio" / f"{index:04d}.wav", wave, vocoder.sample_rate)
+        if jax.process_index() == 0:  # every process holds the same waves; one writes them
+            vocoders.write_wav(out / f"{name}_audio" / f"{index:04d}.wav", wave, vocoder.sample_rate)
     return waves
 
 
@@ -286,7 +296,8 @@ def describe(summary: dict, n: int) -> str:
 
 
 def write_samples(out: Path, name: str, samples: list[dict]) -> None:
-    write_text(out / f"{name}_samples.jsonl", "".join(json.dumps(sample) + "\n" for sample in samples))
+    if jax.process_index() == 0:  # every process holds the same samples; one writes them
+        write_text(out / f"{name}_samples.jsonl", "".join(json.dumps(sample) + "\n" for sample in samples))
 
 
 def _check_units(names: list[str], prompts: list[list[int]], num_units: int) -> None:

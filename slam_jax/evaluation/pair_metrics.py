@@ -8,6 +8,10 @@ Per metric, WORKDIR/eval/ gets `<metric>.json` ({"metric", "accuracy", "num_pair
 accuracy is a fraction, ties count 0.5) and `<metric>_pairs.jsonl` (each pair's utterances and scores), and a
 table is printed. A pair whose audio cannot be tokenised (empty, unreadable, too short) is skipped and
 listed with the reason under "skipped"; bad layouts and missing files are errors that name the file.
+
+Several hosts (`jax.distributed`, one process each): the audio is tokenised by all hosts (the tokeniser splits the
+files), the scoring batches are dealt out to the processes and their scores gathered (scoring.py: the same scores
+as one process with as many local devices), and process 0 alone writes the files while the others wait.
 """
 
 import dataclasses
@@ -15,10 +19,11 @@ import json
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from slam_jax import tokens
+from slam_jax import parallel, tokens
 from slam_jax.errors import DataError
 from slam_jax.evaluation import genppl, scoring
 from slam_jax.evaluation import pairs as pair_io
@@ -66,6 +71,7 @@ def run(config: ConfigDict, workdir: Path) -> dict[str, dict]:
 def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
     """Score every configured metric with one model; returns {metric: result}."""
     settings = job.eval
+    parallel.maybe_initialize()
     metrics = _split(settings.metric)
     data_paths = _split(settings.data_path)
     if not metrics:
@@ -78,7 +84,7 @@ def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
         raise ValueError("eval.model is empty: give a converted model dir, a training workdir or a checkpoint")
     model_dir = storage.resolve_model_dir(settings.model)
     model = load_model(model_dir, compute_dtype=settings.compute_dtype or None)
-    scorer = scoring.Scorer(model, settings.batch_size, progress=settings.progress)
+    scorer = scoring.Scorer(model, settings.batch_size, progress=settings.progress, split_over_processes=True)
     results, generative = {}, {}
     for metric, data_path in zip(metrics, data_paths, strict=True):
         if pair_io.canonical_metric(metric) in genppl.METRICS:
@@ -156,8 +162,10 @@ def evaluate(metric: str, data_path: str, scorer: scoring.Scorer, job: EvalJob, 
         for pair, pos, neg, outcome in zip(kept, positive, negative, per_pair, strict=True)
     ]
     out = workdir / "eval"
-    write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
-    write_text(out / f"{name}_pairs.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    if jax.process_index() == 0:  # every process holds the same result; one writes it
+        write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        write_text(out / f"{name}_pairs.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    parallel.barrier(f"slam_jax: eval {name} written")
     return result
 
 

@@ -5,10 +5,14 @@ value as `SpeechLM.log_likelihood`). Sequences are sorted by length (longest fir
 once if it will) and packed into batches of `batch_size` rows (`pack`): a batch's width is the length bucket
 (a few per octave, so few shapes compile) of its longest sequence, and each shorter sequence goes into the row
 with the least room that holds it (best fit), as its own segment (own positions, attending only itself). Rows
-are split over the batch axes of a mesh of this host's devices; the parameters are replicated (evaluation is a
-one-host job: under `jax.distributed` every host scores everything); a batch with fewer rows runs with fewer
-(bucketed). No score depends on batching, packing or padding: a sequence's targets are read from its own span
-of its row, and segments never attend each other.
+are split over the batch axes of a mesh of this host's devices; the parameters are replicated; a batch with fewer
+rows runs with fewer (bucketed). No score depends on batching, packing or padding: a sequence's targets are read
+from its own span of its row, and segments never attend each other.
+
+Several hosts (`jax.distributed`, `split_over_processes`): every process packs all the sequences the same way and
+scores every `process_count`-th batch on its own devices; the scores are then gathered on every process. Each
+sequence is scored in the same batch, of the same shape, as on one process, so the scores are exactly those of one
+process with the same number of local devices.
 """
 
 import bisect
@@ -33,8 +37,13 @@ BUCKETS_PER_OCTAVE = 4
 class Scorer:
     """Jit-compiled, sharded log-likelihoods of lists of id sequences of any lengths."""
 
-    def __init__(self, model: SpeechLM, batch_size: int = 32, mesh=None, progress: bool = False):
+    def __init__(
+        self, model: SpeechLM, batch_size: int = 32, mesh=None, progress: bool = False, split_over_processes=False
+    ):
+        """`split_over_processes`: deal the batches out to the processes of a multi-host job (every process calls
+        the scorer with the same sequences) rather than score all of them on each."""
         self.config = model.config
+        self.split_over_processes = split_over_processes
         self.mesh = mesh or parallel.local_mesh()
         self.devices = parallel.data_parallel_size(self.mesh)
         self.rows = -(-batch_size // self.devices) * self.devices
@@ -48,7 +57,11 @@ class Scorer:
         """Float32 log-likelihood of each sequence, in input order."""
         lengths = [len(sequence) for sequence in sequences]
         scores = np.zeros(len(sequences), np.float32)
-        for width, rows in tqdm(pack(lengths, self.rows), desc="scoring", unit="batch", disable=not self.progress):
+        batches = pack(lengths, self.rows)
+        if self.split_over_processes:
+            batches = batches[jax.process_index() :: jax.process_count()]
+        scored = []
+        for width, rows in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
             # a batch with fewer rows (the last, or one of a few short sequences) runs with fewer, bucketed
             shape = (min(self.rows, bucket_length(len(rows), self.devices, BUCKETS_PER_OCTAVE)), width)
             input_ids = np.full(shape, tokens.PAD_ID, np.int32)
@@ -67,6 +80,10 @@ class Scorer:
             for row, (index, offset) in placements:
                 targets = target_log_probs[row, offset : offset + lengths[index] - 1]  # token t scores t + 1
                 scores[index] = targets.sum() / max(len(targets), 1)
+                scored.append(index)
+        if self.split_over_processes:  # float32 -> float -> JSON and back: exact
+            for indices, values in parallel.gather_json([scored, scores[scored].tolist()]):
+                scores[indices] = values
         return scores
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from slam_jax import parallel
 from slam_jax.files import atomic_dir
 from slam_jax.settings import Settings
 
@@ -168,10 +167,11 @@ def load_config(family: Family, directory: str | Path) -> Settings:
 
 def load_params(family: Family, directory: str | Path, config: Settings | None = None, sharding=None) -> dict[str, Any]:
     """The parameter tree saved in `directory`, shaped by `config` (default: the saved one) and placed with
-    `sharding` (default: the first device); a missing folder or a mismatch is a one-line error."""
+    `sharding` (default: this process's first device); a missing folder or a mismatch is a one-line error."""
     directory = _require_model_dir(family, directory)
     config = config or load_config(family, directory)
-    sharding = sharding or parallel.first_device()
+    # this process's first device: under jax.distributed, parallel.first_device() may be another process's
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), param_shapes(family, config)
     )

@@ -10,7 +10,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from slam_jax.files import read_jsonl
+import jax
+
+from slam_jax import parallel
+from slam_jax.files import read_jsonl, write_text
 from slam_jax.speech import tokenize
 from slam_jax.speech.tokenize import TokenizeJob, TokenizeSettings
 
@@ -30,13 +33,20 @@ def cache_folder(settings: TokenizeSettings, cache_root: str | Path) -> Path:
 
 
 def audio_units(
-    settings: TokenizeSettings, paths: list[str], cache_root: str | Path, seed: int = 0, max_seconds: float = 0.0
+    settings: TokenizeSettings,
+    paths: list[str],
+    cache_root: str | Path,
+    seed: int = 0,
+    max_seconds: float = 0.0,
+    alone: bool = False,
 ) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Units of every file in `paths` ({absolute path: units}) and why each other file failed ({path: reason}).
 
     `settings` is the job's `tokenize` section; `max_seconds` > 0 keeps only the start of each file (generation
-    prompts).
+    prompts). Every process of a multi-host job calls it (the hosts share the files out), unless `alone`: a step
+    that one process runs for all tokenises every file itself.
     """
+    parallel.maybe_initialize()  # before the first barrier: a no-op once the job has joined its hosts
     files = sorted({str(Path(path).absolute()) for path in paths})
     if max_seconds > 0:
         settings = settings.replace(max_seconds=max_seconds)
@@ -44,9 +54,11 @@ def audio_units(
     listing = out / "lists" / f"{hashlib.sha1(chr(10).join(files).encode()).hexdigest()[:16]}.txt"
     # A cache, so no training store; built (and its paths checked) before anything is written into the cache.
     job = TokenizeJob(seed=seed, tokenize=settings.replace(data_path=str(listing), out_path=str(out), store=False))
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(f"{file}\n" for file in files))
-    tokenize.tokenize(job, out)
+    if alone or jax.process_index() == 0:  # every process lists the same files; one writes them, the others wait
+        write_text(listing, "".join(f"{file}\n" for file in files))
+    if not alone:
+        parallel.barrier("slam_jax: audio units listed")
+    tokenize.tokenize(job, out, alone)
     found = {record["file_name"]: record["units"] for record in read_jsonl(out / tokenize.FEATURES)}
     reasons = {
         record["file_name"]: record["reason"] for record in read_jsonl(out / tokenize.ERRORS) if not record["tokenized"]

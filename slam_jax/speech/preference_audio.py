@@ -38,7 +38,8 @@ def resolve(spec: str, tokenize_settings: TokenizeSettings, out_dir: Path, cache
             rows.append((where, record, audio))
     if not any(file for _, _, audio in rows for file in audio.values()):
         return spec
-    units, failed = audio_units(tokenize_settings, sorted(files), cache, seed=seed) if files else ({}, {})
+    # DPO prepares its pairs on process 0 while the others wait: this process tokenises every file
+    units, failed = audio_units(tokenize_settings, sorted(files), cache, seed=seed, alone=True) if files else ({}, {})
     lines = []
     for where, record, audio in rows:
         resolved = {**record, ORIGIN: where}

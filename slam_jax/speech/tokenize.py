@@ -164,11 +164,13 @@ def run(config: ConfigDict, workdir: Path) -> dict:
     return tokenize(TokenizeJob.from_config(config, "config"), workdir)
 
 
-def tokenize(job: TokenizeJob, workdir: Path) -> dict:
+def tokenize(job: TokenizeJob, workdir: Path, alone: bool = False) -> dict:
     """Tokenise `tokenize.data_path` into `tokenize.out_path` (default WORKDIR/units); returns (and saves) the
-    report."""
+    report. Every process of a multi-host job calls it and takes its share of the files, unless `alone`: then this
+    process tokenises every file as a one-host job would (a step that one process runs for all, e.g. DPO's pairs)."""
     settings = job.tokenize
     parallel.maybe_initialize()
+    host = (0, 1) if alone else (jax.process_index(), jax.process_count())
     if not settings.data_path:
         raise ValueError("tokenize.data_path is empty: give an audio folder, list file or glob")
     out = Path(settings.out_path or Path(workdir) / "units")
@@ -178,10 +180,10 @@ def tokenize(job: TokenizeJob, workdir: Path) -> dict:
     encoder = build_encoder(settings)
     centroids_path = Path(settings.kmeans_path) if settings.kmeans_path else out / FITTED_CENTROIDS
     with concurrent.futures.ThreadPoolExecutor(max(1, settings.num_workers)) as pool:
-        encoder.set_centroids(_centroids(settings, centroids_path, encoder, files, pool, job.seed))
-        _claim_folder(out, describe(settings, encoder, centroids_path))
-        counts = _tokenize_host(files, encoder, pool, settings, out)
-    report = _finish(files, settings, out, counts, encoder.num_units)
+        encoder.set_centroids(_centroids(settings, centroids_path, encoder, files, pool, job.seed, host))
+        _claim_folder(out, describe(settings, encoder, centroids_path), host)
+        counts = _tokenize_host(files, encoder, pool, settings, out, host)
+    report = _finish(files, settings, out, counts, encoder.num_units, host)
     print(
         f"tokenized {report['tokenized']} of {report['files']} files ({report['failed']} failed, "
         f"{report['truncated']} truncated, {report['resumed_files']} from an earlier run) -> {out}; "
@@ -245,7 +247,7 @@ def describe(settings: TokenizeSettings, encoder: unit_encoder.UnitEncoder, cent
     }
 
 
-def _claim_folder(out: Path, description: dict) -> None:
+def _claim_folder(out: Path, description: dict, host: tuple[int, int]) -> None:
     """Check that the folder's tokenizer.json matches `description` (every process), or write it (process 0)."""
     path = out / DESCRIPTION
     if path.is_file():
@@ -258,15 +260,15 @@ def _claim_folder(out: Path, description: dict) -> None:
                 f"{out}: holds units made with other settings ({', '.join(changed)}); use another out_path"
             )
         return
-    if jax.process_index() == 0:
+    if host[0] == 0:
         write_text(path, json.dumps(description, indent=2) + "\n")
 
 
-def _centroids(settings: TokenizeSettings, path: Path, encoder, files: list[str], pool, seed: int) -> np.ndarray:
+def _centroids(settings: TokenizeSettings, path: Path, encoder, files: list[str], pool, seed: int, host) -> np.ndarray:
     """The centroids at `path`, fitted first on this data's features if absent and `fit_units` asks for it."""
     if path.is_file() or not settings.fit_units:
         return kmeans.load_centroids(path)
-    if jax.process_count() > 1:
+    if host[1] > 1:
         raise ValueError("fitting k-means (tokenize.fit_units) runs on one host; fit first, then tokenise on many")
     sample = files[:: max(1, len(files) // settings.fit_max_files)][: settings.fit_max_files]
     cap = min((limit for limit in (settings.window_seconds, settings.max_seconds) if limit > 0), default=0.0)
@@ -295,16 +297,16 @@ def shard_plan(files: list[str], shard_size: int, host: int, hosts: int) -> list
     return shards
 
 
-def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path) -> collections.Counter:
-    """Every unfinished shard of this host; this run's counts."""
-    shards = shard_plan(files, settings.shard_size, jax.process_index(), jax.process_count())
+def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path, host) -> collections.Counter:
+    """Every unfinished shard of this host (`host`: (index, count)); this run's counts."""
+    shards = shard_plan(files, settings.shard_size, *host)
     parts = out / PARTS
     parts.mkdir(parents=True, exist_ok=True)
-    for leftover in parts.glob(f".{_host_prefix(jax.process_index(), jax.process_count())}*.tmp-*"):
+    for leftover in parts.glob(f".{_host_prefix(*host)}*.tmp-*"):
         leftover.unlink()  # a write this host started when it was killed
     counts = collections.Counter()
     start = time.perf_counter()
-    with tqdm(total=len(_host_files(files)), unit="file", disable=not settings.progress) as bar:
+    with tqdm(total=len(files[host[0] :: host[1]]), unit="file", disable=not settings.progress) as bar:
         for name, shard in shards:
             if (parts / f"{name}.jsonl").is_file():
                 counts["resumed_files"] += len(shard)
@@ -317,19 +319,22 @@ def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path) 
     return counts
 
 
-def _finish(files: list[str], settings: TokenizeSettings, out: Path, counts: collections.Counter, num_units: int):
+def _finish(files: list[str], settings: TokenizeSettings, out: Path, counts: collections.Counter, num_units, host):
     """Once every host's parts are written: process 0 merges them, writes the store and report.json; every
     process returns that report (the same on every host, whichever host finished last)."""
-    totals = _sum_counts(parallel.gather_json(dict(counts)))
-    parallel.barrier("slam_jax: tokenize parts written")
-    if jax.process_index() == 0:
-        merged = _merge_if_complete(files, settings.shard_size, out)
-        report = _report(files, settings.shard_size, out, totals)
+    index, hosts = host
+    totals = _sum_counts(parallel.gather_json(dict(counts)) if hosts > 1 else [counts])
+    if hosts > 1:
+        parallel.barrier("slam_jax: tokenize parts written")
+    if index == 0:
+        merged = _merge_if_complete(files, settings.shard_size, out, hosts)
+        report = _report(files, settings.shard_size, out, totals, hosts)
         if settings.store and merged:
             report["store"] = _write_store(out, num_units, settings.valid_fraction)
         write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
-    parallel.barrier("slam_jax: tokenize report written")
-    return report if jax.process_index() == 0 else json.loads((out / REPORT).read_text())
+    if hosts > 1:
+        parallel.barrier("slam_jax: tokenize report written")
+    return report if index == 0 else json.loads((out / REPORT).read_text())
 
 
 def _sum_counts(per_host: list[dict]) -> collections.Counter:
@@ -461,10 +466,10 @@ def _write_store(out: Path, num_units: int, valid_fraction: float) -> dict:
     return {"path": str(out / STORE), "train_tokens": summary["train_num_tokens"]}
 
 
-def _merge_if_complete(files: list[str], shard_size: int, out: Path) -> bool:
+def _merge_if_complete(files: list[str], shard_size: int, out: Path, hosts: int) -> bool:
     """Rebuild features.jsonl and errors.jsonl from the parts, in file-list order (as one host writes them),
     once every host's shards are there; False (and a note) if some are missing."""
-    names = _all_part_names(files, shard_size)
+    names = _all_part_names(files, shard_size, hosts)
     parts = out / PARTS
     missing = [name for name in names if not (parts / f"{name}.jsonl").is_file()]
     if missing:
@@ -478,17 +483,16 @@ def _merge_if_complete(files: list[str], shard_size: int, out: Path) -> bool:
     return True
 
 
-def _all_part_names(files: list[str], shard_size: int) -> list[str]:
+def _all_part_names(files: list[str], shard_size: int, hosts: int) -> list[str]:
     """The part names of every host's shards, host after host."""
-    hosts = jax.process_count()
     return [name for host in range(hosts) for name, _ in shard_plan(files, shard_size, host, hosts)]
 
 
-def _report(files: list[str], shard_size: int, out: Path, counts: collections.Counter) -> dict:
+def _report(files: list[str], shard_size: int, out: Path, counts: collections.Counter, hosts: int) -> dict:
     """Counts over every host's shards (earlier runs included) and this run's speed over all hosts (over the
     tokenising itself: reading, encoding, writing; not loading the encoder or fitting k-means)."""
     seconds = counts["seconds"]
-    names = _all_part_names(files, shard_size)
+    names = _all_part_names(files, shard_size, hosts)
     parts = out / PARTS
     errors = [json.loads(line) for name in names for line in _lines(parts / f"{name}.{ERRORS}")]
     tokenized = sum(len(_lines(parts / f"{name}.jsonl")) for name in names if (parts / f"{name}.jsonl").is_file())
@@ -517,7 +521,3 @@ def _lines(path: Path) -> list[str]:
 
 def _host_prefix(host: int, hosts: int) -> str:
     return f"host{host:04d}of{hosts:04d}-"
-
-
-def _host_files(files: list[str]) -> list[str]:
-    return files[jax.process_index() :: jax.process_count()]
