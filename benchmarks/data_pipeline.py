@@ -1,10 +1,12 @@
-"""Tokens/s of packed 8 x 1024 batches from the Grain training pipeline, against what the train step consumes.
+"""Tokens/s of packed 8 x 1024 batches from the training pipeline, against what the train step consumes.
 
     python -m benchmarks.data_pipeline [--json] [--repeats 3] [--train-tokens-per-second X]
 
 A synthetic corpus (`slam_jax.data.synthetic`, the stochastic unit grammar) is written as features.jsonl and
 prepared into a unit store (`slam_jax.data.ingest.prepare`) in a temporary folder; `pipeline.train_dataset`
-then reads, chunks, shuffles and packs it into batches of 8 rows x 1024 tokens, as the training loop does.
+then plans global batches (Grain's shuffled order, first-fit packing from chunk lengths) and reads their rows into
+batches of 8 rows x 1024 tokens, as the training loop does. `--rows-of P` builds only the rows one of P processes
+holds (what each host of a P-host run reads), reported as tokens/s per host.
 Each timed window pulls `--batches` batches after a warm-up; tokens count every slot of a row (what the step
 consumes), with the share of real (non-padding) tokens reported beside. Without `--train-tokens-per-second`,
 the slam train step (batch 1 x 1024, bf16 compute) is measured briefly in the same run.
@@ -16,9 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import grain
 import numpy as np
-from absl import flags
 
 from benchmarks import common
 from slam_jax.data import ingest, pipeline, synthetic
@@ -44,24 +44,27 @@ def window(iterator, batches: int) -> tuple[float, int]:
     return time.perf_counter() - start, real
 
 
-def measure_pipeline(store: Path, batches: int, repeats: int, workers: int = 0) -> dict:
-    """Median slot tokens/s over `repeats` windows of `batches` batches, after a warm-up window; with `workers`
-    > 0 the batches are made in that many Grain worker processes."""
-    dataset = pipeline.train_dataset([str(store)], None, LENGTH, rows_per_batch=ROWS, seed=0)
-    if workers:
-        flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    iterator = iter(dataset)
+def measure_pipeline(
+    store: Path, batches: int, repeats: int, threads: int = pipeline.READ_THREADS, hosts: int = 1
+) -> dict:
+    """Median slot tokens/s over `repeats` windows of `batches` batches, after a warm-up window, with `threads`
+    reader threads; `hosts` > 1: only the first host's 1/`hosts` of each batch's rows is built (per-host figure)."""
+    rows = list(range(ROWS // hosts)) if hosts > 1 else None
+    iterator = pipeline.train_dataset(
+        [str(store)], None, LENGTH, rows_per_batch=ROWS, seed=0, rows=rows, threads=threads
+    )
     window(iterator, batches)
     windows = [window(iterator, batches) for _ in range(repeats)]
+    iterator.close()
     seconds = [elapsed for elapsed, _ in windows]
-    slots = batches * ROWS * LENGTH
+    slots = batches * (ROWS // hosts) * LENGTH
     return {
         "tokens_per_second": slots / common.median(seconds),
         "real_token_fraction": sum(real for _, real in windows) / (slots * repeats),
         "seconds_per_window": seconds,
         "batches_per_window": batches,
-        "workers": workers,
+        "threads": threads,
+        "hosts": hosts,
     }
 
 
@@ -80,8 +83,9 @@ def measure_train_step(repeats: int) -> float:
 
 def report_lines(result: dict) -> list[str]:
     return [
-        f"Grain pipeline, packed {ROWS} x {LENGTH} batches from a synthetic store of "
-        f"{result['store']['train_num_tokens']:,} tokens: {result['tokens_per_second']:,.0f} tokens/s "
+        f"pipeline, packed {ROWS} x {LENGTH} global batches from a synthetic store of "
+        f"{result['store']['train_num_tokens']:,} tokens, {result['threads']} reader threads, the rows of 1 of "
+        f"{result['hosts']} host(s): {result['tokens_per_second']:,.0f} tokens/s per host "
         f"({result['real_token_fraction']:.1%} real tokens)",
         f"train step ({result['train_step_source']}): {result['train_step_tokens_per_second']:,.1f} tokens/s",
         f"pipeline / train step: {result['multiple']:,.0f}x (target >= {TARGET_MULTIPLE:g}x: {result['meets_target']})",
@@ -96,6 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed windows after the warm-up (median reported)")
     parser.add_argument("--batches", type=int, default=200, help="batches per timed window")
     parser.add_argument("--files", type=int, default=20_000, help="synthetic files in the store (configs: 20,000)")
+    parser.add_argument("--threads", type=int, default=pipeline.READ_THREADS, help="reader threads")
+    parser.add_argument("--rows-of", type=int, default=1, help="build one host's rows of a run on this many hosts")
     parser.add_argument(
         "--train-tokens-per-second", type=float, default=0.0, help="train-step tokens/s (0: measure it now)"
     )
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="slam_jax_pipeline_") as folder:
         store, summary = prepare_store(Path(folder), args.files)
-        figures = measure_pipeline(store, args.batches, args.repeats)
+        figures = measure_pipeline(store, args.batches, args.repeats, args.threads, args.rows_of)
     train = args.train_tokens_per_second or measure_train_step(args.repeats)
     multiple = figures["tokens_per_second"] / train
     result = {

@@ -324,9 +324,9 @@ def pipeline_part(size: dict, repeats: int, train_tokens_per_second: float | Non
     with tempfile.TemporaryDirectory() as folder:
         store, _ = data_pipeline.prepare_store(Path(folder), size["files"])
         found = {}
-        for workers in (0, max(1, min(8, (os.cpu_count() or 2) // 2))):
-            found[f"workers_{workers}"] = data_pipeline.measure_pipeline(
-                store, size["pipeline_batches"], repeats, workers=workers
+        for threads in (1, max(2, min(16, os.cpu_count() or 2))):
+            found[f"threads_{threads}"] = data_pipeline.measure_pipeline(
+                store, size["pipeline_batches"], repeats, threads=threads
             )
     best = max(figures["tokens_per_second"] for figures in found.values())
     return {

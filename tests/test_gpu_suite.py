@@ -63,8 +63,8 @@ def test_dpo_decode_pipeline_and_flags_have_figures(suite):
     ratios = results["decode"]["jax_over_torch_tokens_per_s"]["bf16"]
     assert set(ratios) == {"batch1", "batch2"} and all(value > 0 for value in ratios.values())
     pipeline = results["pipeline"]
-    workers = sorted(figures["workers"] for figures in pipeline["pipelines"].values())
-    assert len(workers) == 2 and workers[0] == 0 and workers[1] >= 1  # in-process, then worker processes
+    threads = sorted(figures["threads"] for figures in pipeline["pipelines"].values())
+    assert len(threads) == 2 and threads[0] == 1 and threads[1] >= 2  # one reader thread, then several
     assert pipeline["pipeline_over_train"] > 0
     assert results["xla_flags"]["variant"] == "xla_unrolled"  # the step as configs/slam.py lays it out
     flag_run = results["xla_flags"]["flag_sets"]["cpu_fast_math_off"]

@@ -154,10 +154,17 @@ class GlobalBatches:
     is the global data position after the last batch returned, the iterator's whole state (`get_state` /
     `set_state`, or `start` when created)."""
 
-    def __init__(self, plan: Callable, build: Callable, rows: Sequence[int] | None = None, start: int = 0):
+    def __init__(
+        self,
+        plan: Callable,
+        build: Callable,
+        rows: Sequence[int] | None = None,
+        start: int = 0,
+        threads: int = READ_THREADS,
+    ):
         self._plan, self._build = plan, build
         self.rows = None if rows is None else list(rows)
-        self._pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="slam_jax-data")
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="slam_jax-data")
         self._reset(start)
 
     def _reset(self, position: int) -> None:
@@ -211,14 +218,17 @@ def train_dataset(
     packing: bool = True,
     rows: Sequence[int] | None = None,
     start: int = 0,
+    threads: int = READ_THREADS,
 ) -> GlobalBatches:
     """Endless global batches of `rows_per_batch` rows `{input_ids, segment_ids, positions}` [rows, context_length];
-    this process gets the rows numbered `rows` (default all), from global data position `start`."""
+    this process gets the rows numbered `rows` (default all), from global data position `start`, built by
+    `threads` reader threads."""
     sources = chunk_sources(store_dirs, context_length)
     order = ChunkOrder(sources, seed, weights)
     lengths = np.concatenate([source.lengths for source in sources])
     build = RowBuilder(sources, order, context_length, packing)
-    return GlobalBatches(_Planner(order, lengths, rows_per_batch, context_length, packing), build, rows, start)
+    planner = _Planner(order, lengths, rows_per_batch, context_length, packing)
+    return GlobalBatches(planner, build, rows, start, threads)
 
 
 @dataclass(frozen=True)
