@@ -5,13 +5,18 @@ The config's `mode` picks the job. This module is the one place that turns failu
   `error:` line on stderr naming the file, line or key, exit code 1; a bad command line, 2;
 - a training run that SIGTERM or Ctrl-C stopped saves its checkpoint and exits 75 (EX_TEMPFAIL: re-run the same
   command to resume); a Ctrl-C outside the training loop exits 130;
+- a job on several hosts that lost a process exits 69 with one line naming it (`parallel.HostWatchdog`, or
+  `supervise` when JAX's coordination client aborts this process because process 0 is gone);
 - `--debug` (or `SLAM_JAX_DEBUG=1`) shows the full traceback instead of the line. A bug keeps its traceback.
 """
 
+import ctypes
 import errno
 import os
 import re
 import runpy
+import signal
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -21,14 +26,16 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from slam_jax import modes
+from slam_jax import modes, parallel
 from slam_jax.errors import USER_ERRORS
 
 EXIT_ERROR = 1  # a failure the user can cause
 EXIT_USAGE = 2  # a bad command line
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; the same command resumes
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C outside the training loop
+EXIT_HOST_LOST = parallel.EXIT_HOST_LOST  # 69: a job on several hosts lost a process; re-run on every host
 DEBUG_VARIABLE = "SLAM_JAX_DEBUG"
+SUPERVISED_VARIABLE = "SLAM_JAX_SUPERVISED"
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: workdir/<config file name>).")
@@ -241,6 +248,97 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(one_line(str(error)), EXIT_USAGE)
 
 
+def supervise(argv: list[str], environ=os.environ) -> int | None:
+    """On several hosts, run this same command in a child process and return its exit code (None: run the job
+    here: one host, or this is the child).
+
+    JAX's coordination client aborts a process from C++ (a stack trace, exit 134) when the coordination service,
+    which lives in process 0, goes away; no Python code of the job runs then. The parent passes the child's stderr
+    through, forwards SIGTERM and SIGINT to it (the child has its own process group, so a terminal's Ctrl-C reaches
+    it once), dies with it (the child is killed if the parent is), and turns such an abort into one line naming the
+    lost process and the last committed checkpoint, and exit code 69."""
+    if environ.get(SUPERVISED_VARIABLE) or not parallel.wants_distributed(environ):
+        return None
+    child = subprocess.Popen(
+        [sys.executable, "-m", "slam_jax.main", *argv[1:]],
+        env={**environ, SUPERVISED_VARIABLE: "1"},
+        stderr=subprocess.PIPE,
+        process_group=0,
+        preexec_fn=_die_with_parent,
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, frame: child.send_signal(received))
+    tail = _pass_through(child.stderr.fileno())
+    code = child.wait()
+    if code >= 0:
+        return code
+    lost = lost_process(tail)
+    if lost is None:
+        return 128 - code
+    print(
+        f"\nerror: lost process {lost} (JAX's coordination service reported it: {signal.Signals(-code).name} from "
+        f"its client); {last_committed(argv)}; re-run the same command on every host to resume",
+        file=sys.stderr,
+        flush=True,
+    )
+    return EXIT_HOST_LOST
+
+
+def _die_with_parent() -> None:
+    """In the child (Linux): SIGKILL when the parent dies, so that killing a host's process kills its job."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _pass_through(fd: int, keep: int = 16_384) -> str:
+    """Copy `fd` to this process's stderr until it closes; returns its last `keep` bytes as text."""
+    tail = b""
+    while chunk := os.read(fd, 65_536):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail = (tail + chunk)[-keep:]
+    return tail.decode(errors="replace")
+
+
+def lost_process(stderr_tail: str) -> int | None:
+    """Which process the coordination client's abort says was lost: a task its heartbeat missed, or process 0 when
+    the service itself went away; None when the tail shows no coordination failure."""
+    if "coordination" not in stderr_tail.lower():
+        return None
+    missed = re.findall(r"Task (\d+) heartbeat timeout", stderr_tail)
+    return int(missed[-1]) if missed else 0
+
+
+def last_committed(argv: list[str]) -> str:
+    """The last committed checkpoint of the command's workdir (`--workdir`, or its default from `--config`)."""
+    from slam_jax.training import checkpoints
+
+    workdir = _flag_value(argv, "--workdir")
+    if workdir is None:
+        config = _flag_value(argv, "--config") or "config"
+        workdir = str(Path("workdir") / Path(config.split(":", 1)[0]).stem)
+    steps = checkpoints.committed_steps(Path(workdir) / "checkpoints")
+    return (
+        f"the last committed checkpoint is step {steps[-1]} in {workdir}/checkpoints"
+        if steps
+        else ("no checkpoint committed yet")
+    )
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
 if __name__ == "__main__":
     check_command_line(sys.argv)
+    supervised = supervise(sys.argv)
+    if supervised is not None:
+        sys.exit(supervised)
     app.run(main, flags_parser=parse_flags)
