@@ -142,8 +142,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def first_device() -> jax.sharding.SingleDeviceSharding:
-    """Where a model loaded outside any mesh is placed."""
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    """Where a model loaded outside any mesh is placed: this process's first device (under jax.distributed,
+    `jax.devices()[0]` belongs to process 0)."""
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 def traced_under(mesh: Mesh, fn):

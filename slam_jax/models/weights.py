@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from slam_jax import parallel
 from slam_jax.files import atomic_dir
 from slam_jax.settings import Settings
 
@@ -170,8 +171,7 @@ def load_params(family: Family, directory: str | Path, config: Settings | None =
     `sharding` (default: this process's first device); a missing folder or a mismatch is a one-line error."""
     directory = _require_model_dir(family, directory)
     config = config or load_config(family, directory)
-    # this process's first device: under jax.distributed, parallel.first_device() may be another process's
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    sharding = sharding or parallel.first_device()
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), param_shapes(family, config)
     )
