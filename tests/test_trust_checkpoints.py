@@ -80,6 +80,63 @@ def test_a_diverged_update_is_never_saved_and_the_resume_continues_from_the_last
         np.testing.assert_array_equal(got, want)
 
 
+def test_finite_parameters_that_give_a_non_finite_loss_are_never_resumed(trained, tmp_path, capsys):
+    """lr 1e30: the parameters stay finite (|w| ~ 1e30) but the model's loss is not; no such state is saved or
+    resumed, and a re-run with a sane learning rate trains to the end as a run that never diverged."""
+    workdir = tmp_path / "run"
+    diverging = {**BASE, "train.learning_rate": 1e30, "checkpoint.every_steps": 1}
+    with pytest.raises(TrainingError) as error:
+        loop.run(tiny_config(**diverging), workdir)
+    assert "\n" not in str(error.value)
+    assert "non-finite loss" in str(error.value) or "loss is nan" in str(error.value)
+    # Step 1 ran at the warmup's learning rate 0 (a usable state, saved); step 2's state gives a NaN loss.
+    assert saved_steps(workdir) == [1]
+    capsys.readouterr()
+    result = loop.run(tiny_config(**BASE), workdir)
+    assert "(step 1)" in capsys.readouterr().out
+    assert result["step"] == 4 and np.isfinite(result["loss"])
+    for got, want in zip(final_params(workdir, 4), final_params(trained, 4), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_non_finite_loss_right_after_a_checkpoint_marks_it_suspect(trained, tmp_path, monkeypatch, capsys):
+    """The loss at step k + 1 is the loss of checkpoint k's state on that step's batch: when it is not finite, the
+    next resume sets checkpoint k aside (here the only one: the run starts from its initialisation)."""
+    workdir = tmp_path / "run"
+    setup = loop.Trainer.setup_task
+
+    def nan_loss_at_step_3(self):
+        setup(self)
+        step, calls = self.train_step, []
+
+        def train_step(state, batch, lr):
+            state, metrics = step(state, batch, lr)
+            calls.append(1)
+            return state, {**metrics, "loss": metrics["loss"] * np.nan} if len(calls) == 3 else metrics
+
+        self.train_step = train_step
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.Trainer, "setup_task", nan_loss_at_step_3)
+        with pytest.raises(TrainingError) as error:
+            loop.run(tiny_config(**BASE), workdir)
+    message = str(error.value)
+    assert "at step 3" in message and "checkpoint step 2 gave it and is marked suspect" in message, message
+    assert "continues from the initialisation" in message
+    assert saved_steps(workdir) == [2]
+    capsys.readouterr()
+    result = loop.run(tiny_config(**BASE), workdir)
+    captured = capsys.readouterr()
+    rejected = workdir / "rejected_checkpoints" / "step-2"
+    assert warnings_in(captured.err) == [
+        f"[pretrain] warning: checkpoint step 2 is suspect (loss nan at step 3): moved to {rejected}; starting "
+        "from the initialisation"
+    ]
+    assert result["step"] == 4 and not (workdir / checkpoints.SUSPECTS).exists()
+    for got, want in zip(final_params(workdir, 4), final_params(trained, 4), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_a_non_finite_checkpoint_of_an_older_run_is_set_aside(trained, tmp_path, monkeypatch, capsys):
     workdir = copy_of(trained, tmp_path)
     with monkeypatch.context() as patch:  # what a run without the checks saved: a step-6 checkpoint of inf

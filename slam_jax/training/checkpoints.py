@@ -15,6 +15,7 @@ a step folder that cannot be resumed (damaged, or non-finite from an older run) 
 WORKDIR/rejected_checkpoints/, so nothing is deleted and the older checkpoints beside it serve the resume.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -23,12 +24,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from slam_jax import files
 from slam_jax.models.config import ModelConfig
 from slam_jax.models.storage import CONFIG_ITEM, PARAMS_DIR
 from slam_jax.training.step import TrainState
 
 _ITEMS = (PARAMS_DIR, "opt_state", "meta", CONFIG_ITEM)
 REJECTED_DIR = "rejected_checkpoints"
+SUSPECTS = "suspect_checkpoints.json"  # WORKDIR/: {step: why}, steps whose next training step gave a non-finite loss
 
 
 def all_finite(tree) -> jax.Array:
@@ -76,6 +79,9 @@ class Checkpointer:
             copy += 1
             target = rejected / f"step-{step}-{copy}"
         shutil.move(self.directory / str(step), target)
+        marked = suspects(self.directory)
+        if marked.pop(str(step), None) is not None:  # a later checkpoint of this step is not suspect
+            _write_suspects(self.directory, marked)
         return target
 
     def reload(self) -> None:
@@ -133,3 +139,25 @@ def committed_steps(directory: Path) -> list[int]:
     except OSError:
         return []
     return sorted(int(name) for name in names if re.fullmatch(r"\d+", name))
+
+
+def suspects(directory: Path) -> dict[str, str]:
+    """{step: why} of the checkpoints of `directory` marked suspect (WORKDIR/suspect_checkpoints.json)."""
+    path = Path(directory).parent / SUSPECTS
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def mark_suspect(directory: Path, step: int, why: str) -> None:
+    """Record that checkpoint `step` gave a non-finite loss at the next step (set aside by the next resume)."""
+    _write_suspects(directory, {**suspects(directory), str(step): why})
+
+
+def _write_suspects(directory: Path, marked: dict[str, str]) -> None:
+    path = Path(directory).parent / SUSPECTS
+    if marked:
+        files.write_text(path, json.dumps(marked, indent=2) + "\n")
+    else:
+        path.unlink(missing_ok=True)

@@ -388,7 +388,11 @@ class Trainer:
         the only faults are non-finite states, they are set aside and the run starts from its initialisation.
         """
         rejected = []
+        suspects = checkpoints.suspects(self.checkpointer.directory)
         for step in self.checkpointer.all_steps():
+            if str(step) in suspects:
+                rejected.append((step, f"is suspect ({suspects[str(step)]})"))
+                continue
             try:
                 state, meta = self.checkpointer.restore(step, self.abstract_state)
             except Exception as error:  # noqa: BLE001 - Orbax, TensorStore and json each raise their own type
@@ -436,6 +440,20 @@ class Trainer:
     def last_checkpoint(self) -> str:
         latest = self.checkpointer.latest_step()
         return f"the last finite checkpoint is {'none' if latest is None else f'step {latest}'}"
+
+    def mark_suspect(self, step: int, loss: float) -> str | None:
+        """A non-finite loss at `step` is the loss of the state after step - 1 on that step's batch: when that state
+        is a checkpoint, it is recorded as suspect (`checkpoints.mark_suspect`) and a resume sets it aside for the
+        next older one. Returns the sentence saying so (None: the state was not saved)."""
+        if self.checkpointer.latest_step() != step - 1:
+            return None
+        if jax.process_index() == 0:
+            checkpoints.mark_suspect(self.checkpointer.directory, step - 1, f"loss {loss} at step {step}")
+        older = [saved for saved in self.checkpointer.all_steps() if saved < step - 1]
+        return (
+            f"checkpoint step {step - 1} gave it and is marked suspect: a resume sets it aside and continues from "
+            f"{f'step {older[0]}' if older else 'the initialisation'}"
+        )
 
     def last_committed(self) -> str:
         """The newest checkpoint committed on disk (read from the folder: safe from the watchdog's thread)."""
@@ -621,9 +639,10 @@ class Trainer:
         step, lr, step_metrics = pending
         values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
         if not all(math.isfinite(value) for value in values.values()):
+            suspect = self.mark_suspect(step, values["loss"])
             raise TrainingError(
                 f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step}; stopped without "
-                f"saving this state; {self.last_checkpoint()} (resume with a lower train.learning_rate)"
+                f"saving this state; {suspect or self.last_checkpoint()} (resume with a lower train.learning_rate)"
             )
         self.watch_stall(step, values["grad_norm"])
         now = time.perf_counter()
