@@ -67,6 +67,8 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     assert isinstance(meta["data_position"], int) and meta["data_position"] > 0
     assert meta["layout"] == {"processes": 2, "devices": 4, "mesh": {"data": 4, "fsdp": 1, "tensor": 1}}
     assert not (step_dir / "data").exists()
+    recorded = json.loads((tmp_path / "run_manifest.json").read_text())
+    assert [entry["layout"] for entry in recorded["layouts"]] == [meta["layout"]]  # the manifest records the layout
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]  # process 0 logs, once
     assert all(np.isfinite(row["loss"]) for row in rows if "loss" in row)

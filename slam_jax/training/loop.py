@@ -279,7 +279,7 @@ class Trainer:
         changes = manifest.check(workdir, self.manifest, settings.train.allowed_changes, resuming)
         self.setup_task()
         if jax.process_index() == 0:
-            manifest.record(workdir, self.manifest, changes)
+            manifest.record(workdir, self.manifest, changes, self.layout)
         why = "train.allow_changed" if resuming else "no checkpoint to resume yet"
         for key, (old, new) in changes.items():
             self.say(f"{manifest.MANIFEST}: {key} changed from {old!r} to {new!r} ({why})")

@@ -133,19 +133,26 @@ def check(workdir: Path, current: dict, allowed: tuple[str, ...], resuming: bool
     return changes
 
 
-def record(workdir: Path, current: dict, changes: dict[str, tuple]) -> None:
-    """Write the manifest atomically: on the first start, and again with the accepted `changes` appended."""
+def record(workdir: Path, current: dict, changes: dict[str, tuple], layout: dict | None = None) -> None:
+    """Write the manifest atomically: on the first start, and again with the accepted `changes` appended, or when
+    the run's `layout` (processes, devices, mesh shape: free to change between starts) differs from the recorded
+    one, which is kept in `layouts` with the time of each change."""
     recorded = read(workdir)
-    if recorded is not None and not changes and set(current) <= set(recorded["settings"]):
+    layouts = recorded.get("layouts", []) if recorded else []
+    new_layout = layout is not None and (not layouts or layouts[-1]["layout"] != layout)
+    if recorded is not None and not changes and not new_layout and set(current) <= set(recorded["settings"]):
         return
     history = recorded.get("changes", []) if recorded else []
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     history += [{"key": key, "old": old, "new": new, "at": stamp} for key, (old, new) in changes.items()]
+    if new_layout:
+        layouts = [*layouts, {"layout": layout, "from": stamp}]
     manifest = {
         "format": FORMAT,
         "version": 1,
         "created": recorded["created"] if recorded else stamp,
         "settings": current,
         "changes": history,
+        "layouts": layouts,
     }
     files.write_text(workdir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
