@@ -17,7 +17,7 @@ chips, 16 hosts) and `h100-2x8` (2 hosts of 8 H100s). Where the config leaves th
 data parallelism: `mesh.data=-1`, `mesh.fsdp=1`, `mesh.tensor=1`, as `configs/slam.py` does), a multi-host
 target splits it data = hosts x fsdp = chips per host: parameters and optimiser state are sharded over one
 host's chips (all-gathers and reduce-scatters stay within a host; the topology lists its devices host by host),
-gradients are averaged across hosts. Any other mesh in the config or an override (`--set mesh.fsdp=16` or,
+gradients are reduced across hosts. Any other mesh in the config or an override (`--set mesh.fsdp=16` or,
 as the training command spells it, `--config.mesh.fsdp=16`) is compiled as given.
 
 It reports, as one JSON object with `--json`:
@@ -133,7 +133,7 @@ def chips_of(devices) -> int:
 
 def pod_mesh(config, devices) -> None:
     """A multi-host target's mesh where the config leaves the default (pure data parallelism): data = hosts x
-    fsdp = devices per host, so parameters are sharded within a host and gradients averaged across hosts."""
+    fsdp = devices per host, so parameters are sharded within a host and gradients reduced across hosts."""
     hosts = hosts_of(devices)
     mesh = config.mesh
     if hosts > 1 and (mesh.data, mesh.fsdp, mesh.tensor) == (-1, 1, 1):
