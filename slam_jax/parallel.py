@@ -164,8 +164,10 @@ _EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
 def wants_distributed(environ=os.environ) -> bool:
-    """True under an explicit coordinator (JAX_COORDINATOR_ADDRESS), a multi-task SLURM job or a TPU pod."""
-    if environ.get("JAX_COORDINATOR_ADDRESS"):
+    """True under an explicit coordinator (JAX_COORDINATOR_ADDRESS), a multi-task SLURM job, a TPU pod that
+    lists its workers (TPU_WORKER_HOSTNAMES), or SLAM_JAX_DISTRIBUTED=1 (JAX then detects the cluster itself, e.g. a
+    TPU slice from its VM metadata when the ssh session has no TPU_WORKER_HOSTNAMES)."""
+    if environ.get("JAX_COORDINATOR_ADDRESS") or environ.get("SLAM_JAX_DISTRIBUTED", "0") not in ("", "0"):
         return True
     if int(environ.get("SLURM_NTASKS", "1")) > 1:
         return True

@@ -45,3 +45,20 @@ def test_the_supervisor_names_the_lost_process_from_the_coordination_abort(tmp_p
     line = main.last_committed(["slam_jax.main", "--config", "configs/demo.py", f"--workdir={tmp_path}"])
     assert line == f"the last committed checkpoint is step 5 in {tmp_path}/checkpoints"
     assert main.supervise(["slam_jax.main"], environ={}) is None  # one host: the job runs in this process
+
+
+@pytest.mark.parametrize(
+    "environ, wanted",
+    [
+        ({}, False),
+        ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"}, True),
+        ({"SLURM_NTASKS": "1"}, False),
+        ({"SLURM_NTASKS": "4"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "10.0.0.2"}, False),
+        ({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}, True),
+        ({"SLAM_JAX_DISTRIBUTED": "1"}, True),
+        ({"SLAM_JAX_DISTRIBUTED": "0"}, False),
+    ],
+)
+def test_the_launcher_environment_decides_whether_to_join_other_hosts(environ, wanted):
+    assert parallel.wants_distributed(environ) is wanted
