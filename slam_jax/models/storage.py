@@ -42,7 +42,8 @@ def load_config(directory: str | Path) -> ModelConfig:
 
 
 def load_params(directory: str | Path, config: ModelConfig | None = None, sharding=None) -> dict[str, Any]:
-    """The float32 parameter tree of a saved model, placed with `sharding` (default: the first device)."""
+    """The float32 parameter tree of a saved model, placed with `sharding` (default: this process's first device;
+    or a tree of shardings, as a training mesh's)."""
     return weights.load_params(qwen2.FAMILY, directory, config, sharding)
 
 

@@ -168,12 +168,17 @@ def load_config(family: Family, directory: str | Path) -> Settings:
 
 def load_params(family: Family, directory: str | Path, config: Settings | None = None, sharding=None) -> dict[str, Any]:
     """The parameter tree saved in `directory`, shaped by `config` (default: the saved one) and placed with
-    `sharding` (default: this process's first device); a missing folder or a mismatch is a one-line error."""
+    `sharding`: one sharding for every leaf (default: this process's first device) or a tree of them (a training
+    mesh's: every process restores only its shards, on any number of processes); a missing folder or a mismatch is
+    a one-line error."""
     directory = _require_model_dir(family, directory)
     config = config or load_config(family, directory)
-    sharding = sharding or parallel.first_device()
+    shapes = param_shapes(family, config)
+    if sharding is None or isinstance(sharding, jax.sharding.Sharding):
+        one = sharding or parallel.first_device()
+        sharding = jax.tree.map(lambda leaf: one, shapes)
     target = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), param_shapes(family, config)
+        lambda leaf, placed: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placed), shapes, sharding
     )
     with ocp.StandardCheckpointer() as checkpointer:
         try:

@@ -139,9 +139,7 @@ class DPOTrainer(loop.Trainer):
         self.reference_params = None
         reference_logps = None
         if config.dpo.reference == "frozen":
-            self.reference_params = jax.device_put(
-                storage.load_params(self.init_dir, self.model_config), self.shardings.params
-            )
+            self.reference_params = storage.load_params(self.init_dir, self.model_config, self.shardings.params)
         else:
             reference_logps = self.reference_logps()
         self.source = preference.PairSource(self.store, reference_logps)
@@ -192,24 +190,35 @@ class DPOTrainer(loop.Trainer):
         return out
 
     def reference_logps(self) -> np.ndarray:
-        """[pairs, 2] log-probs of the starting model, computed once and stored beside the pairs."""
+        """[pairs, 2] log-probs of the starting model, computed once (by every process, over the run's mesh) and
+        stored beside the pairs (by process 0)."""
         path = self.store / f"reference_logps-{reference_key(self.init_dir)}.npy"
         if not path.is_file():
+            logps = self.compute_reference_logps()
             if jax.process_index() == 0:
-                np.save(path.with_suffix(".tmp.npy"), self.compute_reference_logps())
+                np.save(path.with_suffix(".tmp.npy"), logps)
                 path.with_suffix(".tmp.npy").rename(path)
             parallel.barrier("slam_jax: reference log-probs written")
         return np.load(path)
 
     def compute_reference_logps(self) -> np.ndarray:
-        params = storage.load_params(self.init_dir, self.model_config)
-        score = jax.jit(parallel.traced_under(self.mesh, functools.partial(sequence_logps, graphdef=self.graphdef)))
+        """Every pair in order, in global batches of the run's rows per micro-batch (the last one filled with copies
+        of its first pair, whose results are dropped); each process places only its rows."""
+        params = storage.load_params(self.init_dir, self.model_config, self.shardings.params)
+        score = jax.jit(
+            parallel.traced_under(self.mesh, functools.partial(sequence_logps, graphdef=self.graphdef)),
+            out_shardings=parallel.replicated(self.mesh),
+        )
         source = preference.PairSource(self.store)
-        batch_size = max(1, self.settings.train.per_device_batch_size)
         results = []
-        for batch in preference.ordered_dataset(source, batch_size):
-            results.append(np.asarray(score(params, {key: jnp.asarray(value) for key, value in batch.items()})))
-        print(f"[dpo] reference log-probs of {len(source)} pairs computed with {self.init_dir}")
+        for start in range(0, len(source), self.global_rows):
+            indices = list(range(start, min(start + self.global_rows, len(source))))
+            mine = [indices[row] if row < len(indices) else start for row in self.batch_rows]
+            items = [source[index] for index in mine]
+            local = {key: np.stack([item[key] for item in items]) for key in items[0]}
+            results.append(np.asarray(score(params, self.to_device(local, accumulation=False)))[: len(indices)])
+        if jax.process_index() == 0:
+            print(f"[dpo] reference log-probs of {len(source)} pairs computed with {self.init_dir}")
         return np.concatenate(results)
 
     def data_iterator(self, position: int = 0):

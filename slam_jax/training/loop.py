@@ -371,10 +371,11 @@ class Trainer:
     def initial_state(self) -> TrainState:
         """Parameters from `model.init_from` or a seeded random init, placed with their shardings."""
         if self.settings.model.init_from:
-            params = storage.load_params(storage.resolve_model_dir(self.settings.model.init_from), self.model_config)
+            init_dir = storage.resolve_model_dir(self.settings.model.init_from)
+            params = storage.load_params(init_dir, self.model_config, self.shardings.params)  # each its own shards
         else:
             params = qwen2.get_params(qwen2.init_model(self.model_config, seed=self.settings.seed))
-        params = jax.device_put(params, self.shardings.params)
+            params = jax.device_put(params, self.shardings.params)
         return jax.jit(lambda p: init_state(p, self.optimizer), out_shardings=self.shardings)(params)
 
     def restore_newest(self) -> tuple[TrainState, dict] | None:
