@@ -3,7 +3,8 @@
 
 Every slam_jax output is written atomically (`slam_jax.files`: a staging file or folder renamed into place), so the
 renames a process makes are the outputs it writes; the launcher logs each `os.replace` / `os.rename` target of a
-process into WRITES/process-<id>.txt before running the command line exactly as `python -m slam_jax.main` does.
+process into WRITES/process-<id>.txt before running the command line as the process `python -m slam_jax.main`
+supervises on several hosts does (tests/test_multihost_preemption.py runs the supervisor itself).
 """
 
 import collections
@@ -26,6 +27,8 @@ for name in ("replace", "rename"):
         _original(source, target, *args, **kwargs)
         log.write(os.path.abspath(os.fspath(target)) + "\\n")
     setattr(os, name, logged)
+# The job runs in this process (as the child of slam_jax.main's supervisor does), where the renames are logged.
+os.environ["SLAM_JAX_SUPERVISED"] = "1"
 sys.argv[0] = "slam_jax.main"
 runpy.run_module("slam_jax.main", run_name="__main__", alter_sys=True)
 """

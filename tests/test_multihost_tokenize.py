@@ -77,7 +77,7 @@ def test_two_hosts_write_what_one_writes_whichever_finishes_last(tmp_path, corpu
 
     parts = out / tokenize.PARTS
     fast_host = 1 - slow_host
-    assert last_part_written(parts, slow_host) > last_part_written(parts, fast_host) + 5e8  # 0.5 s apart at least
+    assert last_part_written(parts, slow_host) > last_part_written(parts, fast_host) + 1e8  # 0.1 s apart at least
     one = tmp_path / "one" / "units"
     assert (out / tokenize.FEATURES).read_text() == (one / tokenize.FEATURES).read_text()
     assert (out / tokenize.ERRORS).read_text() == (one / tokenize.ERRORS).read_text()
