@@ -8,12 +8,12 @@ supervises on several hosts does (tests/test_multihost_preemption.py runs the su
 """
 
 import collections
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import portpicker
+from multihost_runs import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,15 +41,8 @@ def launch(args: list[str], writes: Path, processes: int = 2, devices: int = 2, 
     port = portpicker.pick_unused_port()
     running = []
     for index in range(processes):
-        env = dict(
-            os.environ,
-            JAX_PLATFORMS="cpu",
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-            JAX_PROCESS_ID=str(index),
-            WRITES=str(writes),
-        )
-        if processes > 1:  # one process runs as a plain single-host job
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
+        # One process runs as a plain single-host job; JAX_PROCESS_ID names its log all the same.
+        env = dict(environment(processes, devices, index, port), JAX_PROCESS_ID=str(index), WRITES=str(writes))
         command = [sys.executable, "-c", LAUNCHER, *args]
         running.append(
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
