@@ -94,9 +94,6 @@ class Checkpointer:
     def due_by_time(self, seconds_since_save: float) -> bool:
         return self.every_seconds > 0 and seconds_since_save >= self.every_seconds
 
-    def due(self, step: int, seconds_since_save: float) -> bool:
-        return self.due_by_steps(step) or self.due_by_time(seconds_since_save)
-
     def save(self, step: int, state: TrainState, meta: dict, model_config: ModelConfig) -> None:
         args = ocp.args.Composite(
             **{
