@@ -156,6 +156,7 @@ def test_a_non_finite_checkpoint_of_an_older_run_is_set_aside(trained, tmp_path,
     ]
     assert "(step 4)" in captured.out and result["step"] == 6
     assert (rejected / "params").is_dir()  # kept, not deleted
+    assert (rejected / checkpoints.WHY).read_text() == "step 6 holds NaN or inf\n"
     assert all(np.isfinite(leaf).all() for leaf in final_params(workdir, 6))
 
 

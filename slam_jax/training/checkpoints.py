@@ -31,6 +31,7 @@ from slam_jax.training.step import TrainState
 
 _ITEMS = (PARAMS_DIR, "opt_state", "meta", CONFIG_ITEM)
 REJECTED_DIR = "rejected_checkpoints"
+WHY = "WHY"  # in a set-aside step folder: why it was set aside (one line)
 SUSPECTS = "suspect_checkpoints.json"  # WORKDIR/: {step: why}, steps whose next training step gave a non-finite loss
 
 
@@ -69,9 +70,9 @@ class Checkpointer:
         """The saved steps, newest first."""
         return sorted(self.manager.all_steps(), reverse=True)
 
-    def set_aside(self, step: int) -> Path:
-        """Move step `step`'s folder to WORKDIR/rejected_checkpoints/ (a free name); returns where. Every process
-        then calls `reload`."""
+    def set_aside(self, step: int, why: str = "") -> Path:
+        """Move step `step`'s folder to WORKDIR/rejected_checkpoints/ (a free name), with `why` in its WHY file;
+        returns where. Every process then calls `reload`."""
         rejected = self.directory.parent / REJECTED_DIR
         rejected.mkdir(parents=True, exist_ok=True)
         target, copy = rejected / f"step-{step}", 1
@@ -79,6 +80,8 @@ class Checkpointer:
             copy += 1
             target = rejected / f"step-{step}-{copy}"
         shutil.move(self.directory / str(step), target)
+        if why:
+            files.write_text(target / WHY, f"step {step} {why}\n")
         marked = suspects(self.directory)
         if marked.pop(str(step), None) is not None:  # a later checkpoint of this step is not suspect
             _write_suspects(self.directory, marked)

@@ -424,7 +424,7 @@ class Trainer:
         then = "starting from the initialisation" if resumed_step is None else f"resuming from step {resumed_step}"
         if jax.process_index() == 0:
             for step, why in rejected:
-                target = self.checkpointer.set_aside(step)
+                target = self.checkpointer.set_aside(step, why)
                 self.warn(f"checkpoint step {step} {why}: moved to {target}; {then}")
         parallel.barrier("slam_jax: unusable checkpoints set aside")
         self.checkpointer.reload()
