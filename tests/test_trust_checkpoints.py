@@ -245,6 +245,7 @@ def test_allow_changed_lets_a_resume_change_a_setting_and_records_it(trained, tm
     assert result["step"] == 5 and "(step 4)" in capsys.readouterr().out
     recorded = json.loads((workdir / manifest.MANIFEST).read_text())
     assert recorded["settings"]["train.global_batch_rows"] == 16
+    assert recorded["run"] == {"job": "pretrain", "max_steps": 5, "time_budget": ""}  # what this start was asked
     assert [(change["key"], change["old"], change["new"]) for change in recorded["changes"]] == [
         ("train.global_batch_rows", 8, 16)
     ]

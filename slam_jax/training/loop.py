@@ -279,7 +279,9 @@ class Trainer:
         changes = manifest.check(workdir, self.manifest, settings.train.allowed_changes, resuming)
         self.setup_task()
         if jax.process_index() == 0:
-            manifest.record(workdir, self.manifest, changes, self.layout)
+            train = settings.train
+            run_now = {"job": self.job, "max_steps": train.max_steps, "time_budget": train.time_budget}
+            manifest.record(workdir, self.manifest, changes, self.layout, run_now)
         why = "train.allow_changed" if resuming else "no checkpoint to resume yet"
         for key, (old, new) in changes.items():
             self.say(f"{manifest.MANIFEST}: {key} changed from {old!r} to {new!r} ({why})")

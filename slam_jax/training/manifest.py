@@ -133,14 +133,19 @@ def check(workdir: Path, current: dict, allowed: tuple[str, ...], resuming: bool
     return changes
 
 
-def record(workdir: Path, current: dict, changes: dict[str, tuple], layout: dict | None = None) -> None:
-    """Write the manifest atomically: on the first start, and again with the accepted `changes` appended, or when
+def record(
+    workdir: Path, current: dict, changes: dict[str, tuple], layout: dict | None = None, run: dict | None = None
+) -> None:
+    """Write the manifest atomically: on the first start, and again with the accepted `changes` appended, when
     the run's `layout` (processes, devices, mesh shape: free to change between starts) differs from the recorded
-    one, which is kept in `layouts` with the time of each change."""
+    one, which is kept in `layouts` with the time of each change, or when `run` (what this start was asked to do:
+    the job, `train.max_steps`, `train.time_budget`; free to change) differs from the recorded one."""
     recorded = read(workdir)
     layouts = recorded.get("layouts", []) if recorded else []
     new_layout = layout is not None and (not layouts or layouts[-1]["layout"] != layout)
-    if recorded is not None and not changes and not new_layout and set(current) <= set(recorded["settings"]):
+    new_run = run is not None and (recorded or {}).get("run") != run
+    unchanged = not (changes or new_layout or new_run)
+    if recorded is not None and unchanged and set(current) <= set(recorded["settings"]):
         return
     history = recorded.get("changes", []) if recorded else []
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -154,5 +159,6 @@ def record(workdir: Path, current: dict, changes: dict[str, tuple], layout: dict
         "settings": current,
         "changes": history,
         "layouts": layouts,
+        "run": run if run is not None else (recorded or {}).get("run"),
     }
     files.write_text(workdir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
