@@ -20,6 +20,7 @@ MODES = {
     "resynthesize": "slam_jax.speech.resynthesize:run",
     "demo_text": "slam_jax.demo.text:run",
     "report": "slam_jax.demo.report:run",
+    "status": "slam_jax.status:run",
 }
 
 

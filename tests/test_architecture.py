@@ -2,7 +2,7 @@
 
 Layers, lowest first: `errors`, `tokens`, `files`, `parallel`, `settings` (used by everyone) -> `data` and `models`
 (independent of each other) -> `speech` (audio -> units: the HuBERT/k-means models, unit files) -> `training` and
-`evaluation` (independent of each other) -> the jobs' entry points (`main`, `modes`, `pipeline`, `selfcheck`,
+`evaluation` (independent of each other) -> the jobs' entry points (`main`, `modes`, `pipeline`, `selfcheck`, `status`,
 `demo`). Every import counts, including those deferred inside functions.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "slam_jax"
 BASE = {"errors", "tokens", "files", "parallel", "settings"}
-ENTRY = {"main", "modes", "pipeline", "selfcheck", "demo", "__init__"}
+ENTRY = {"main", "modes", "pipeline", "selfcheck", "status", "demo", "__init__"}
 ALLOWED = {
     "errors": set(),
     "tokens": set(),
