@@ -86,4 +86,5 @@ def get_config() -> ConfigDict:
     config.log.every_steps = 10  # metrics.jsonl / TensorBoard period
     config.log.tensorboard = True  # WORKDIR/tensorboard event files
     config.log.wandb_project = ""  # log to wandb too ('' = off; needs wandb installed)
+    config.log.progress = "auto"  # stderr: 'bar' (tqdm), 'plain' (a line per row), 'auto' (bar on a terminal)
     return config

@@ -26,7 +26,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from slam_jax import modes, parallel
+from slam_jax import modes, parallel, progress
 from slam_jax.errors import USER_ERRORS
 
 EXIT_ERROR = 1  # a failure the user can cause
@@ -95,7 +95,7 @@ def run_job(config, workdir: Path, debug: bool = False) -> int:
         line = error_line(error, workdir)
         if debug or line is None:
             raise
-        print(f"error: {line}", file=sys.stderr, flush=True)
+        print(f"{progress.process_prefix()}error: {line}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     stopped = stopped_by_signal(config.mode, result)
     if stopped:
@@ -261,7 +261,7 @@ def supervise(argv: list[str], environ=os.environ) -> int | None:
         return None
     child = subprocess.Popen(
         [sys.executable, "-m", "slam_jax.main", *argv[1:]],
-        env={**environ, SUPERVISED_VARIABLE: "1"},
+        env={**environ, SUPERVISED_VARIABLE: "1", progress.TTY_VARIABLE: str(int(sys.stderr.isatty()))},
         stderr=subprocess.PIPE,
         process_group=0,
         preexec_fn=_die_with_parent,

@@ -1,9 +1,9 @@
 """The package's shape: imports go one way between its parts, with no cycle, and a job loads only what it uses.
 
-Layers, lowest first: `errors`, `tokens`, `files`, `parallel`, `settings` (used by everyone) -> `data` and `models`
-(independent of each other) -> `speech` (audio -> units: the HuBERT/k-means models, unit files) -> `training` and
-`evaluation` (independent of each other) -> the jobs' entry points (`main`, `modes`, `pipeline`, `selfcheck`, `status`,
-`demo`). Every import counts, including those deferred inside functions.
+Layers, lowest first: `errors`, `tokens`, `files`, `parallel`, `settings`, `progress` (used by everyone) -> `data` and
+`models` (independent of each other) -> `speech` (audio -> units: the HuBERT/k-means models, unit files) -> `training`
+and `evaluation` (independent of each other) -> the jobs' entry points (`main`, `modes`, `pipeline`, `selfcheck`,
+`status`, `demo`). Every import counts, including those deferred inside functions.
 """
 
 import ast
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "slam_jax"
-BASE = {"errors", "tokens", "files", "parallel", "settings"}
+BASE = {"errors", "tokens", "files", "parallel", "settings", "progress"}
 ENTRY = {"main", "modes", "pipeline", "selfcheck", "status", "demo", "__init__"}
 ALLOWED = {
     "errors": set(),
@@ -21,6 +21,7 @@ ALLOWED = {
     "files": {"errors"},
     "parallel": set(),
     "settings": {"errors"},
+    "progress": set(),
     "data": BASE,
     "models": BASE,
     "speech": BASE | {"data", "models"},

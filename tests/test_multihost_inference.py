@@ -61,8 +61,9 @@ def configure(config, values: dict):
 
 
 def batches_run(stderr: str, bar: str) -> int:
-    """How many batches a tqdm bar named `bar` counted (its last update), 0 if it never showed."""
-    counts = re.findall(rf"{bar}: +\d+%\|[^|]*\| (\d+)/(\d+)", stderr)
+    """How many batches a progress bar named `bar` counted (its last update: drawn, or a plain line), 0 if it never
+    showed."""
+    counts = re.findall(rf"(?:{bar}: +\d+%\|[^|]*\| |\[{bar}\] batches )(\d+)/(\d+)", stderr)
     return int(counts[-1][1]) if counts else 0
 
 

@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
 from slam_jax import parallel, tokens
 from slam_jax.data import ingest
@@ -43,6 +42,7 @@ from slam_jax.files import read_records, write_text
 from slam_jax.models import config as model_config
 from slam_jax.models import sampling, storage
 from slam_jax.models.speech_lm import SpeechLM, load_model
+from slam_jax.progress import track
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units, vocoders
 from slam_jax.speech.tokenize import TokenizeSettings
@@ -261,7 +261,7 @@ def generate_batched(
     starts = range(0, len(order), rows)
     if split_over_processes:
         starts = starts[jax.process_index() :: jax.process_count()]
-    for start in tqdm(starts, desc="generating", unit="batch", disable=not progress):
+    for start in track(starts, "generating", unit="batch", enabled=progress):
         chosen = order[start : start + rows]
         fillers = [np.array([tokens.BOS_ID])] * (rows - len(chosen))
         batch = sampling.left_pad([prompt_ids[i] for i in chosen] + fillers)

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from slam_jax import parallel, tokens
 from slam_jax.models.speech_lm import SpeechLM, next_token_log_probs
+from slam_jax.progress import track
 from slam_jax.speech.encoder import bucket_length
 
 LENGTH_QUANTUM = 16
@@ -61,7 +61,7 @@ class Scorer:
         if self.split_over_processes:
             batches = batches[jax.process_index() :: jax.process_count()]
         scored = []
-        for width, rows in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
+        for width, rows in track(batches, "scoring", unit="batch", enabled=self.progress):
             # a batch with fewer rows (the last, or one of a few short sequences) runs with fewer, bucketed
             shape = (min(self.rows, bucket_length(len(rows), self.devices, BUCKETS_PER_OCTAVE)), width)
             input_ids = np.full(shape, tokens.PAD_ID, np.int32)

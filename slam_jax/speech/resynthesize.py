@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
 from slam_jax.files import write_text
+from slam_jax.progress import track
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units, vocoders
 from slam_jax.speech.tokenize import TokenizeSettings
@@ -104,7 +104,9 @@ def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
     start = time.perf_counter()
     lines = []
     try:
-        for file, name in tqdm(list(zip(files, names, strict=True)), unit="file", disable=not settings.progress):
+        for file, name in track(
+            list(zip(files, names, strict=True)), "resynthesize", unit="file", enabled=settings.progress
+        ):
             key = str(Path(file).absolute())
             if key in units:
                 lines.append(_resynthesize_file(key, units[key], vocoder, out, name, settings, job.tokenize.dedup))

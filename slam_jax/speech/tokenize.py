@@ -37,9 +37,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
-from slam_jax import parallel
+from slam_jax import parallel, progress
 from slam_jax.data import ingest
 from slam_jax.errors import DataError
 from slam_jax.files import write_text
@@ -306,7 +305,8 @@ def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path, 
         leftover.unlink()  # a write this host started when it was killed
     counts = collections.Counter()
     start = time.perf_counter()
-    with tqdm(total=len(files[host[0] :: host[1]]), unit="file", disable=not settings.progress) as bar:
+    total = len(files[host[0] :: host[1]])
+    with progress.Progress("tokenize", total, unit="file", enabled=settings.progress) as bar:
         for name, shard in shards:
             if (parts / f"{name}.jsonl").is_file():
                 counts["resumed_files"] += len(shard)
@@ -384,10 +384,8 @@ def _count_done(frames: np.ndarray, counts, bar, start: float, encoder) -> None:
     counts["tokenized_this_run"] += 1
     counts["frames_this_run"] += len(frames)
     counts["audio_samples_this_run"] += len(frames) * encoder.frame_samples
-    bar.update(1)
-    bar.set_postfix(
-        audio_s_per_s=f"{counts['audio_samples_this_run'] / audio.SAMPLE_RATE / (time.perf_counter() - start):.1f}"
-    )
+    seconds = counts["audio_samples_this_run"] / audio.SAMPLE_RATE
+    bar.update(1, **{"audio-s/s": f"{seconds / (time.perf_counter() - start):.1f}"})
 
 
 class _Batcher:

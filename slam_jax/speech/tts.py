@@ -43,10 +43,10 @@ import espeakng_loader
 import numpy as np
 import soundfile
 import soxr
-from tqdm import tqdm
 
 from slam_jax.errors import DataError
 from slam_jax.files import read_records, write_text
+from slam_jax.progress import Progress
 from slam_jax.speech.audio import SAMPLE_RATE
 
 AUDIO = "audio"
@@ -419,11 +419,10 @@ def _run_tasks(factory, tasks: list[_Task], num_workers: int, progress: bool) ->
         else:
             _init_worker(factory)
             results = map(_synthesize_task, tasks)
-        bar = stack.enter_context(tqdm(total=len(tasks), unit="utt", desc="tts", disable=not progress))
+        bar = stack.enter_context(Progress("tts", len(tasks), unit="utt", enabled=progress))
         for result in results:
             audio_seconds += result.seconds
-            bar.update(1)
-            bar.set_postfix(audio_s_per_s=f"{audio_seconds / (time.perf_counter() - start):.1f}")
+            bar.update(1, **{"audio-s/s": f"{audio_seconds / (time.perf_counter() - start):.1f}"})
             yield result
 
 

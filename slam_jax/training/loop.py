@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
-from slam_jax import parallel
+from slam_jax import parallel, progress
 from slam_jax.data import pipeline, stores
 from slam_jax.data.stores import DataSettings
 from slam_jax.data.unit_store import UnitStore
@@ -134,7 +133,9 @@ class Preemption:
         if signum == signal.SIGINT:
             # The system's default action, not a Python handler, so that it ends even a long device step.
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            tqdm.write("Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop now, unsaved)")
+            progress.write(
+                "Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop now, unsaved)"
+            )
 
     def restore(self):
         for signum, previous in self._previous.items():
@@ -218,6 +219,22 @@ def validation_summary(data: DataSettings, valid_stores: list[str]) -> str:
             f"(data.valid_fraction={data.valid_fraction}) in {', '.join(valid_stores)}"
         )
     return "validation: none (data.train_path holds no valid split; data.valid_path names one)"
+
+
+PROGRESS_SKIPPED = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu", "tokens_seen")
+
+
+def progress_figures(row: dict) -> dict[str, str]:
+    """The figures of a metrics row for a plain progress line: loss, lr, gradient norm, tokens/s, MFU, then the
+    job's own metrics (DPO: reward accuracy, rewards, margin)."""
+    figures = {
+        "loss": f"{row['loss']:.4f}",
+        "lr": f"{row['learning_rate']:.1e}",
+        "grad_norm": f"{row['grad_norm']:.3g}",
+        "tokens/s": f"{row['tokens_per_second']:,.0f}",
+        "mfu": f"{row['mfu']:.1%}",
+    }
+    return figures | {key: f"{value:.4g}" for key, value in row.items() if key not in PROGRESS_SKIPPED}
 
 
 def first_step_line(started: float, step_metrics, cache_dir: str | None) -> str:
@@ -523,12 +540,15 @@ class Trainer:
         preemption = Preemption()
         signals = Signals(self.mesh)
         watchdog = parallel.HostWatchdog(train.host_timeout, self.last_committed, self.job)
-        progress = tqdm(
-            total=schedule.total_steps or None,
+        bar = progress.Progress(
+            self.job,
+            schedule.total_steps or None,
+            unit="step",
+            label="step",
             initial=step,
-            disable=jax.process_index() != 0,
-            dynamic_ncols=True,
-            desc=self.job,
+            enabled=jax.process_index() == 0,
+            mode=self.settings.log.progress,
+            every_seconds=None,  # a plain line per metrics row (`record`)
         )
         pending, final, reason, stepped = None, {}, "max_steps", False
         try:
@@ -540,7 +560,7 @@ class Trainer:
                         reason = "time_budget"
                         break
                     if not schedule.total_steps and planner.plan(step, clock.elapsed()):
-                        schedule.total_steps = progress.total = planner.total_steps
+                        schedule.total_steps = bar.total = planner.total_steps
                         self.say(
                             f"time budget {train.time_budget}: {planner.seconds_per_step:.3f} s/step -> cosine "
                             f"over {schedule.total_steps} steps"
@@ -557,13 +577,13 @@ class Trainer:
                         preemption.requested, self.checkpointer.due_by_time(clock.since_save())
                     )
                     if pending is not None:
-                        final = self.record(pending, progress)
+                        final = self.record(pending, bar)
                     pending = (step, lr, step_metrics)
                     due_eval = train.eval_every and step % train.eval_every == 0
                     due_save = self.checkpointer.due_by_steps(step) or save_by_time
                     if not (due_eval or due_save or stop):
                         continue
-                    final, pending = self.record(pending, progress), None
+                    final, pending = self.record(pending, bar), None
                     self.check_finite(step, state)
                     if due_eval:
                         self.log_validation(step, state.params)
@@ -574,7 +594,7 @@ class Trainer:
                         reason = "preempted"
                         break
                 if pending is not None:
-                    final = self.record(pending, progress)
+                    final = self.record(pending, bar)
                 self.check_finite(step, state)
                 if reason != "preempted":
                     validation = self._validation.get(step) or self.log_validation(step, state.params)
@@ -585,7 +605,7 @@ class Trainer:
                 self.checkpointer.wait()
         finally:
             preemption.restore()
-            progress.close()
+            bar.close()
             iterator.close()
         loss = f"loss {final['loss']:.4f}" if "loss" in final else "no step to train (resumed at the end)"
         self.say(f"stopped at step {step} ({reason}); {loss}; checkpoint {self.workdir / 'checkpoints' / str(step)}")
@@ -620,12 +640,13 @@ class Trainer:
         )
 
     def say(self, message: str) -> None:
+        """A line on stdout, from process 0 only."""
         if jax.process_index() == 0:
-            tqdm.write(f"[{self.job}] {message}")
+            progress.write(f"[{self.job}] {message}")
 
     def warn(self, message: str) -> None:
-        if jax.process_index() == 0:
-            tqdm.write(f"[{self.job}] warning: {message}", file=sys.stderr)
+        """A warning on stderr from every process, those other than 0 naming theirs (`[process N] `)."""
+        progress.write(f"{progress.process_prefix()}[{self.job}] warning: {message}", file=sys.stderr)
 
     def meta(self, step: int, clock: "Clock", schedule: Schedule) -> dict:
         return {
@@ -636,9 +657,9 @@ class Trainer:
             "seed": int(self.settings.seed),
         }
 
-    def record(self, pending, progress) -> dict:
+    def record(self, pending, bar: progress.Progress) -> dict:
         """Fetch a finished step's metrics, stop on NaN, warn of a stall, and log them (JSONL, TensorBoard,
-        progress bar)."""
+        progress bar or, with each row, a plain progress line)."""
         step, lr, step_metrics = pending
         values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
         if not all(math.isfinite(value) for value in values.values()):
@@ -662,11 +683,11 @@ class Trainer:
             "tokens_seen": self._tokens_seen,
             **{key: value for key, value in values.items() if key not in ("loss", "grad_norm", "tokens")},
         }
+        bar.update(step - bar.n, loss=f"{row['loss']:.3f}", tok_s=f"{tokens_per_second:,.0f}", mfu=f"{row['mfu']:.1%}")
         if step % self.settings.log.every_steps == 0 or step == 1:
             self.writer.write(step, row)
             self._window_start, self._window_tokens = now, 0
-        progress.update(step - progress.n)
-        progress.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_per_second:,.0f}", mfu=f"{row['mfu']:.1%}")
+            bar.emit(progress_figures(row))
         return row
 
     def watch_stall(self, step: int, grad_norm: float) -> None:

@@ -8,6 +8,7 @@ out-of-range value is one line naming `config.<section>.<key>` before any device
 import dataclasses
 import re
 
+from slam_jax import progress
 from slam_jax.data.stores import DataSettings
 from slam_jax.models import config as model_config
 from slam_jax.settings import Settings, setting
@@ -113,11 +114,12 @@ class CheckpointSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class LogSettings(Settings):
-    """`log`: metrics.jsonl / TensorBoard / wandb."""
+    """`log`: metrics.jsonl / TensorBoard / wandb, and the progress on stderr (`slam_jax/progress.py`)."""
 
     every_steps: int = setting(10, above=0)
     tensorboard: bool = True
     wandb_project: str = ""
+    progress: str = setting("auto", choices=progress.MODES)
 
 
 @dataclasses.dataclass(frozen=True)
