@@ -36,6 +36,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C outside the training loop
 EXIT_HOST_LOST = parallel.EXIT_HOST_LOST  # 69: a job on several hosts lost a process; re-run on every host
 DEBUG_VARIABLE = "SLAM_JAX_DEBUG"
 SUPERVISED_VARIABLE = "SLAM_JAX_SUPERVISED"
+READ_ONLY_MODES = ("status",)  # jobs that only read their --workdir: it is not created for them
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: workdir/<config file name>).")
@@ -84,7 +85,8 @@ def run_job(config, workdir: Path, debug: bool = False) -> int:
     A failure the user can cause is printed as one `error:` line (raised with its traceback when `debug`); a run
     stopped by a signal after saving gets one line too and `EXIT_PREEMPTED`."""
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        if config.mode not in READ_ONLY_MODES:
+            workdir.mkdir(parents=True, exist_ok=True)
         result = modes.job(config.mode)(config, workdir)
     except KeyboardInterrupt:
         if debug:

@@ -321,6 +321,8 @@ def lines(report: dict) -> list[str]:
 
 def run(config, workdir: Path) -> dict:
     """`mode: status`: print the status of `workdir` (JSON with `config.json`) and return it."""
+    if not Path(workdir).exists():
+        raise FileNotFoundError(f"{workdir}: no such workdir")
     report = status(workdir)
     print(json.dumps(report) if config.get("json", False) else "\n".join(lines(report)), flush=True)
     return report
