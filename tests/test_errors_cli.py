@@ -18,7 +18,7 @@ from etils import epath
 from test_dpo import pretrained  # noqa: F401 - the fixture: a tiny model pre-trained for 2 steps
 from test_pretrain import OVERRIDES, tiny_config
 
-from slam_jax import main
+from slam_jax import main, status
 from slam_jax.training import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +215,11 @@ def test_a_signal_saves_and_exits_75(mode, signum, tmp_path):
         "re-run the same command to resume"
     )
     assert not (run / "stage_done.json").exists()
+    # The status of the preempted workdir, as `python -m slam_jax.status` reports it (issue 31).
+    report = status.status(run)
+    assert (report["state"], report["job"], report["step"], report["held_by"]) == ("stopped", "pretrain", saved, None)
+    assert report["checkpoint"] == str(run / "checkpoints" / str(saved)) and report["max_steps"] == 100000
+    assert report["steps_left"] == 100000 - saved and report["layout"]["processes"] == 1
 
 
 def test_a_second_ctrl_c_is_left_to_the_system():
