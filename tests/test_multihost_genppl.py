@@ -1,0 +1,159 @@
+"""GenPPL and Auto-BLEU (`eval.metric=genppl`) on two real JAX processes (jax.distributed, gloo) of 4 CPU devices
+each against one process of 8 (this one): the same summary (transcripts' GenPPL, Auto-BLEU, counts), the same
+samples (prompt units, continuations, transcripts, per-sample NLLs) and wavs; the sampling batches dealt out between
+the processes (each ran one), every output written once and by process 0, the prompts tokenised by both hosts through
+the unit cache. The tiny pipeline of tests/test_genppl.py: espeak prompts, the MFCC tokeniser's inverse as the
+vocoder, a random speech LM, a random Whisper and a random Llama."""
+
+import json
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+import transformers
+import whisper_fixtures
+from conftest import random_hf_model
+from multihost import launch, writes_by_process, written_more_than_once
+from speech_fixtures import ESPEAK_RATE, SENTENCES, synthesize
+from text_lm_fixtures import random_llama, save_word_tokenizer
+
+from configs import genppl as genppl_config
+from configs import tokenize_mfcc
+from conversion import hf_to_flax, whisper_to_flax
+from slam_jax.evaluation import pair_metrics
+from slam_jax.files import read_jsonl
+from slam_jax.speech import tokenize
+
+NUM_UNITS = 20
+DEVICES = 4  # per process of the two; this process has 8 (tests/conftest.py): the same total
+TIMING = ("seconds", "seconds_per_sample", "stage_seconds")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Three sentences spoken forwards and backwards (6 prompts of 1 s) and one 0.5 s file twice (skipped); the
+    MFCC tokeniser fitted on them (also the vocoder); the speech LM, Whisper and Llama, converted."""
+    root = tmp_path_factory.mktemp("genppl")
+    bench = root / "prompts"
+    bench.mkdir()
+    for index, sentence in enumerate(SENTENCES[:3]):
+        wave = synthesize(sentence).astype(np.float32) / 32768
+        soundfile.write(bench / f"{index}_correct.wav", wave, ESPEAK_RATE)
+        soundfile.write(bench / f"{index}_incorrect.wav", wave[::-1].copy(), ESPEAK_RATE)
+    short = synthesize(SENTENCES[3]).astype(np.float32)[: ESPEAK_RATE // 2] / 32768
+    soundfile.write(bench / "3_correct.wav", short, ESPEAK_RATE)
+    soundfile.write(bench / "3_incorrect.wav", short, ESPEAK_RATE)
+
+    config = tokenize_mfcc.get_config()
+    config.tokenize.data_path, config.tokenize.out_path = str(bench), str(root / "units")
+    config.tokenize.fit_units, config.tokenize.progress = NUM_UNITS, False
+    tokenize.run(config, root)
+
+    random_hf_model(vocab_size=NUM_UNITS + 2).save_pretrained(root / "speech_hf")
+    hf_to_flax.convert(str(root / "speech_hf"), root / "speech_lm")
+
+    made = whisper_fixtures.tokenizer()
+    whisper = transformers.WhisperForConditionalGeneration(whisper_fixtures.whisper_config(made)).eval()
+    whisper_fixtures.randomise(whisper, seed=0, scale=0.3)
+    generation = whisper_fixtures.generation_config(made, suppress_tokens=[])
+    whisper_fixtures.save_checkpoint(root / "whisper_hf", whisper, made, generation)
+    assert whisper_to_flax.main(["--model", str(root / "whisper_hf"), "--out", str(root / "whisper")]) == 0
+
+    random_llama("llama3_tied").save_pretrained(root / "llama_hf")
+    save_word_tokenizer(root / "llama_hf")
+    assert hf_to_flax.main(["--model", str(root / "llama_hf"), "--out", str(root / "llama")]) == 0
+    return {"bench": bench, "units": root / "units", "speech_lm": root / "speech_lm"} | {
+        name: root / name for name in ("whisper", "llama")
+    }
+
+
+def values(models: dict[str, Path]) -> dict[str, dict]:
+    """{section: {key: value}} of the job: every file a prompt, 2 sampling batches of 4 rows (8 in one process)."""
+    return {
+        "eval": {
+            "metric": "genppl",
+            "data_path": str(models["bench"]),
+            "model": str(models["speech_lm"]),
+            "batch_size": 4,
+            "progress": True,
+        },
+        "eval.genppl": {
+            "vocoder": str(models["units"]),
+            "asr_model": str(models["whisper"]),
+            "text_lm": str(models["llama"]),
+            "prompt_files": "all",
+            "prompt_seconds": 1.0,
+            "max_new_tokens": 12,
+            "asr_max_new_tokens": 8,
+            "asr_batch_size": 4,
+            "lm_batch_size": 4,
+        },
+        "tokenize": {
+            "encoder_path": "mfcc",
+            "kmeans_path": str(models["units"] / "centroids.npy"),
+            "shard_size": 2,
+            "progress": False,
+        },
+    }
+
+
+def batches_run(stderr: str) -> int:
+    """How many sampling batches the "generating" bar counted (drawn, or a plain line); 0 if it never showed."""
+    counts = re.findall(r"(?:generating: +\d+%\|[^|]*\| |\[generating\] batches )(\d+)/(\d+)", stderr)
+    return int(counts[-1][1]) if counts else 0
+
+
+def without_timing(result: dict) -> dict:
+    return {key: value for key, value in result.items() if key not in TIMING}
+
+
+def test_two_hosts_score_genppl_as_one(models, tmp_path, capsys):
+    assert jax.local_device_count() == 2 * DEVICES
+    job = values(models)
+    config = genppl_config.get_config()
+    for section, keys in job.items():
+        target = config
+        for part in section.split("."):
+            target = target[part]
+        target.update(keys)
+    one = pair_metrics.run(config, tmp_path / "one")["genppl"]
+    assert batches_run(capsys.readouterr().err) == 1
+
+    args = ["--config", "configs/genppl.py", "--workdir", str(tmp_path / "two")]
+    args += [f"--config.{section}.{key}={value}" for section, keys in job.items() for key, value in keys.items()]
+    results = launch(args, tmp_path / "writes", devices=DEVICES)
+    writes = writes_by_process(tmp_path / "writes", tmp_path / "two")
+
+    eval_one, eval_two = tmp_path / "one" / "eval", tmp_path / "two" / "eval"
+    two = json.loads((eval_two / "genppl.json").read_text())
+    assert without_timing(two) == without_timing(one)
+    assert set(one["stage_seconds"]) == set(two["stage_seconds"])
+    assert one["num_samples"] == 6 and one["num_skipped"] == 2 and one["num_scored"] >= 1
+    assert one["genppl"] is not None and one["genppl"] > 1 and 0 <= one["auto_bleu_2"] <= 1
+    # every sample: its prompt and continuation units, wav name, transcript, Auto-BLEU and NLL, to the last bit
+    samples = read_jsonl(eval_one / "genppl_samples.jsonl")
+    assert (eval_two / "genppl_samples.jsonl").read_text() == (eval_one / "genppl_samples.jsonl").read_text()
+    assert len({str(sample["units"]) for sample in samples}) > 3 and any(s["transcript"].strip() for s in samples)
+    for sample in samples:
+        np.testing.assert_array_equal(
+            soundfile.read(eval_two / sample["wav"])[0], soundfile.read(eval_one / sample["wav"])[0]
+        )
+    assert [batches_run(result.stderr) for result in results] == [1, 1]
+    summaries = [re.sub(r", [\d.]+ s$", "", result.stdout.strip().splitlines()[-1]) for result in results]
+    assert summaries[0] == summaries[1] and summaries[0].startswith(f"GenPPL {one['genppl']:.2f} over ")
+
+    assert (
+        written_more_than_once({0: [path for paths in writes.values() for path in paths if path.suffix == ".wav"]})
+        == []
+    )
+    wavs = [Path("eval") / sample["wav"] for sample in samples]
+    outputs = [Path("eval") / name for name in ("genppl_samples.jsonl", "genppl.json")]
+    cache = [path for path in writes[0] + writes[1] if path.parts[0] == "units_cache"]
+    # process 0: the samples as soon as the units exist, again with the wavs, the transcripts, the NLLs; the summary
+    mine = [path for path in writes[0] if path.parts[0] != "units_cache"]
+    assert mine == [outputs[0], *wavs, outputs[0], outputs[0], outputs[0], outputs[1]], mine
+    assert all(path.parts[0] == "units_cache" for path in writes[1]) and writes[1]
+    assert written_more_than_once({0: cache}) == []
