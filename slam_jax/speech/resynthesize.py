@@ -22,8 +22,10 @@ import os
 import time
 from pathlib import Path
 
+import jax
 from ml_collections import ConfigDict
 
+from slam_jax import parallel
 from slam_jax.files import write_text
 from slam_jax.progress import track
 from slam_jax.settings import Settings, setting
@@ -79,6 +81,7 @@ def output_names(files: list[str]) -> list[Path]:
 def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
     """Tokenise, vocode and write every file of `resynthesize.data_path`; returns (and saves) the summary."""
     settings = job.resynthesize
+    parallel.maybe_initialize()  # before the vocoder touches JAX: a no-op for one process
     if not settings.data_path:
         raise ValueError("resynthesize.data_path is empty: give an audio folder, list file or glob")
     if not settings.vocoder:
@@ -93,6 +96,7 @@ def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
     if inside:
         raise ValueError(f"resynthesize.out_path={str(out)!r}: holds input audio ({inside[0]}); use another folder")
     names = output_names(files)
+    dedup = job.tokenize.dedup
     vocoder = vocoders.load_vocoder(settings.vocoder, job.tokenize.mfcc)
     if job.tokenize.dedup and not vocoder.predicts_durations:
         raise ValueError(
@@ -102,16 +106,27 @@ def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
     cache = settings.units_cache or Path(workdir) / "units_cache"
     units, failed = audio_units.audio_units(job.tokenize, files, cache, job.seed)
     start = time.perf_counter()
-    lines = []
+    todo = [(str(Path(file).absolute()), name) for file, name in zip(files, names, strict=True)]
+    todo = [(key, name) for key, name in todo if key in units]
+    mine = range(jax.process_index(), len(todo), jax.process_count())  # file i on process i mod P
+    written, error = [], None
     try:
-        for file, name in track(
-            list(zip(files, names, strict=True)), "resynthesize", unit="file", enabled=settings.progress
-        ):
-            key = str(Path(file).absolute())
-            if key in units:
-                lines.append(_resynthesize_file(key, units[key], vocoder, out, name, settings, job.tokenize.dedup))
-    finally:  # the files written so far stay named, whatever stopped the loop
-        write_text(out / LINES, "".join(json.dumps(line) + "\n" for line in lines))
+        for index in track(mine, "resynthesize", unit="file", enabled=settings.progress):
+            key, name = todo[index]
+            try:
+                written.append([index, _resynthesize_file(key, units[key], vocoder, out, name, settings, dedup)])
+            except ValueError as caught:
+                error = [index, str(caught)]
+                break
+    finally:  # the files written so far stay named, whatever stopped the loop (every process gets here)
+        shares = parallel.gather_json([written, error])
+        lines = [line for _, line in sorted((pair for share, _ in shares for pair in share), key=lambda pair: pair[0])]
+        if jax.process_index() == 0:  # every process holds every line; one writes them
+            write_text(out / LINES, "".join(json.dumps(line) + "\n" for line in lines))
+        parallel.barrier("slam_jax: resynthesis lines written")
+    errors = sorted(error for _, error in shares if error is not None)
+    if errors:  # the first file in input order that could not be vocoded, on every process
+        raise ValueError(errors[0][1])
     summary = {
         "data_path": settings.data_path,
         "vocoder": str(Path(settings.vocoder).absolute()),
@@ -123,7 +138,9 @@ def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
         "output_seconds": round(sum(line["output_seconds"] for line in lines), 3),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    if jax.process_index() == 0:
+        write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    parallel.barrier("slam_jax: resynthesis summary written")
     print(
         f"resynthesized {len(lines)} of {len(files)} files ({len(failed)} not tokenised) -> {out}; "
         f"{summary['output_seconds']:.1f} s of audio in {summary['seconds']:.1f} s"
