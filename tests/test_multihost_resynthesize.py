@@ -1,7 +1,8 @@
 """`mode: resynthesize` on two real JAX processes (jax.distributed, gloo) of 4 CPU devices each against one process of
 8 (this one): the same resynthesis.jsonl, summary and wavs (byte for byte); the files dealt out between the processes
 (file i of the tokenised ones vocoded and written by process i mod 2), the lines and summary written once and by
-process 0, the audio tokenised by both hosts through the unit cache, a file that cannot be tokenised skipped."""
+process 0, the audio tokenised by both hosts through the unit cache, a file that cannot be tokenised skipped; a unit
+the vocoder lacks stops both processes with the error one process gives, the lines naming every wav written."""
 
 import json
 from pathlib import Path
@@ -82,3 +83,35 @@ def test_two_hosts_resynthesize_as_one(tmp_path, world):
     cache = [path for paths in writes.values() for path in paths if path.parts[0] == "units_cache"]
     assert written_more_than_once({0: cache}) == [] and cache
     assert all(path.parts[0] in ("units_cache", "resynthesize") for paths in writes.values() for path in paths)
+
+
+def test_a_unit_the_vocoder_lacks_stops_both_hosts_with_one_error(tmp_path, world):
+    centroids = np.load(world["centroids"])
+    smaller = kmeans.save_centroids(tmp_path / "km15.npy", centroids[:-1])  # unit 15 unknown to the vocoder
+    job = {
+        "resynthesize": {"data_path": world["audio"], "vocoder": smaller, "progress": False},
+        "tokenize": {"encoder_path": "mfcc", "kmeans_path": world["centroids"], "shard_size": 2, "progress": False},
+    }
+    config = resynthesize_config.get_config()
+    for section, keys in job.items():
+        config[section].update({key: str(value) if isinstance(value, Path) else value for key, value in keys.items()})
+    with pytest.raises(ValueError) as caught:
+        resynthesize.run(config, tmp_path / "one")
+    message = str(caught.value)
+    assert message.startswith(f"resynthesize.vocoder='{smaller}': {world['audio']}") and "unit ids must be" in message
+
+    args = ["--config", "configs/resynthesize.py", "--workdir", str(tmp_path / "two")]
+    args += [f"--config.{section}.{key}={value}" for section, keys in job.items() for key, value in keys.items()]
+    with pytest.raises(AssertionError) as failed:
+        launch(args, tmp_path / "writes", devices=DEVICES)
+    report = str(failed.value)
+    assert "process 0:" in report and "process 1:" in report and report.count(message) == 2, report
+    writes = writes_by_process(tmp_path / "writes", tmp_path / "two")
+    out = tmp_path / "two" / "resynthesize"
+    lines = [json.loads(line)["wav"] for line in (out / resynthesize.LINES).read_text().splitlines()]
+    assert lines == sorted(path.name for path in out.glob("*.wav"))  # every wav written named, in input order
+    assert [path for path in writes[0] if path.name == resynthesize.LINES] == [
+        Path("resynthesize") / resynthesize.LINES
+    ]
+    assert not any(path.name in (resynthesize.LINES, resynthesize.SUMMARY) for path in writes[1])
+    assert not (out / resynthesize.SUMMARY).exists()
