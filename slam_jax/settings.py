@@ -12,6 +12,7 @@ dataclass and never read a raw config.
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -165,3 +166,20 @@ def _construct(cls: type, values: dict, source: str):
     except TypeError as error:
         raise ValueError(f"{source}: {error}") from None
     return instance
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str, key: str = "train.time_budget") -> float:
+    """Seconds in '23h30m', '90m', '1d2h', '45s' or a plain number of seconds; '' -> 0."""
+    text = str(text).strip().lower()
+    if not text:
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise ValueError(f"{key}={text!r}: use e.g. '23h30m', '90m' or seconds")
+    return sum(float(value) * _SECONDS[unit] for value, unit in parts)

@@ -22,6 +22,8 @@ import re
 import sys
 from pathlib import Path
 
+from slam_jax.settings import parse_duration
+
 # The names the training jobs write (slam_jax/training/manifest.py, checkpoints.py, metrics.py), spelled here rather
 # than imported: importing slam_jax.training loads JAX (1.5 s). tests/test_status.py checks they are the same.
 MANIFEST = "run_manifest.json"
@@ -35,8 +37,6 @@ METRICS = "metrics.jsonl"
 STATES = ("running", "finished", "stopped", "empty")
 EXIT_ERROR = 1  # no such workdir
 EXIT_USAGE = 2  # a bad command line, or a file instead of a folder
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
-_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _HOLDER = re.compile(r"pid (\d+) on (\S+)")
 
 
@@ -149,20 +149,6 @@ def read_workdir(workdir: Path) -> dict:
 
 
 # The summary: pure functions of what the files hold.
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in '23h30m', '90m', '1d2h', '45s' or a plain number of seconds; '' -> 0 (as
-    `slam_jax.training.settings.parse_duration` reads `train.time_budget`)."""
-    text = str(text).strip().lower()
-    if not text:
-        return 0.0
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = _DURATION.findall(text)
-    if not parts or _DURATION.sub("", text).strip():
-        raise ValueError(f"train.time_budget={text!r} is not a duration")
-    return sum(float(value) * _SECONDS[unit] for value, unit in parts)
 
 
 def holder(text: str | None) -> str | None:

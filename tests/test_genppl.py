@@ -33,8 +33,13 @@ ASR_MAX_NEW_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """The benchmark folder, the tokeniser (also the vocoder), and the speech LM, Whisper and Llama, converted."""
-    root = tmp_path_factory.mktemp("genppl")
+    return build_models(tmp_path_factory.mktemp("genppl"))
+
+
+def build_models(root: Path) -> dict[str, Path]:
+    """The benchmark folder (three sentences spoken forwards and backwards: 6 prompts, and one 0.5 s file twice,
+    under the prompt length), the MFCC tokeniser fitted on them (also the vocoder), and the speech LM, Whisper and
+    Llama, converted, under `root`."""
     bench = root / "sSC"
     bench.mkdir()
     for index, sentence in enumerate(SENTENCES[:3]):

@@ -13,19 +13,12 @@ import jax
 import numpy as np
 import pytest
 import soundfile
-import transformers
-import whisper_fixtures
-from conftest import random_hf_model
 from multihost import launch, writes_by_process, written_more_than_once
-from speech_fixtures import ESPEAK_RATE, SENTENCES, synthesize
-from text_lm_fixtures import random_llama, save_word_tokenizer
+from test_genppl import build_models
 
 from configs import genppl as genppl_config
-from configs import tokenize_mfcc
-from conversion import hf_to_flax, whisper_to_flax
 from slam_jax.evaluation import pair_metrics
 from slam_jax.files import read_jsonl
-from slam_jax.speech import tokenize
 
 NUM_UNITS = 20
 DEVICES = 4  # per process of the two; this process has 8 (tests/conftest.py): the same total
@@ -34,40 +27,8 @@ TIMING = ("seconds", "seconds_per_sample", "stage_seconds")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Three sentences spoken forwards and backwards (6 prompts of 1 s) and one 0.5 s file twice (skipped); the
-    MFCC tokeniser fitted on them (also the vocoder); the speech LM, Whisper and Llama, converted."""
-    root = tmp_path_factory.mktemp("genppl")
-    bench = root / "prompts"
-    bench.mkdir()
-    for index, sentence in enumerate(SENTENCES[:3]):
-        wave = synthesize(sentence).astype(np.float32) / 32768
-        soundfile.write(bench / f"{index}_correct.wav", wave, ESPEAK_RATE)
-        soundfile.write(bench / f"{index}_incorrect.wav", wave[::-1].copy(), ESPEAK_RATE)
-    short = synthesize(SENTENCES[3]).astype(np.float32)[: ESPEAK_RATE // 2] / 32768
-    soundfile.write(bench / "3_correct.wav", short, ESPEAK_RATE)
-    soundfile.write(bench / "3_incorrect.wav", short, ESPEAK_RATE)
-
-    config = tokenize_mfcc.get_config()
-    config.tokenize.data_path, config.tokenize.out_path = str(bench), str(root / "units")
-    config.tokenize.fit_units, config.tokenize.progress = NUM_UNITS, False
-    tokenize.run(config, root)
-
-    random_hf_model(vocab_size=NUM_UNITS + 2).save_pretrained(root / "speech_hf")
-    hf_to_flax.convert(str(root / "speech_hf"), root / "speech_lm")
-
-    made = whisper_fixtures.tokenizer()
-    whisper = transformers.WhisperForConditionalGeneration(whisper_fixtures.whisper_config(made)).eval()
-    whisper_fixtures.randomise(whisper, seed=0, scale=0.3)
-    generation = whisper_fixtures.generation_config(made, suppress_tokens=[])
-    whisper_fixtures.save_checkpoint(root / "whisper_hf", whisper, made, generation)
-    assert whisper_to_flax.main(["--model", str(root / "whisper_hf"), "--out", str(root / "whisper")]) == 0
-
-    random_llama("llama3_tied").save_pretrained(root / "llama_hf")
-    save_word_tokenizer(root / "llama_hf")
-    assert hf_to_flax.main(["--model", str(root / "llama_hf"), "--out", str(root / "llama")]) == 0
-    return {"bench": bench, "units": root / "units", "speech_lm": root / "speech_lm"} | {
-        name: root / name for name in ("whisper", "llama")
-    }
+    """test_genppl's tiny models and prompts (6 prompts of 1 s, one 0.5 s file twice: skipped)."""
+    return build_models(tmp_path_factory.mktemp("genppl"))
 
 
 def values(models: dict[str, Path]) -> dict[str, dict]:

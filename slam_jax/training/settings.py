@@ -6,33 +6,17 @@ out-of-range value is one line naming `config.<section>.<key>` before any device
 """
 
 import dataclasses
-import re
 
 from slam_jax import progress
 from slam_jax.data.stores import DataSettings
 from slam_jax.models import config as model_config
-from slam_jax.settings import Settings, setting
+from slam_jax.settings import Settings, parse_duration, setting
 
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 MU_DTYPES = ("float32", "bfloat16")
 REFERENCES = ("precomputed", "frozen")
 LOSS_TYPES = ("sigmoid", "ipo")
 BAD_ROWS = ("error", "skip")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
-_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(text: str, key: str = "train.time_budget") -> float:
-    """Seconds in '23h30m', '90m', '1d2h', '45s' or a plain number of seconds; '' -> 0."""
-    text = str(text).strip().lower()
-    if not text:
-        return 0.0
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = _DURATION.findall(text)
-    if not parts or _DURATION.sub("", text).strip():
-        raise ValueError(f"{key}={text!r}: use e.g. '23h30m', '90m' or seconds")
-    return sum(float(value) * _SECONDS[unit] for value, unit in parts)
 
 
 @dataclasses.dataclass(frozen=True)
