@@ -321,12 +321,7 @@ def last_committed(argv: list[str]) -> str:
     if workdir is None:
         config = _flag_value(argv, "--config") or "config"
         workdir = str(Path("workdir") / Path(config.split(":", 1)[0]).stem)
-    steps = checkpoints.committed_steps(Path(workdir) / "checkpoints")
-    return (
-        f"the last committed checkpoint is step {steps[-1]} in {workdir}/checkpoints"
-        if steps
-        else ("no checkpoint committed yet")
-    )
+    return checkpoints.last_committed(Path(workdir) / "checkpoints")
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

@@ -308,7 +308,7 @@ class HostWatchdog:
                     self.lose(peer, now - since, "no heartbeat")
                     return
 
-    def lose(self, peer: int, silent: float | None, why: str) -> None:
+    def lose(self, peer: int, silent: float, why: str) -> None:
         """Print the line naming the lost process `peer` and the last committed checkpoint; exit EXIT_HOST_LOST."""
         self._lost.set()
         try:
@@ -316,9 +316,8 @@ class HostWatchdog:
         except Exception:  # noqa: BLE001 - the line must come out whatever the checkpoint folder holds
             where = "the last committed checkpoint is unknown"
         print(  # on a line of its own, after whatever progress bar this process drew
-            f"\n[{self.job}] error: lost process {peer} of {jax.process_count()} ({why}"
-            f"{'' if silent is None else f' for {silent:.0f} s'}; this is process {jax.process_index()}); {where}; "
-            "re-run the same command on every host to resume",
+            f"\n[{self.job}] error: lost process {peer} of {jax.process_count()} ({why} for {silent:.0f} s; this is "
+            f"process {jax.process_index()}); {where}; re-run the same command on every host to resume",
             file=sys.stderr,
             flush=True,
         )

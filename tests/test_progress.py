@@ -6,7 +6,6 @@ import pty
 import re
 import struct
 import subprocess
-import sys
 import termios
 import threading
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from test_pretrain import command
 
 from configs import tokenize as tokenize_config
 from slam_jax import progress
@@ -50,17 +50,7 @@ def quiet_environment(**extra) -> dict[str, str]:
 
 
 def train_command(workdir: Path) -> list[str]:
-    args = [f"--config.{key}={value}" for key, value in TINY.items()]
-    return [
-        sys.executable,
-        "-m",
-        "slam_jax.main",
-        "--config",
-        "configs/pretrain_synthetic.py",
-        "--workdir",
-        str(workdir),
-        *args,
-    ]
+    return command(workdir, **TINY)
 
 
 def test_a_plain_line_has_the_count_percentage_figures_elapsed_and_eta():

@@ -8,7 +8,6 @@ unchanged byte for byte.
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_pretrain import ROOT, tiny_config
+from test_trust_checkpoints import copy_of
 
 from configs import status as status_config
 from slam_jax import modes, status
@@ -32,12 +32,6 @@ def trained(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("trained")
     loop.run(tiny_config(**RUN), workdir)
     return workdir
-
-
-def copy_of(workdir: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(workdir, target)
-    return target
 
 
 def rows(workdir: Path, key: str) -> list[dict]:

@@ -224,10 +224,8 @@ def train_dataset(
     this process gets the rows numbered `rows` (default all), from global data position `start`, built by
     `threads` reader threads."""
     sources = chunk_sources(store_dirs, context_length)
-    order = ChunkOrder(sources, seed, weights)
-    lengths = np.concatenate([source.lengths for source in sources])
-    build = RowBuilder(sources, order, context_length, packing)
-    planner = _Planner(order, lengths, rows_per_batch, context_length, packing)
+    planner = _Planner.over(sources, ChunkOrder(sources, seed, weights), rows_per_batch, context_length, packing)
+    build = RowBuilder(sources, planner.order, context_length, packing)
     return GlobalBatches(planner, build, rows, start, threads)
 
 
@@ -239,6 +237,12 @@ class _Planner:
     context_length: int
     packing: bool
 
+    @classmethod
+    def over(cls, sources, order: ChunkOrder, rows: int, context_length: int, packing: bool) -> "_Planner":
+        """The planner of `rows`-row batches over `sources` in `order` (chunk lengths from the stores' metadata)."""
+        lengths = np.concatenate([source.lengths for source in sources])
+        return cls(order, lengths, rows, context_length, packing)
+
     def __call__(self, position: int) -> tuple[list[list[int]], int]:
         return pack_rows(self.order, self.lengths, position, self.rows, self.context_length, self.packing)
 
@@ -247,13 +251,7 @@ def position_after(store_dirs, weights, context_length, rows_per_batch, seed, pa
     """The data position after `steps` batches from the start (plans only, no tokens read): where a checkpoint
     that predates saved data positions resumes."""
     sources = chunk_sources(store_dirs, context_length)
-    planner = _Planner(
-        ChunkOrder(sources, seed, weights),
-        np.concatenate([source.lengths for source in sources]),
-        rows_per_batch,
-        context_length,
-        packing,
-    )
+    planner = _Planner.over(sources, ChunkOrder(sources, seed, weights), rows_per_batch, context_length, packing)
     position = 0
     for _ in range(steps):
         position = planner(position)[1]
@@ -270,10 +268,11 @@ def eval_dataset(
     """One ordered pass over every chunk of the validation stores in global batches of `rows_per_batch` rows (the
     last padded with empty rows); the same number of batches on every process, each yielding its `rows`."""
     sources = chunk_sources(store_dirs, context_length)
-    order = ChunkOrder(sources, seed=0, shuffle=False)
-    lengths = np.concatenate([source.lengths for source in sources])
-    build = RowBuilder(sources, order, context_length, packing)
+    planner = _Planner.over(
+        sources, ChunkOrder(sources, seed=0, shuffle=False), rows_per_batch, context_length, packing
+    )
+    build = RowBuilder(sources, planner.order, context_length, packing)
     position = 0
-    while order[position] is not None:
-        plan, position = pack_rows(order, lengths, position, rows_per_batch, context_length, packing)
+    while planner.order[position] is not None:
+        plan, position = planner(position)
         yield build(plan if rows is None else [plan[index] for index in rows])

@@ -131,6 +131,15 @@ class Checkpointer:
         self.manager.close()
 
 
+def last_committed(directory: Path) -> str:
+    """The sentence naming the newest committed checkpoint of `directory` (read from its listing alone: safe from
+    any thread, and without a manager)."""
+    steps = committed_steps(directory)
+    return (
+        f"the last committed checkpoint is step {steps[-1]} in {directory}" if steps else "no checkpoint committed yet"
+    )
+
+
 def committed_steps(directory: Path) -> list[int]:
     """The steps committed in `directory`, oldest first, from its listing alone (an unfinished save is a temporary
     folder Orbax renames only when every item is written)."""

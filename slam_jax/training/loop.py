@@ -476,11 +476,8 @@ class Trainer:
         )
 
     def last_committed(self) -> str:
-        """The newest checkpoint committed on disk (read from the folder: safe from the watchdog's thread)."""
-        steps = checkpoints.committed_steps(self.checkpointer.directory)
-        return f"the last committed checkpoint is {f'step {steps[-1]}' if steps else 'none'}" + (
-            f" in {self.checkpointer.directory}" if steps else ""
-        )
+        """The newest checkpoint committed on disk (what the watchdog's line names, from its thread)."""
+        return checkpoints.last_committed(self.checkpointer.directory)
 
     def save(self, step: int, state: TrainState, iterator, clock: "Clock", schedule: "Schedule") -> None:
         """Save `step` once its model gives a finite loss (a usable state, not only finite numbers)."""
