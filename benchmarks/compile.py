@@ -48,7 +48,8 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
+
+from slam_jax.paths import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Only compiling: let several such processes (a test beside a report, say) load libtpu at once; without this

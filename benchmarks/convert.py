@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from benchmarks import common
+from slam_jax.paths import Path
 
 TARGET_SECONDS = 30.0
 TARGET_RSS_RATIO = 2.5

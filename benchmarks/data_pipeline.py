@@ -16,12 +16,12 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks import common
 from slam_jax.data import ingest, pipeline, synthetic
+from slam_jax.paths import Path
 
 ROWS, LENGTH = 8, 1024
 NUM_UNITS = 500

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from benchmarks import common
+from slam_jax.paths import Path
 
 TARGET_SECONDS = 600.0
 

@@ -21,7 +21,6 @@ import contextlib
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import soundfile
 import torch
@@ -36,6 +35,7 @@ from slam_jax.evaluation import pair_metrics
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2, storage
 from slam_jax.models import vocoder as vocoder_model
+from slam_jax.paths import Path
 from slam_jax.speech import tokenize, tts
 from tests import text_lm_fixtures, whisper_fixtures
 

@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 from unittest import mock
 
 import jax
@@ -49,6 +48,7 @@ from benchmarks import common
 from configs import slam as slam_config
 from slam_jax.models import attention, precision, qwen2
 from slam_jax.models import config as model_config
+from slam_jax.paths import Path
 from slam_jax.training import metrics
 from slam_jax.training.settings import TrainSettings
 

@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -42,6 +41,7 @@ from benchmarks import common
 from configs import tokenize as tokenize_config
 from conversion import hubert_to_flax
 from slam_jax.models import hubert
+from slam_jax.paths import Path
 from slam_jax.speech import encoder as unit_encoder
 from slam_jax.speech import tokenize
 from slam_jax.speech.tokenize import conv_chunk_frames, micro_batch

@@ -19,7 +19,8 @@ import collections
 import gzip
 import json
 import re
-from pathlib import Path
+
+from slam_jax.paths import Path
 
 CATEGORIES = (  # first match wins; names are lowercased
     ("attention", re.compile(r"mha|sdpa|flash|splash|attention|cudnn")),

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -35,6 +34,7 @@ from transformers.models.whisper.configuration_whisper import NON_SPEECH_TOKENS_
 from benchmarks import common
 from conversion import whisper_to_flax
 from slam_jax.models import whisper
+from slam_jax.paths import Path
 from slam_jax.speech import asr, tts, whisper_features
 from tests import whisper_fixtures
 

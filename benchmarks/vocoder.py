@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -41,6 +40,7 @@ from torch.nn.utils import weight_norm
 import slam_jax
 from benchmarks import common
 from conversion import vocoder_to_flax
+from slam_jax.paths import Path
 
 ARCHITECTURE = {
     "resblock": "1",

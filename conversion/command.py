@@ -10,10 +10,10 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from conversion.safetensors_io import CheckpointError
 from slam_jax.files import refuse_overlap
+from slam_jax.paths import Path
 
 ERRORS = (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError)
 

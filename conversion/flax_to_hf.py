@@ -12,7 +12,6 @@ recipe's with a note. Written atomically, never over, inside or around the check
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ from conversion import command, qwen2_hf
 from conversion.safetensors_io import save_checkpoint
 from slam_jax.files import atomic_dir
 from slam_jax.models import storage
+from slam_jax.paths import Path
 
 FORMATS = ("hf", "slamkit")
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")

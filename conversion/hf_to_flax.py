@@ -17,7 +17,6 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from slam_jax import tokens
 from slam_jax.files import atomic_dir, refuse_overlap
 from slam_jax.models import storage
 from slam_jax.models.config import ModelConfig
+from slam_jax.paths import Path
 
 TWIST_INITS = ("copy_first", "mean", "random")
 SLAM_ROPE_THETA = 10_000.0

@@ -11,7 +11,6 @@ stripped.
 """
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from conversion import command
 from conversion.qwen2_hf import read_config_json
 from conversion.safetensors_io import CheckpointError, CheckpointReader
 from slam_jax.models import hubert
+from slam_jax.paths import Path
 
 HEAD_PREFIX = "hubert."
 POS_CONV = "encoder.pos_conv_embed.conv."

@@ -11,13 +11,13 @@ ever reads that `.npy`, with pickles disabled.
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from conversion import command
 from slam_jax.files import refuse_overlap
 from slam_jax.models import kmeans
+from slam_jax.paths import Path
 
 PICKLE_REFUSAL = (
     "a scikit-learn .bin is a pickle, and loading a pickle runs code from the file; "

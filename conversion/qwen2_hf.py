@@ -10,7 +10,6 @@ config nested as `base_config`.
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from conversion.safetensors_io import CheckpointError
 from slam_jax import tokens
 from slam_jax.models.config import ModelConfig
+from slam_jax.paths import Path
 
 SLAMKIT_MODEL_TYPE = "speech_language_model"
 SLAMKIT_PREFIX = "lm."

@@ -10,10 +10,11 @@ import math
 import mmap
 import os
 import struct
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+from slam_jax.paths import Path
 
 DTYPES = {
     "F64": np.dtype(np.float64),

@@ -20,7 +20,6 @@ import json
 import pickle
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from conversion import command
 from conversion.safetensors_io import CheckpointError
 from slam_jax.models import vocoder
+from slam_jax.paths import Path
 
 # The reference's defaults for keys a config may leave out (textlesslib's CodeGenerator and CodeHiFiGANVocoder).
 DEFAULT_MODEL_IN_DIM = 80

@@ -12,7 +12,6 @@ the token embedding (a stored `proj_out.weight` must equal it), and any other te
 
 import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from conversion.qwen2_hf import read_config_json
 from conversion.safetensors_io import CheckpointError, CheckpointReader
 from slam_jax.files import atomic_dir, refuse_overlap
 from slam_jax.models import weights, whisper
+from slam_jax.paths import Path
 from slam_jax.speech import asr
 
 MODEL_TYPE = "whisper"

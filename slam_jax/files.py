@@ -10,9 +10,9 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from slam_jax.errors import DataError
+from slam_jax.paths import Path
 
 RECORD_SUFFIXES = (".jsonl", ".parquet")
 

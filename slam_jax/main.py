@@ -21,13 +21,13 @@ import sys
 import sysconfig
 import threading
 import traceback
-from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from slam_jax import modes, parallel, progress
 from slam_jax.errors import USER_ERRORS
+from slam_jax.paths import Path
 
 EXIT_ERROR = 1  # a failure the user can cause
 EXIT_USAGE = 2  # a bad command line

@@ -10,11 +10,11 @@ ones before it (e.g. `{workdir}/pretrain`). A `dpo` stage with no `model.init_fr
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 from ml_collections import ConfigDict
 
 from slam_jax import modes
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 
 DONE = "stage_done.json"

@@ -8,7 +8,6 @@ speech LM through the slamkit format. Every step prints what it did; any mismatc
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -19,6 +18,7 @@ from slam_jax import tokens
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2, storage
 from slam_jax.models.speech_lm import load_model
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 
 _TOLERANCE = 1e-5

@@ -15,8 +15,9 @@ import json
 import re
 import types
 import typing
-from pathlib import Path
 from typing import Any, Self
+
+from slam_jax.paths import Path
 
 
 def setting(

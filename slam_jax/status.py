@@ -20,8 +20,8 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
+from slam_jax.paths import Path
 from slam_jax.settings import parse_duration
 
 # The names the training jobs write (slam_jax/training/manifest.py, checkpoints.py, metrics.py), spelled here rather

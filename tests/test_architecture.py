@@ -13,14 +13,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "slam_jax"
-BASE = {"errors", "tokens", "files", "parallel", "settings", "progress"}
+BASE = {"errors", "tokens", "paths", "files", "parallel", "settings", "progress"}
 ENTRY = {"main", "modes", "pipeline", "selfcheck", "status", "demo", "__init__"}
 ALLOWED = {
     "errors": set(),
     "tokens": set(),
-    "files": {"errors"},
-    "parallel": set(),
-    "settings": {"errors"},
+    "paths": set(),
+    "files": {"errors", "paths"},
+    "parallel": {"paths"},
+    "settings": {"errors", "paths"},
     "progress": set(),
     "data": BASE,
     "models": BASE,

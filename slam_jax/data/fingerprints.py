@@ -8,7 +8,8 @@ to prepare them again; the run manifest (`slam_jax/training/manifest.py`) compar
 
 import hashlib
 import json
-from pathlib import Path
+
+from slam_jax.paths import Path
 
 HASHED_BYTES = 1 << 20
 

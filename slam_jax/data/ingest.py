@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from slam_jax.data import fingerprints
 from slam_jax.data.unit_store import UnitStoreWriter
 from slam_jax.errors import DataError
 from slam_jax.files import atomic_dir, expand_paths, read_records
+from slam_jax.paths import Path
 
 _UNIT = re.compile(r"<Un(\d+)>")
 SUMMARY = "prepare_summary.json"

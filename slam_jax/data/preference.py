@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grain
 import numpy as np
@@ -23,6 +22,7 @@ from slam_jax.data.ingest import parse_units
 from slam_jax.data.pipeline import GlobalBatches
 from slam_jax.errors import DataError
 from slam_jax.files import atomic_dir, expand_paths, read_records
+from slam_jax.paths import Path
 
 FIELDS = ("prompt", "chosen", "rejected")
 MANIFEST = "preference_manifest.json"

@@ -11,12 +11,12 @@ rule); without it, `data.valid_fraction` of each raw entry is.
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 
 from slam_jax.data import fingerprints, ingest, synthetic
 from slam_jax.data.unit_store import MANIFEST, UnitStore, is_store
 from slam_jax.errors import DataError
 from slam_jax.files import expand_paths
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 
 SYNTHETIC = "synthetic"

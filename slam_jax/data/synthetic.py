@@ -7,9 +7,10 @@ log(num_units), so "the loss goes down" is a meaningful check.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
+
+from slam_jax.paths import Path
 
 _CATEGORIES = {"det": 4, "adj": 12, "noun": 30, "verb": 20, "end": 1}
 

@@ -9,9 +9,10 @@ A store is written once, atomically (see `slam_jax.files.atomic_dir`).
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
+
+from slam_jax.paths import Path
 
 FORMAT = "slam_jax.unit_store"
 MANIFEST = "manifest.json"

@@ -11,10 +11,11 @@ import dataclasses
 import json
 import math
 import platform
-from pathlib import Path
 
 import jax
 import matplotlib
+
+from slam_jax.paths import Path
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402

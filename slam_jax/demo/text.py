@@ -13,12 +13,12 @@ benchmark story never repeats a training story's text.
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 from ml_collections import ConfigDict
 
 from slam_jax.files import write_text
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 
 NAMES = ("Tom", "Lily", "Max", "Anna", "Ben", "Mia", "Sam", "Lucy", "Jack", "Emma")

@@ -26,7 +26,6 @@ prompt into its wavs, and process 0 alone writes generations.jsonl and summary.j
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +41,7 @@ from slam_jax.files import read_records, write_text
 from slam_jax.models import config as model_config
 from slam_jax.models import sampling, storage
 from slam_jax.models.speech_lm import SpeechLM, load_model
+from slam_jax.paths import Path
 from slam_jax.progress import track
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units, vocoders

@@ -29,7 +29,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -43,6 +42,7 @@ from slam_jax.evaluation.text_lm import load_text_lm
 from slam_jax.files import write_text
 from slam_jax.models import sampling
 from slam_jax.models.speech_lm import SpeechLM
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units, vocoders
 from slam_jax.speech.asr import load_asr

@@ -17,7 +17,6 @@ as one process with as many local devices), and process 0 alone writes the files
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -32,6 +31,7 @@ from slam_jax.files import write_text
 from slam_jax.models import config as model_config
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import load_model
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio_units
 from slam_jax.speech.tokenize import TokenizeSettings

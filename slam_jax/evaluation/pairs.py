@@ -20,9 +20,9 @@ import dataclasses
 import json
 import re
 from collections import defaultdict
-from pathlib import Path
 
 from slam_jax.errors import DataError
+from slam_jax.paths import Path
 from slam_jax.speech import audio
 
 SALMON_PARTS = (

@@ -14,7 +14,6 @@ the parameters replicated. A text's score does not depend on the batch it ran in
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from flax import nnx
 from slam_jax import parallel
 from slam_jax.models import qwen2, weights
 from slam_jax.models.speech_lm import next_token_log_probs
+from slam_jax.paths import Path
 
 SHORTEST_BUCKET = 16
 # any of these marks a folder holding a transformers tokenizer (the conversion copies the text model's)

@@ -14,7 +14,6 @@ accumulation, and norms, softmax and the residual stream stay float32.
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax.models import weights
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 
 CONFIG_FILE = "encoder_config.json"

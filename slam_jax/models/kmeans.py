@@ -9,11 +9,12 @@ iterations, every step jitted; features are processed in chunks so memory stays 
 import functools
 import math
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from slam_jax.paths import Path
 
 _CHUNK = 16_384
 _PRECISION = jax.lax.Precision.HIGHEST

@@ -2,7 +2,6 @@
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ from flax import nnx
 from slam_jax import tokens
 from slam_jax.models import qwen2, sampling, storage, weights
 from slam_jax.models.config import ModelConfig
+from slam_jax.paths import Path
 
 _LENGTH_BUCKET = 32
 

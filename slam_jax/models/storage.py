@@ -5,11 +5,11 @@ model family; this module names the Qwen2 files and finds the model inside a tra
 """
 
 import json
-from pathlib import Path
 from typing import Any
 
 from slam_jax.models import qwen2, weights
 from slam_jax.models.config import ModelConfig
+from slam_jax.paths import Path
 
 CONFIG_FILE = qwen2.FAMILY.config_file
 CONFIG_ITEM = qwen2.FAMILY.config_item  # the same JSON as an Orbax checkpoint item (training checkpoints)

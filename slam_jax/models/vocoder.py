@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,6 +34,7 @@ from flax import nnx
 
 from slam_jax import parallel
 from slam_jax.models import hubert, weights
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 
 CONFIG_FILE = "vocoder_config.json"

@@ -14,7 +14,6 @@ model behind.
 import dataclasses
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +23,7 @@ from flax import nnx
 
 from slam_jax import parallel
 from slam_jax.files import atomic_dir
+from slam_jax.paths import Path
 from slam_jax.settings import Settings
 
 PARAMS_DIR = "params"

@@ -19,7 +19,6 @@ dots read without copying. `greedy_decode` is the whole greedy search, to run in
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax.models import hubert, precision, sampling, weights
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 
 CONFIG_FILE = "whisper_config.json"

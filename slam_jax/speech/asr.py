@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ from flax import nnx
 
 from slam_jax import parallel
 from slam_jax.models import weights, whisper
+from slam_jax.paths import Path
 from slam_jax.speech import tts, whisper_features
 from slam_jax.speech.audio import SAMPLE_RATE
 

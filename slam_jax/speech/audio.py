@@ -11,11 +11,12 @@ centre, so the stitched frames are one per frame period of the whole file, as in
 
 import dataclasses
 import glob
-from pathlib import Path
 
 import numpy as np
 import soundfile
 import soxr
+
+from slam_jax.paths import Path
 
 SAMPLE_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")

@@ -8,12 +8,12 @@ A file whose content changes under the same path keeps its cached units: delete 
 
 import hashlib
 import json
-from pathlib import Path
 
 import jax
 
 from slam_jax import parallel
 from slam_jax.files import read_jsonl, write_text
+from slam_jax.paths import Path
 from slam_jax.speech import tokenize
 from slam_jax.speech.tokenize import TokenizeJob, TokenizeSettings
 

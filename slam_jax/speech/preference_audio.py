@@ -10,10 +10,10 @@ row there (an error naming the user's file:line, or a counted skip).
 
 import hashlib
 import json
-from pathlib import Path
 
 from slam_jax.data.preference import AUDIO_ERROR, ORIGIN
 from slam_jax.files import expand_paths, read_records, write_text
+from slam_jax.paths import Path
 from slam_jax.speech.audio_units import audio_units
 from slam_jax.speech.tokenize import TokenizeSettings
 

@@ -20,13 +20,13 @@ import dataclasses
 import json
 import os
 import time
-from pathlib import Path
 
 import jax
 from ml_collections import ConfigDict
 
 from slam_jax import parallel
 from slam_jax.files import write_text
+from slam_jax.paths import Path
 from slam_jax.progress import track
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units, vocoders

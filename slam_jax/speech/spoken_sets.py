@@ -18,13 +18,13 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from ml_collections import ConfigDict
 
 from slam_jax.data.preference import filter_score
 from slam_jax.errors import DataError
 from slam_jax.files import read_records, write_text
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import tokenize, tts
 from slam_jax.speech.tokenize import TokenizeJob, TokenizeSettings

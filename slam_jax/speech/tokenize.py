@@ -32,7 +32,6 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -43,6 +42,7 @@ from slam_jax.data import ingest
 from slam_jax.errors import DataError
 from slam_jax.files import write_text
 from slam_jax.models import hubert, kmeans
+from slam_jax.paths import Path
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, units
 from slam_jax.speech import encoder as unit_encoder

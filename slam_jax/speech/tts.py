@@ -36,7 +36,6 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import espeakng_loader
@@ -46,6 +45,7 @@ import soxr
 
 from slam_jax.errors import DataError
 from slam_jax.files import read_records, write_text
+from slam_jax.paths import Path
 from slam_jax.progress import Progress
 from slam_jax.speech.audio import SAMPLE_RATE
 

@@ -22,13 +22,13 @@ the tokeniser folder's own `features.jsonl` (rounded, at least one frame): the i
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import soundfile
 
 from slam_jax.models import kmeans
 from slam_jax.models import vocoder as neural
+from slam_jax.paths import Path
 from slam_jax.speech import audio, tokenize
 from slam_jax.speech import features as spectral
 from slam_jax.speech.tokenize import MfccSettings

@@ -18,7 +18,6 @@ WORKDIR/rejected_checkpoints/, so nothing is deleted and the older checkpoints b
 import json
 import re
 import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import orbax.checkpoint as ocp
 from slam_jax import files
 from slam_jax.models.config import ModelConfig
 from slam_jax.models.storage import CONFIG_ITEM, PARAMS_DIR
+from slam_jax.paths import Path
 from slam_jax.training.step import TrainState
 
 _ITEMS = (PARAMS_DIR, "opt_state", "meta", CONFIG_ITEM)

@@ -10,7 +10,6 @@ memory), or computed in the step from a frozen copy (`dpo.reference = "frozen"`)
 import dataclasses
 import functools
 import hashlib
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ from slam_jax.data import fingerprints, pipeline, preference
 from slam_jax.files import expand_paths
 from slam_jax.models import storage
 from slam_jax.models.speech_lm import next_token_log_probs
+from slam_jax.paths import Path
 from slam_jax.speech import preference_audio
 from slam_jax.speech.tokenize import TokenizeSettings
 from slam_jax.training import loop, metrics

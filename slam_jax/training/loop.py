@@ -13,7 +13,6 @@ import math
 import signal
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ from slam_jax.errors import TrainingError
 from slam_jax.models import attention, qwen2, storage
 from slam_jax.models import config as model_config
 from slam_jax.models.config import ModelConfig
+from slam_jax.paths import Path
 from slam_jax.training import checkpoints, manifest, metrics, optimizer
 from slam_jax.training.settings import ModelSettings, PretrainJob, TrainSettings
 from slam_jax.training.step import TrainState, init_state, jit_eval_step, jit_train_step, train_state_shardings

@@ -17,12 +17,12 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from slam_jax import files
 from slam_jax.data import stores
 from slam_jax.errors import TrainingError
 from slam_jax.models.config import ModelConfig
+from slam_jax.paths import Path
 from slam_jax.training.settings import PretrainJob
 
 MANIFEST = "run_manifest.json"

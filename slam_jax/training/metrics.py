@@ -2,12 +2,12 @@
 
 import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from slam_jax.models.config import ModelConfig
+from slam_jax.paths import Path
 
 # Dense bf16 peak FLOP/s per device by `device_kind` prefix (vendor figures).
 PEAK_FLOPS = {

@@ -1,0 +1,311 @@
+"""One path type for local files and cloud buckets: `gs://bucket/...` (Google Cloud Storage) and `s3://bucket/...`.
+
+Every path a user gives (workdirs, data, models, outputs) becomes a `Path` through `path()`: an `etils.epath`
+path, which is a `pathlib` path for local files and an fsspec one (gcsfs, s3fs) for buckets, with the same methods
+(`/`, `exists`, `iterdir`, `glob`, `open`, `read_text`, `write_text`, `mkdir`, `rmtree`, ...). Orbax and
+TensorStore read and write arrays on buckets themselves.
+
+What a bucket cannot do, and what the package does instead:
+- **No rename, no append.** One object upload is atomic (the object appears complete or not at all), so a single
+  file is written in one upload (`files.write_text`). A folder output is made in a local staging folder and
+  uploaded by `upload_dir`, its top-level `.json` files last: on a bucket a folder is complete once its top-level
+  index (`manifest.json`, `model_config.json`, `config.json`, ...) exists. Logs that grow (`metrics.jsonl`,
+  TensorBoard) are written to a local mirror and uploaded whole (`Mirror`).
+- **No memory map, no library that wants a file name.** Readers that need a local file (audio decoders, HF
+  tokenisers, safetensors) get one from `local_copy`: files are downloaded once into the cache
+  (`SLAM_JAX_CACHE`, default `~/.cache/slam_jax`, at most `SLAM_JAX_CACHE_GB` GiB, default 20, least recently used
+  entries removed first) and reused while the object's size and modification time are unchanged. Unit stores
+  are not copied: they are read by byte ranges (`slam_jax.data.unit_store`).
+
+Failures are one line naming the object (`error_line`): no such bucket, no credentials, permission denied, a
+network error after the client libraries' own retries with backoff (gcsfs: 6 attempts; s3fs/botocore: 5).
+
+Credentials are the libraries' usual ones (Application Default Credentials or a service account for gs://;
+the AWS environment variables or ~/.aws for s3://). `STORAGE_EMULATOR_HOST` (gcsfs) and `TENSORSTORE_GCS_HTTP_URL`
+(TensorStore) point both at a local GCS emulator; `AWS_ENDPOINT_URL` at an S3-compatible server.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Iterable
+
+os.environ.setdefault("EPATH_USE_TF", "false")  # fsspec (gcsfs, s3fs) for buckets, whether or not TF is installed
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+    # gcsfs's probe of a bucket's type is a gRPC call an emulator does not answer (it waits 60 s per bucket)
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+from etils import epath  # noqa: E402 - after the environment it reads
+
+SCHEMES = ("gs://", "s3://")
+
+
+class _PathType(type):
+    """`Path(...)` makes a path (see `path`); `isinstance(x, Path)` holds for local and bucket paths alike."""
+
+    def __call__(cls, value: "str | os.PathLike", *parts: "str | os.PathLike"):
+        made = path(value)
+        return made.joinpath(*parts) if parts else made
+
+    def __instancecheck__(cls, instance) -> bool:
+        return isinstance(instance, pathlib.PurePath)
+
+
+class Path(metaclass=_PathType):
+    """The package's path type: `Path("runs/a")` is a `pathlib.Path`, `Path("gs://bucket/a")` an `etils.epath`
+    path of the bucket (the same methods; `stat` differs, use `size_and_mtime`)."""
+
+    cwd = staticmethod(pathlib.Path.cwd)
+    home = staticmethod(pathlib.Path.home)
+
+
+CACHE_VARIABLE = "SLAM_JAX_CACHE"
+CACHE_LIMIT_VARIABLE = "SLAM_JAX_CACHE_GB"
+
+
+def path(value: "str | os.PathLike") -> "Path":
+    """The one path type for `value`: a local `pathlib.Path` or a bucket URL (gs://, s3://) as an epath path."""
+    text = value if isinstance(value, str) else os.fspath(value)
+    for scheme in SCHEMES:
+        collapsed = scheme[:-1]  # what pathlib makes of a URL: 'gs:/bucket/...'
+        if text.startswith(collapsed) and not text.startswith(scheme):
+            raise ValueError(f"{text}: a bucket path starts with {scheme} (two slashes)")
+    if is_remote(text):
+        return epath.Path(text)
+    return pathlib.Path(text)
+
+
+def is_remote(value: "str | os.PathLike") -> bool:
+    """Whether `value` names an object in a bucket (gs:// or s3://) rather than a local file."""
+    return str(value).startswith(SCHEMES)
+
+
+def local(value: "str | os.PathLike", what: str = "this path") -> pathlib.Path:
+    """`value` as a `pathlib.Path`; a bucket URL is a `ValueError` naming `what` needs a local file."""
+    if is_remote(value):
+        raise ValueError(f"{value}: {what} must be on a local disk, not in a bucket")
+    return pathlib.Path(os.fspath(value)).expanduser()
+
+
+def size_and_mtime(value: "str | os.PathLike") -> tuple[int, float]:
+    """(size in bytes, modification time in seconds) of a local file or a bucket object."""
+    if not is_remote(value):
+        stat = os.stat(value)
+        return stat.st_size, stat.st_mtime
+    info = filesystem(value).info(object_key(value))
+    modified = _modified(info)
+    if isinstance(modified, str):
+        import datetime
+
+        modified = datetime.datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
+    elif hasattr(modified, "timestamp"):
+        modified = modified.timestamp()
+    return int(info.get("size") or 0), float(modified or 0.0)
+
+
+def filesystem(value: "str | os.PathLike"):
+    """The fsspec filesystem of a bucket URL (gcsfs or s3fs), shared by every call in this process."""
+    import fsspec
+
+    protocol = str(value).split("://", 1)[0]
+    return fsspec.filesystem(protocol)
+
+
+def object_key(value: "str | os.PathLike") -> str:
+    """'bucket/key' of a bucket URL (what fsspec's filesystems take)."""
+    return str(value).split("://", 1)[1]
+
+
+# ---------------------------------------------------------------- the local cache of files read from buckets
+
+
+def cache_dir() -> pathlib.Path:
+    """The local cache of files read from buckets (`SLAM_JAX_CACHE`, default ~/.cache/slam_jax)."""
+    return pathlib.Path(os.environ.get(CACHE_VARIABLE) or "~/.cache/slam_jax").expanduser()
+
+
+def cache_limit_bytes() -> int:
+    return int(float(os.environ.get(CACHE_LIMIT_VARIABLE) or 20) * (1 << 30))
+
+
+def local_copy(value: "str | os.PathLike") -> pathlib.Path:
+    """A local file or folder with the content of `value`: `value` itself when it is local, else a copy in the cache
+    (downloaded once; reused while every object's size and modification time are unchanged)."""
+    if not is_remote(value):
+        return local(value)
+    url = str(value).rstrip("/")
+    fs = filesystem(url)
+    key = object_key(url)
+    try:
+        info = fs.info(key)
+        listing = (
+            {name: fs.info(name) for name in sorted(fs.find(key))} if info.get("type") == "directory" else {key: info}
+        )
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no such object or folder in the bucket") from None
+    stamp = {name: [entry.get("size"), str(_modified(entry))] for name, entry in listing.items()}
+    entry = cache_dir() / "objects" / hashlib.sha256(url.encode()).hexdigest()[:24]
+    target = entry / pathlib.PurePosixPath(key).name
+    record = entry / "source.json"
+    if record.is_file() and target.exists():
+        try:
+            if json.loads(record.read_text()) == {"url": url, "objects": stamp}:
+                os.utime(record)  # most recently used
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass
+    shutil.rmtree(entry, ignore_errors=True)
+    _make_room(sum(int(size or 0) for size, _ in stamp.values()))
+    staging = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in listing:
+        relative = pathlib.PurePosixPath(name).relative_to(pathlib.PurePosixPath(key).parent)
+        destination = staging / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(name, str(destination))
+    (staging / "source.json").write_text(json.dumps({"url": url, "objects": stamp}))
+    os.replace(staging, entry)
+    return target
+
+
+def _modified(entry: dict):
+    return entry.get("updated") or entry.get("LastModified") or entry.get("mtime") or entry.get("generation")
+
+
+def _make_room(needed: int) -> None:
+    """Remove the least recently used cache entries until `needed` more bytes fit under the cache's limit."""
+    root = cache_dir() / "objects"
+    if not root.is_dir():
+        return
+    entries = []
+    for entry in root.iterdir():
+        if entry.name.startswith("."):
+            continue
+        size = sum(file.stat().st_size for file in entry.rglob("*") if file.is_file())
+        record = entry / "source.json"
+        entries.append((record.stat().st_mtime if record.exists() else 0.0, size, entry))
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries, key=lambda item: item[0]):
+        if total + needed <= cache_limit_bytes():
+            break
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= size
+
+
+# ---------------------------------------------------------------- folder outputs on buckets
+
+
+def index_last(names: Iterable[str]) -> list[str]:
+    """Relative file names in upload order: everything, then the folder's top-level `.json` files (its index)."""
+    names = sorted(names)
+    return [name for name in names if not _is_index(name)] + [name for name in names if _is_index(name)]
+
+
+def _is_index(name: str) -> bool:
+    return "/" not in name and name.endswith(".json")
+
+
+def upload_dir(source: pathlib.Path, target: Path) -> None:
+    """Upload the local folder `source` to the bucket folder `target` (replacing what `target` held): the old
+    index files are removed first and the new ones uploaded last, so a reader never sees a mixed or partial
+    folder as complete."""
+    fs = filesystem(target)
+    key = object_key(target).rstrip("/")
+    if fs.exists(key):
+        old = sorted(fs.find(key))
+        for name in [name for name in old if _is_index(name[len(key) + 1 :])] + old:
+            if fs.exists(name):
+                fs.rm_file(name)
+    names = [str(file.relative_to(source)) for file in source.rglob("*") if file.is_file()]
+    for name in index_last(names):
+        fs.put_file(str(source / name), f"{key}/{name}")
+
+
+class Mirror:
+    """A local copy of a few growing files of a bucket folder (logs), uploaded whole by `sync`.
+
+    For a local folder, `root` is the folder itself and `sync` does nothing."""
+
+    def __init__(self, folder: Path, names: Iterable[str] = ()):
+        self.folder = path(folder)
+        if not is_remote(self.folder):
+            self.root = local(self.folder)
+            return
+        digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:24]
+        self.root = cache_dir() / "mirrors" / digest
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in names:  # resume: continue the bucket's copy
+            source = self.folder / name
+            if source.exists():
+                (self.root / name).write_bytes(source.read_bytes())
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def sync(self) -> None:
+        """Upload every file of the mirror that changed since the last sync."""
+        if not is_remote(self.folder):
+            return
+        for file in sorted(self.root.rglob("*")):
+            if not file.is_file():
+                continue
+            name = str(file.relative_to(self.root))
+            stat = file.stat()
+            if self._sent.get(name) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.folder / name).write_bytes(file.read_bytes())
+            self._sent[name] = (stat.st_size, stat.st_mtime_ns)
+
+
+# ---------------------------------------------------------------- one line for a failure of a bucket
+
+
+def error_line(error: BaseException) -> str | None:
+    """One line for a bucket failure anywhere behind `error` (None when it is not one)."""
+    chain, seen = [error], set()
+    while chain:
+        current = chain.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        line = _bucket_failure(current)
+        if line:
+            return line
+        members = list(current.exceptions) if isinstance(current, BaseExceptionGroup) else []
+        chain += [*members, current.__cause__, current.__context__]
+    return None
+
+
+def _bucket_failure(error: BaseException) -> str | None:
+    name, module, text = type(error).__name__, type(error).__module__, " ".join(str(error).split())
+    if (
+        name in ("DefaultCredentialsError", "NoCredentialsError", "RefreshError")
+        or "credentials were not found" in text
+    ):
+        return f"no credentials for the bucket ({text}); log in (gcloud auth application-default login, aws configure)"
+    code = getattr(error, "code", None) or getattr(error, "status", None)
+    if module.startswith(("gcsfs", "google")) and code in (401, 403):
+        return f"permission denied by the bucket: {text}"
+    if module.startswith(("gcsfs", "google")) and code == 404:
+        return f"no such bucket or object: {text}"
+    if name in ("NoSuchBucket",) or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return f"no such bucket: {text}"
+    if module.startswith(("aiohttp", "botocore", "urllib3")) and ("connect" in name.lower() or "Timeout" in name):
+        return f"network error talking to the bucket (after retries): {text}"
+    return None
+
+
+def retry(function, what: str, attempts: int = 5, first_wait: float = 0.5):
+    """`function()`, retried with exponential backoff on connection failures; the last failure is an OSError
+    naming `what`."""
+    for attempt in range(attempts):
+        try:
+            return function()
+        except (ConnectionError, TimeoutError) as error:
+            if attempt == attempts - 1:
+                raise OSError(f"{what}: network error after {attempts} attempts ({error})") from error
+            time.sleep(first_wait * 2**attempt)
+    return None
