@@ -1,6 +1,9 @@
-"""Files: atomic writes (outputs appear complete or not at all) and the readers of jsonl / parquet records.
+"""Files: atomic writes (outputs appear complete or not at all) and the readers of jsonl / parquet records, on a
+local disk or in a bucket (gs://, s3://; see `slam_jax.paths`).
 
-The lowest layer of the package with `errors`: every subpackage reads and writes through here.
+The lowest layer of the package with `errors` and `paths`: every subpackage reads and writes through here.
+On a bucket a file is one upload (atomic by itself) and a folder is staged locally and uploaded with its
+top-level index files last (`paths.upload_dir`).
 """
 
 import contextlib
@@ -9,8 +12,10 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 
+from slam_jax import paths
 from slam_jax.errors import DataError
 from slam_jax.paths import Path
 
@@ -20,11 +25,11 @@ RECORD_SUFFIXES = (".jsonl", ".parquet")
 def refuse_overlap(output: str | Path, inputs: Iterable[str | Path]) -> None:
     """Raise `ValueError` if `output` is, lies inside or contains one of the existing `inputs` (symlinks
     resolved): replacing it would delete or alter what the command reads, whatever `--overwrite` says."""
-    target = Path(output).resolve()
+    target = _resolved(output)
     for source in inputs:
         if not Path(source).exists():
             continue
-        origin = Path(source).resolve()
+        origin = _resolved(source)
         if target == origin:
             relation = "is"
         elif target.is_relative_to(origin):
@@ -34,6 +39,11 @@ def refuse_overlap(output: str | Path, inputs: Iterable[str | Path]) -> None:
         else:
             continue
         raise ValueError(f"{output}: the output {relation} the input {source}; write it to another folder")
+
+
+def _resolved(value) -> Path:
+    path = Path(value)
+    return path if paths.is_remote(path) else path.resolve()
 
 
 def make_staging_dir(directory: Path) -> Path:
@@ -53,6 +63,10 @@ def atomic_dir(directory: str | Path, overwrite: bool = False, inputs: Iterable[
     is left exactly as it was.
     """
     refuse_overlap(directory, inputs)
+    if paths.is_remote(directory):
+        with _atomic_bucket_dir(Path(directory), overwrite) as staging:
+            yield staging
+        return
     directory = Path(directory).absolute()
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
@@ -72,9 +86,26 @@ def atomic_dir(directory: str | Path, overwrite: bool = False, inputs: Iterable[
         raise
 
 
+@contextlib.contextmanager
+def _atomic_bucket_dir(directory: Path, overwrite: bool) -> Iterator[Path]:
+    """`atomic_dir` for a bucket folder: a local staging folder, uploaded index-last when the block completes."""
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise FileExistsError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
+    staging = Path(tempfile.mkdtemp(prefix=f"{directory.name}.upload-"))
+    try:
+        yield staging
+        paths.upload_dir(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` atomically: a temporary sibling, flushed to disk, renamed into place."""
+    """Write `text` to `path` atomically: a temporary sibling, flushed to disk, renamed into place (in a bucket,
+    one upload, which is atomic by itself)."""
     path = Path(path)
+    if paths.is_remote(path):
+        path.write_text(text)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(staging, "w") as handle:
@@ -94,6 +125,9 @@ def expand_paths(spec: str) -> list[Path]:
     """Files named by a comma-separated list of files, folders (searched recursively) and globs."""
     files: list[Path] = []
     for part in filter(None, (piece.strip() for piece in spec.split(","))):
+        if paths.is_remote(part):
+            files += _expand_bucket_path(part)
+            continue
         path = Path(part)
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix in RECORD_SUFFIXES and p.is_file())
@@ -107,6 +141,24 @@ def expand_paths(spec: str) -> list[Path]:
     return files
 
 
+def _expand_bucket_path(part: str) -> list[Path]:
+    """The record files a bucket URL names: an object, every record file under a folder, or a glob's matches."""
+    fs = paths.filesystem(part)
+    key = paths.object_key(part)
+    if any(char in key for char in "*?["):
+        names = sorted(fs.glob(key))
+    elif fs.isdir(key):
+        names = sorted(name for name in fs.find(key) if name.endswith(RECORD_SUFFIXES))
+    elif fs.isfile(key):
+        names = [key]
+    else:
+        names = []
+    if not names:
+        raise DataError(f"{part}: no such file, folder or glob match")
+    scheme = part.split("://", 1)[0]
+    return [Path(f"{scheme}://{name}") for name in names]
+
+
 def read_records(path: Path) -> Iterator[tuple[str, dict]]:
     """(`file:line` or `file:row`, record) of a jsonl or parquet file; a line that is not a JSON object in UTF-8
     (a binary file's first line, say) is a `DataError` naming it."""
@@ -114,14 +166,18 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            if paths.is_remote(path):
+                with Path(path).open("rb") as handle:
+                    table = pq.read_table(handle)
+            else:
+                table = pq.read_table(path)
         except Exception as error:  # noqa: BLE001 - any pyarrow failure becomes one line naming the file
             raise DataError(f"{path}: not a readable parquet file ({error})") from None
         for row, record in enumerate(table.to_pylist()):
             yield f"{path}:row {row}", record
         return
     # Read as bytes and decoded line by line, so that a binary or non-UTF-8 file is an error naming its line.
-    with open(path, "rb") as handle:
+    with Path(path).open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")

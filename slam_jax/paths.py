@@ -38,7 +38,12 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
     # gcsfs's probe of a bucket's type is a gRPC call an emulator does not answer (it waits 60 s per bucket)
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import fsspec.config  # noqa: E402
 from etils import epath  # noqa: E402 - after the environment it reads
+
+# Objects change behind a process's back (other hosts, TensorStore under Orbax): never answer from a stale listing.
+for _protocol in ("gs", "gcs", "s3", "s3a"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 SCHEMES = ("gs://", "s3://")
 
@@ -104,6 +109,16 @@ def size_and_mtime(value: "str | os.PathLike") -> tuple[int, float]:
     elif hasattr(modified, "timestamp"):
         modified = modified.timestamp()
     return int(info.get("size") or 0), float(modified or 0.0)
+
+
+def check_array_storage(value: "str | os.PathLike", what: str) -> None:
+    """Refuse, in one line, arrays (checkpoints, model weights) on s3://: Orbax writes them to local disks and
+    gs:// only (its TensorStore paths are local or GCS)."""
+    if str(value).startswith("s3://"):
+        raise ValueError(
+            f"{value}: {what} cannot be on s3:// (Orbax writes arrays to local disks and gs:// only); "
+            "use a gs:// bucket or a local folder for it (data and other outputs may stay on s3://)"
+        )
 
 
 def filesystem(value: "str | os.PathLike"):

@@ -80,3 +80,25 @@ def hf_checkpoint(tmp_path):
         return model, folder
 
     return make
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A fake-gcs-server on 127.0.0.1 for this test worker, its environment applied (see tests/buckets.py)."""
+    import buckets
+
+    server = buckets.gcs_server(tmp_path_factory.mktemp("gcs") / "server.log")
+    server.use()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1 for this test worker, its environment applied (see tests/buckets.py)."""
+    import buckets
+
+    server = buckets.s3_server()
+    server.use()
+    yield server
+    server.stop()
