@@ -252,6 +252,7 @@ class Mirror:
             return
         digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:24]
         self.root = cache_dir() / "mirrors" / digest
+        shutil.rmtree(self.root, ignore_errors=True)  # what an earlier run left here is in the bucket already
         self.root.mkdir(parents=True, exist_ok=True)
         for name in names:  # resume: continue the bucket's copy
             source = self.folder / name
@@ -324,3 +325,26 @@ def retry(function, what: str, attempts: int = 5, first_wait: float = 0.5):
                 raise OSError(f"{what}: network error after {attempts} attempts ({error})") from error
             time.sleep(first_wait * 2**attempt)
     return None
+
+
+def absolute(value: "str | os.PathLike") -> "Path":
+    """`value` as an absolute path: a bucket URL as it is (it is absolute already), a local path made absolute
+    (`absolute()` of a bucket path would make the local folder `<cwd>/gs:/bucket/...`)."""
+    made = path(value)
+    return made if is_remote(made) else made.absolute()
+
+
+def check_bucket(value: "str | os.PathLike") -> None:
+    """Raise a `FileNotFoundError` naming `value` when it is a bucket URL whose bucket does not exist (so a job
+    that writes there fails before its work, not at its upload); anything else (a local path, an existing bucket,
+    a bucket this process may not inspect) passes."""
+    if not is_remote(value):
+        return
+    scheme, key = str(value).split("://", 1)
+    bucket = key.split("/", 1)[0]
+    try:
+        filesystem(value).info(bucket)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{value}: no such bucket {scheme}://{bucket}") from None
+    except Exception:  # noqa: BLE001 - no permission to inspect the bucket: the write itself will tell
+        return

@@ -9,6 +9,7 @@ to prepare them again; the run manifest (`slam_jax/training/manifest.py`) compar
 import hashlib
 import json
 
+from slam_jax import paths
 from slam_jax.paths import Path
 
 HASHED_BYTES = 1 << 20
@@ -16,10 +17,16 @@ HASHED_BYTES = 1 << 20
 
 def file_fingerprint(path: Path) -> str:
     """'size N, sha1 X' for a small file, 'size N, mtime T' (nanoseconds) for a large one."""
-    stat = path.stat()
-    if stat.st_size <= HASHED_BYTES:
-        return f"size {stat.st_size}, sha1 {hashlib.sha1(path.read_bytes()).hexdigest()}"
-    return f"size {stat.st_size}, mtime {stat.st_mtime_ns}"
+    path = Path(path)
+    if not paths.is_remote(path):
+        stat = path.stat()
+        size, modified = stat.st_size, stat.st_mtime_ns
+    else:  # an object in a bucket: its size and update time (to the microsecond)
+        size, seconds = paths.size_and_mtime(path)
+        modified = round(seconds * 1e6) * 1000
+    if size <= HASHED_BYTES:
+        return f"size {size}, sha1 {hashlib.sha1(path.read_bytes()).hexdigest()}"
+    return f"size {size}, mtime {modified}"
 
 
 def files_fingerprints(files: list[Path]) -> dict[str, str]:

@@ -7,6 +7,7 @@ completion = `ids + [1]` (right-truncated). The prepared store is a folder of `.
 manifest; reference log-probs computed once are stored beside it.
 """
 
+import io
 import json
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
-from slam_jax import tokens
+from slam_jax import paths, tokens
 from slam_jax.data.auto_bleu import auto_bleu_text
 from slam_jax.data.ingest import parse_units
 from slam_jax.data.pipeline import GlobalBatches
@@ -135,6 +136,13 @@ def prepare(spec: str, out: str | Path, num_units: int, limits: Limits, overwrit
     return manifest
 
 
+def _load_array(path: Path) -> np.ndarray:
+    """A prepared array: memory-mapped on a local disk, read whole from a bucket (pairs are small)."""
+    if paths.is_remote(path):
+        return np.load(io.BytesIO(path.read_bytes()))
+    return np.load(path, mmap_mode="r")
+
+
 class PairSource:
     """Random access to prepared pairs as model rows: chosen and rejected each = prompt + completion."""
 
@@ -143,7 +151,7 @@ class PairSource:
         if not (directory / MANIFEST).is_file():
             raise FileNotFoundError(f"{directory}: not a prepared preference store (no {MANIFEST})")
         self.arrays = {
-            name: np.load(directory / f"{name}.npy", mmap_mode="r")
+            name: _load_array(directory / f"{name}.npy")
             for field in FIELDS
             for name in (field, f"{field}_lengths")
         }

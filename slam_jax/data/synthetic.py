@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 
+from slam_jax import files
 from slam_jax.paths import Path
 
 _CATEGORIES = {"det": 4, "adj": 12, "noun": 30, "verb": 20, "end": 1}
@@ -47,12 +48,7 @@ def generate(num_files: int, num_units: int, seed: int = 0, sentences_per_file: 
 
 
 def write_jsonl(path: str | Path, num_files: int, num_units: int, seed: int = 0) -> Path:
-    """The synthetic corpus as a features.jsonl file (written whole, then renamed)."""
+    """The synthetic corpus as a features.jsonl file (written whole and atomically: `files.write_text`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    with open(staging, "w") as handle:
-        for record in generate(num_files, num_units, seed):
-            handle.write(json.dumps(record) + "\n")
-    staging.rename(path)
+    files.write_text(path, "".join(json.dumps(record) + "\n" for record in generate(num_files, num_units, seed)))
     return path

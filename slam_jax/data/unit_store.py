@@ -4,14 +4,18 @@
     STORE/shard-00000.tokens.npy         every sequence's token ids back to back ([1, u + 2, ..., 1])
     STORE/shard-00000.offsets.npy        int64 [num_sequences + 1]: sequence i is tokens[o[i]:o[i + 1]]
 
-Shards are memory-mapped on read, so any number of hosts and Grain workers can read one store at once.
+Shards are memory-mapped on read, so any number of hosts and Grain workers can read one store at once. A store
+in a bucket (gs://, s3://) is not copied: its offsets are read whole (8 bytes per sequence) and its tokens by byte
+ranges, one request per slice (the pipeline's reader threads keep several in flight).
 A store is written once, atomically (see `slam_jax.files.atomic_dir`).
 """
 
+import io
 import json
 
 import numpy as np
 
+from slam_jax import paths
 from slam_jax.paths import Path
 
 FORMAT = "slam_jax.unit_store"
@@ -68,6 +72,34 @@ class UnitStoreWriter:
         return manifest
 
 
+class BucketArray:
+    """A one-dimensional .npy file in a bucket, read by byte ranges: `array[start:end]` is one request."""
+
+    def __init__(self, path: Path):
+        self.fs, self.key = paths.filesystem(path), paths.object_key(path)
+        with self.fs.open(self.key, "rb", block_size=1 << 12) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            self.header_bytes = handle.tell()
+        if len(shape) != 1 or fortran:
+            raise ValueError(f"{path}: expected a one-dimensional token array, found shape {shape}")
+        self.dtype, self.length = np.dtype(dtype), shape[0]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, end, _ = index.indices(self.length)
+        if end <= start:
+            return np.zeros(0, self.dtype)
+        size = self.dtype.itemsize
+        data = self.fs.cat_file(self.key, start=self.header_bytes + start * size, end=self.header_bytes + end * size)
+        return np.frombuffer(data, self.dtype)
+
+
 def is_store(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
@@ -83,8 +115,14 @@ class UnitStore:
             raise FileNotFoundError(f"{self.directory}: not a unit store (no {MANIFEST}; run mode=prepare)") from None
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{self.directory / MANIFEST}: format {self.manifest.get('format')!r} is not {FORMAT}")
-        self._tokens = [np.load(self.directory / f"{s['name']}.tokens.npy", mmap_mode="r") for s in self.shards]
-        self._offsets = [np.load(self.directory / f"{s['name']}.offsets.npy") for s in self.shards]
+        if paths.is_remote(self.directory):
+            self._tokens = [BucketArray(self.directory / f"{s['name']}.tokens.npy") for s in self.shards]
+            self._offsets = [
+                np.load(io.BytesIO((self.directory / f"{s['name']}.offsets.npy").read_bytes())) for s in self.shards
+            ]
+        else:
+            self._tokens = [np.load(self.directory / f"{s['name']}.tokens.npy", mmap_mode="r") for s in self.shards]
+            self._offsets = [np.load(self.directory / f"{s['name']}.offsets.npy") for s in self.shards]
         counts = [shard["num_sequences"] for shard in self.shards]
         self._first_index = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 

@@ -23,13 +23,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from slam_jax import files
+from slam_jax import files, paths
 from slam_jax.models.config import ModelConfig
 from slam_jax.models.storage import CONFIG_ITEM, PARAMS_DIR
 from slam_jax.paths import Path
 from slam_jax.training.step import TrainState
 
 _ITEMS = (PARAMS_DIR, "opt_state", "meta", CONFIG_ITEM)
+COMMITTED = "commit_success.txt"  # Orbax's commit marker of a step folder in a bucket
 REJECTED_DIR = "rejected_checkpoints"
 WHY = "WHY"  # in a set-aside step folder: why it was set aside (one line)
 SUSPECTS = "suspect_checkpoints.json"  # WORKDIR/: {step: why}, steps whose next training step gave a non-finite loss
@@ -60,7 +61,8 @@ class Checkpointer:
             "meta": ocp.JsonCheckpointHandler(),
             CONFIG_ITEM: ocp.JsonCheckpointHandler(),
         }
-        self.directory = Path(directory).absolute()
+        paths.check_array_storage(directory, "checkpoints")
+        self.directory = Path(directory) if paths.is_remote(directory) else Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
     def latest_step(self) -> int | None:
@@ -79,7 +81,7 @@ class Checkpointer:
         while target.exists():
             copy += 1
             target = rejected / f"step-{step}-{copy}"
-        shutil.move(self.directory / str(step), target)
+        _move(self.directory / str(step), target)
         if why:
             files.write_text(target / WHY, f"step {step} {why}\n")
         marked = suspects(self.directory)
@@ -131,6 +133,29 @@ class Checkpointer:
         self.manager.close()
 
 
+def _move(source: Path, target: Path) -> None:
+    """Move a step folder; in a bucket (copy and delete, not atomic) its commit marker goes first, so that a move
+    cut short never leaves a folder that looks committed."""
+    if not paths.is_remote(source):
+        shutil.move(source, target)
+        return
+    fs = paths.filesystem(source)
+    marker = f"{paths.object_key(source)}/{COMMITTED}"
+    committed = fs.exists(marker)
+    if committed:
+        fs.rm_file(marker)
+    fs.mv(paths.object_key(source), paths.object_key(target), recursive=True)
+    if committed:
+        fs.pipe_file(f"{paths.object_key(target)}/{COMMITTED}", b"moved aside\n")
+
+
+def is_committed(step_dir: Path) -> bool:
+    """Whether a step folder is a committed checkpoint: on a local disk its name (Orbax renames a finished save
+    into place), in a bucket its commit marker (Orbax writes it last: a bucket cannot rename)."""
+    step_dir = Path(step_dir)
+    return not paths.is_remote(step_dir) or (step_dir / COMMITTED).exists()
+
+
 def last_committed(directory: Path) -> str:
     """The sentence naming the newest committed checkpoint of `directory` (read from its listing alone: safe from
     any thread, and without a manager)."""
@@ -141,13 +166,13 @@ def last_committed(directory: Path) -> str:
 
 
 def committed_steps(directory: Path) -> list[int]:
-    """The steps committed in `directory`, oldest first, from its listing alone (an unfinished save is a temporary
-    folder Orbax renames only when every item is written)."""
+    """The steps committed in `directory`, oldest first, from its listing alone (locally an unfinished save is a
+    temporary folder Orbax renames only when every item is written; in a bucket it lacks the commit marker)."""
     try:
-        names = [path.name for path in Path(directory).iterdir() if path.is_dir()]
+        found = [path for path in Path(directory).iterdir() if re.fullmatch(r"\d+", path.name) and path.is_dir()]
     except OSError:
         return []
-    return sorted(int(name) for name in names if re.fullmatch(r"\d+", name))
+    return sorted(int(path.name) for path in found if is_committed(path))
 
 
 def suspects(directory: Path) -> dict[str, str]:

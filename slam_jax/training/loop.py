@@ -490,6 +490,7 @@ class Trainer:
             )
         meta = {**self.meta(step, clock, schedule), "data_position": int(iterator.position), "layout": self.layout}
         self.checkpointer.save(step, state, meta, self.model_config)
+        self.writer.sync()  # a workdir in a bucket: its logs reach the bucket with each checkpoint
         clock.saved()
 
     def evaluate(self, params) -> float | None:

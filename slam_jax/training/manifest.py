@@ -2,7 +2,7 @@
 
     WORKDIR/run_manifest.json   the settings a resume must not change, recorded on the first start
     WORKDIR/.lock               pid and host of the run using the workdir (an `fcntl.flock`, so a killed run
-                                releases it)
+                                releases it; in a bucket, a lease object: see `workdir_lock`)
 
 The manifest holds what decides the model's shape and the batches a resumed run sees: a different value on
 resume is refused in one line naming the key, unless `train.allow_changed` lists it (then the change is recorded
@@ -14,11 +14,13 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
-from slam_jax import files
+from slam_jax import files, paths
 from slam_jax.data import stores
 from slam_jax.errors import TrainingError
 from slam_jax.models.config import ModelConfig
@@ -30,9 +32,21 @@ LOCK = ".lock"
 FORMAT = "slam_jax.run_manifest"
 
 
+LEASE_VARIABLE = "SLAM_JAX_LOCK_LEASE"  # seconds a bucket lock lasts without renewal (default 120)
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: Path) -> Iterator[None]:
-    """Hold WORKDIR/.lock for the block; a workdir another live process holds is one TrainingError line."""
+    """Hold WORKDIR/.lock for the block; a workdir another live process holds is one TrainingError line.
+
+    On a local disk the lock is an `fcntl.flock` (released by the system when the holder dies). In a bucket it is
+    a lease object, created only if absent (GCS `ifGenerationMatch=0`, S3 `If-None-Match: *`) and renewed by a
+    background thread; a lease not renewed for `SLAM_JAX_LOCK_LEASE` seconds (default 120), or one held by a
+    process of this host that no longer exists, is taken over."""
+    if paths.is_remote(workdir):
+        with _bucket_lock(Path(workdir)):
+            yield
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / LOCK
     # Opened for appending, not truncated: the holder's line must survive a failed attempt to take the lock.
@@ -56,6 +70,96 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
         handle.truncate(0)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get(LEASE_VARIABLE) or 120)
+
+
+def read_lease(workdir: Path) -> dict | None:
+    """The lease object of a bucket workdir ({holder, host, pid, token, renewed, lease}), or None if absent."""
+    try:
+        lease = json.loads((Path(workdir) / LOCK).read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError):
+        return {"holder": "an unreadable lease", "renewed": 0.0, "lease": 0.0}
+    return lease if isinstance(lease, dict) else None
+
+
+def lease_holder(lease: dict | None, now: float | None = None) -> str | None:
+    """Who holds a bucket workdir's lease now ('pid 12 on host'), or None when it is absent or stale (expired, or
+    its process is gone from this host)."""
+    if lease is None:
+        return None
+    now = time.time() if now is None else now
+    if now - float(lease.get("renewed", 0.0)) > float(lease.get("lease", 0.0)):
+        return None
+    if lease.get("host") == socket.gethostname() and not _alive(lease.get("pid")):
+        return None
+    return str(lease.get("holder") or "another process")
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _bucket_lock(workdir: Path) -> Iterator[None]:
+    path = workdir / LOCK
+    fs, key = paths.filesystem(path), paths.object_key(path)
+    token = secrets.token_hex(8)
+    lease = {
+        "holder": f"pid {os.getpid()} on {socket.gethostname()}",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": token,
+        "lease": lease_seconds(),
+    }
+
+    def body() -> bytes:
+        return json.dumps({**lease, "renewed": time.time()}).encode()
+
+    for attempt in range(2):
+        try:
+            fs.pipe_file(key, body(), mode="create")
+            break
+        except FileExistsError:
+            current = read_lease(workdir)
+            holder = lease_holder(current)
+            if holder is not None or attempt:
+                raise TrainingError(
+                    f"{workdir} is in use by {holder or 'another process'} ({path}, a lease renewed every "
+                    f"{lease_seconds() / 4:g} s); wait for that run to end or use another --workdir"
+                ) from None
+            fs.rm_file(key)  # stale: expired, or its process is gone; take it over
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_seconds() / 4):
+            try:
+                if (read_lease(workdir) or {}).get("token") != token:
+                    return  # taken over (this run stalled for a whole lease): never overwrite the new holder
+                fs.pipe_file(key, body())
+            except Exception:  # noqa: BLE001 - a failed renewal is retried at the next period
+                continue
+
+    renewer = threading.Thread(target=renew, name="workdir-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=30)
+        with contextlib.suppress(Exception):
+            if (read_lease(workdir) or {}).get("token") == token:
+                fs.rm_file(key)
 
 
 def architecture(config: ModelConfig) -> str:

@@ -6,6 +6,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from slam_jax import paths
 from slam_jax.models.config import ModelConfig
 from slam_jax.paths import Path
 
@@ -58,7 +59,12 @@ def peak_flops_per_device(override: float = 0.0) -> float:
 
 
 class MetricsWriter:
-    """Appends metric rows to WORKDIR/metrics.jsonl and TensorBoard (and wandb when configured)."""
+    """Appends metric rows to WORKDIR/metrics.jsonl and TensorBoard (and wandb when configured).
+
+    For a workdir in a bucket both are written to a local mirror (`paths.Mirror`) and uploaded whole by `sync`:
+    at every checkpoint, at most every `SYNC_SECONDS` while rows are written, and at `close`."""
+
+    SYNC_SECONDS = 60.0
 
     def __init__(self, workdir: Path, enabled: bool = True, tensorboard: bool = True, wandb_project: str = ""):
         self.enabled = enabled
@@ -66,15 +72,27 @@ class MetricsWriter:
         self._wandb = None
         if not enabled:
             return
-        self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", buffering=1)
+        self._mirror = paths.Mirror(workdir, names=["metrics.jsonl"])
+        self._synced = time.monotonic()
+        self._jsonl = open(self._mirror.root / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tensorboard = SummaryWriter(str(self._mirror.root / "tensorboard"))
         if wandb_project:
             import wandb
 
-            self._wandb = wandb.init(project=wandb_project, dir=str(workdir), resume="allow")
+            self._wandb = wandb.init(project=wandb_project, dir=str(self._mirror.root), resume="allow")
+
+    def sync(self) -> None:
+        """Upload what was written (a workdir in a bucket; nothing to do on a local disk)."""
+        if not self.enabled:
+            return
+        self._jsonl.flush()
+        if self._tensorboard is not None and paths.is_remote(self._mirror.folder):
+            self._tensorboard.flush()
+        self._mirror.sync()
+        self._synced = time.monotonic()
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -86,6 +104,8 @@ class MetricsWriter:
                 self._tensorboard.add_scalar(key, float(value), int(step))
         if self._wandb is not None:
             self._wandb.log(values, step=int(step))
+        if time.monotonic() - self._synced >= self.SYNC_SECONDS:
+            self.sync()
 
     def close(self) -> None:
         if not self.enabled:
@@ -93,5 +113,6 @@ class MetricsWriter:
         self._jsonl.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+        self._mirror.sync()
         if self._wandb is not None:
             self._wandb.finish()
