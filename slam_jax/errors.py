@@ -13,4 +13,8 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
 
 
-USER_ERRORS = (DataError, TrainingError, ValueError, FileNotFoundError, FileExistsError)
+class BucketError(OSError):
+    """A bucket (gs://, s3://) failed an operation; the message names the object and what failed, in one line."""
+
+
+USER_ERRORS = (DataError, TrainingError, BucketError, ValueError, FileNotFoundError, FileExistsError)

@@ -94,7 +94,8 @@ def _atomic_bucket_dir(directory: Path, overwrite: bool) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f"{directory.name}.upload-"))
     try:
         yield staging
-        paths.upload_dir(staging, directory)
+        with paths.naming(directory):
+            paths.upload_dir(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -102,17 +103,43 @@ def _atomic_bucket_dir(directory: Path, overwrite: bool) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` atomically: a temporary sibling, flushed to disk, renamed into place (in a bucket,
     one upload, which is atomic by itself)."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (as `write_text`)."""
     path = Path(path)
     if paths.is_remote(path):
-        path.write_text(text)
+        with paths.naming(path):
+            path.write_bytes(data)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(staging, "w") as handle:
-        handle.write(text)
+    with open(staging, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staging, path)
+
+
+def save_array(path: str | Path, array) -> None:
+    """Write one array as a .npy file atomically (a local disk or a bucket)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    write_bytes(path, buffer.getvalue())
+
+
+def load_array(path: str | Path):
+    """Read a .npy file whole (a local disk or a bucket)."""
+    import io
+
+    import numpy as np
+
+    return np.load(io.BytesIO(Path(path).read_bytes()), allow_pickle=False)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -145,14 +172,15 @@ def _expand_bucket_path(part: str) -> list[Path]:
     """The record files a bucket URL names: an object, every record file under a folder, or a glob's matches."""
     fs = paths.filesystem(part)
     key = paths.object_key(part)
-    if any(char in key for char in "*?["):
-        names = sorted(fs.glob(key))
-    elif fs.isdir(key):
-        names = sorted(name for name in fs.find(key) if name.endswith(RECORD_SUFFIXES))
-    elif fs.isfile(key):
-        names = [key]
-    else:
-        names = []
+    with paths.naming(part):
+        if any(char in key for char in "*?["):
+            names = sorted(fs.glob(key))
+        elif fs.isdir(key):
+            names = sorted(name for name in fs.find(key) if name.endswith(RECORD_SUFFIXES))
+        elif fs.isfile(key):
+            names = [key]
+        else:
+            names = []
     if not names:
         raise DataError(f"{part}: no such file, folder or glob match")
     scheme = part.split("://", 1)[0]
@@ -177,7 +205,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
             yield f"{path}:row {row}", record
         return
     # Read as bytes and decoded line by line, so that a binary or non-UTF-8 file is an error naming its line.
-    with Path(path).open("rb") as handle:
+    with paths.naming(path), Path(path).open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")

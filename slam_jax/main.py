@@ -25,8 +25,8 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from slam_jax import modes, parallel, progress
-from slam_jax.errors import USER_ERRORS
+from slam_jax import modes, parallel, paths, progress
+from slam_jax.errors import USER_ERRORS, BucketError
 from slam_jax.paths import Path
 
 EXIT_ERROR = 1  # a failure the user can cause
@@ -66,8 +66,15 @@ def main(argv: list[str]) -> int:
     if config.mode not in modes.MODES:
         print(f"error: --config.mode={config.mode!r} is not one of {sorted(modes.MODES)}", file=sys.stderr)
         return EXIT_USAGE
-    workdir = Path(_WORKDIR.value or Path("workdir") / Path(flags.FLAGS["config"].config_filename).stem)
-    if workdir.exists() and not workdir.is_dir():
+    try:
+        workdir = Path(_WORKDIR.value or Path("workdir") / Path(flags.FLAGS["config"].config_filename).stem)
+        paths.check_bucket(workdir)  # before anything is written: gcsfs would even create a missing bucket
+        with paths.naming(workdir):
+            is_file = workdir.exists() and not workdir.is_dir()
+    except (ValueError, FileNotFoundError, BucketError) as error:
+        print(f"error: --workdir {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if is_file:
         print(f"error: --workdir {workdir}: is a file, not a folder", file=sys.stderr)
         return EXIT_USAGE
     code = run_job(config, workdir, debug)
@@ -157,6 +164,9 @@ def error_line(error: BaseException, workdir: Path) -> str | None:
     folder) is named by its path (the workdir when the system gave none) and its errno."""
     if isinstance(error, USER_ERRORS) and os_failure(error) is None:
         return one_line(str(error))
+    bucket = paths.error_line(error)
+    if bucket is not None:
+        return bucket
     failures = [failure for failure in map(os_failure, exception_chain(error)) if failure is not None]
     if not failures:
         return None

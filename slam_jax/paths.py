@@ -25,12 +25,12 @@ the AWS environment variables or ~/.aws for s3://). `STORAGE_EMULATOR_HOST` (gcs
 (TensorStore) point both at a local GCS emulator; `AWS_ENDPOINT_URL` at an S3-compatible server.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import shutil
-import time
 from collections.abc import Iterable
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # fsspec (gcsfs, s3fs) for buckets, whether or not TF is installed
@@ -40,6 +40,8 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
 
 import fsspec.config  # noqa: E402
 from etils import epath  # noqa: E402 - after the environment it reads
+
+from slam_jax.errors import BucketError  # noqa: E402
 
 # Objects change behind a process's back (other hosts, TensorStore under Orbax): never answer from a stale listing.
 for _protocol in ("gs", "gcs", "s3", "s3a"):
@@ -264,6 +266,10 @@ class Mirror:
         """Upload every file of the mirror that changed since the last sync."""
         if not is_remote(self.folder):
             return
+        with naming(self.folder):
+            self._upload_changed()
+
+    def _upload_changed(self) -> None:
         for file in sorted(self.root.rglob("*")):
             if not file.is_file():
                 continue
@@ -297,34 +303,37 @@ def error_line(error: BaseException) -> str | None:
 
 def _bucket_failure(error: BaseException) -> str | None:
     name, module, text = type(error).__name__, type(error).__module__, " ".join(str(error).split())
-    if (
-        name in ("DefaultCredentialsError", "NoCredentialsError", "RefreshError")
-        or "credentials were not found" in text
-    ):
+    credentials = name in ("DefaultCredentialsError", "NoCredentialsError", "RefreshError")
+    if credentials or "credentials were not found" in text:
         return f"no credentials for the bucket ({text}); log in (gcloud auth application-default login, aws configure)"
     code = getattr(error, "code", None) or getattr(error, "status", None)
-    if module.startswith(("gcsfs", "google")) and code in (401, 403):
-        return f"permission denied by the bucket: {text}"
-    if module.startswith(("gcsfs", "google")) and code == 404:
-        return f"no such bucket or object: {text}"
-    if name in ("NoSuchBucket",) or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
-        return f"no such bucket: {text}"
-    if module.startswith(("aiohttp", "botocore", "urllib3")) and ("connect" in name.lower() or "Timeout" in name):
-        return f"network error talking to the bucket (after retries): {text}"
+    gcs = module.startswith(("gcsfs", "google"))
+    if (gcs and code in (401, 403)) or text.startswith("Forbidden:") or isinstance(error, PermissionError):
+        return f"permission denied by the bucket ({text})"
+    if "PERMISSION_DENIED" in text:
+        return f"permission denied by the bucket ({text})"
+    if name == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return f"no such bucket ({text})"
+    network = module.startswith(("aiohttp", "botocore", "urllib3", "requests")) and any(
+        word in name for word in ("Connect", "Connection", "Timeout", "ServerDisconnected", "Proxy")
+    )
+    if network or text.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return f"network error talking to the bucket, after the client's retries with backoff ({text})"
     return None
 
 
-def retry(function, what: str, attempts: int = 5, first_wait: float = 0.5):
-    """`function()`, retried with exponential backoff on connection failures; the last failure is an OSError
-    naming `what`."""
-    for attempt in range(attempts):
-        try:
-            return function()
-        except (ConnectionError, TimeoutError) as error:
-            if attempt == attempts - 1:
-                raise OSError(f"{what}: network error after {attempts} attempts ({error})") from error
-            time.sleep(first_wait * 2**attempt)
-    return None
+@contextlib.contextmanager
+def naming(value: "str | os.PathLike"):
+    """Turn a bucket failure inside the block into one `BucketError` line naming `value` (other errors pass)."""
+    try:
+        yield
+    except BucketError:
+        raise
+    except Exception as error:  # noqa: BLE001 - gcsfs, s3fs, aiohttp, botocore and google-auth each raise their own
+        line = error_line(error) if is_remote(value) else None
+        if line is None:
+            raise
+        raise BucketError(f"{value}: {line}") from error
 
 
 def absolute(value: "str | os.PathLike") -> "Path":
@@ -342,9 +351,16 @@ def check_bucket(value: "str | os.PathLike") -> None:
         return
     scheme, key = str(value).split("://", 1)
     bucket = key.split("/", 1)[0]
+    fs = filesystem(value)
     try:
-        filesystem(value).info(bucket)
+        if scheme == "gs":  # one request (retried with backoff by gcsfs) rather than info's several
+            fs.call("GET", "b/{}", bucket, json_out=True)
+        else:
+            fs.info(bucket)
     except FileNotFoundError:
         raise FileNotFoundError(f"{value}: no such bucket {scheme}://{bucket}") from None
-    except Exception:  # noqa: BLE001 - no permission to inspect the bucket: the write itself will tell
-        return
+    except Exception as error:  # noqa: BLE001 - gcsfs, s3fs, aiohttp, botocore and google-auth each raise their own
+        line = error_line(error)
+        if line is None or line.startswith("permission denied"):
+            return  # no permission to inspect the bucket: the reads and writes themselves will tell
+        raise BucketError(f"{value}: {line}") from error

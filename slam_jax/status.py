@@ -19,8 +19,11 @@ import fcntl
 import json
 import os
 import re
+import socket
 import sys
+import time
 
+from slam_jax import paths
 from slam_jax.paths import Path
 from slam_jax.settings import parse_duration
 
@@ -34,6 +37,7 @@ REJECTED_DIR = "rejected_checkpoints"
 WHY = "WHY"
 SUSPECTS = "suspect_checkpoints.json"
 METRICS = "metrics.jsonl"
+COMMITTED = "commit_success.txt"  # in a step folder in a bucket: Orbax's commit marker
 STATES = ("running", "finished", "stopped", "empty")
 EXIT_ERROR = 1  # no such workdir
 EXIT_USAGE = 2  # a bad command line, or a file instead of a folder
@@ -65,6 +69,8 @@ def read_json(path: Path):
 def folders(path: Path) -> list[str]:
     """The names of the folders in `path`, sorted; none if it is not a folder."""
     try:
+        if paths.is_remote(path):
+            return sorted(entry.name for entry in Path(path).iterdir() if entry.is_dir())
         return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
     except OSError:
         return []
@@ -75,7 +81,7 @@ def last_rows(path: Path, keys: tuple[str, ...], block: int = 1 << 16) -> dict[s
     (a long run's metrics are not read whole); a key no row holds is left out, a line that is not JSON skipped."""
     found: dict[str, dict] = {}
     try:
-        with open(path, "rb") as handle:
+        with Path(path).open("rb") as handle:
             end, carry = handle.seek(0, os.SEEK_END), b""
             while end > 0 and len(found) < len(keys):
                 start = max(0, end - block)
@@ -104,7 +110,10 @@ def lock_holder(path: Path) -> str | None:
     """Who holds the lock file `path` now (its text, e.g. 'pid 12 on host'), or None when no process does.
 
     Tried with a shared, non-blocking flock released at once; the file is opened for reading only, so it is neither
-    created nor truncated."""
+    created nor truncated. In a bucket the lock is a lease object: held while it is renewed in time and its process
+    (when on this host) lives, as `slam_jax.training.manifest.lease_holder` decides."""
+    if paths.is_remote(path):
+        return lease_holder(path)
     try:
         handle = open(path)
     except OSError:
@@ -118,6 +127,28 @@ def lock_holder(path: Path) -> str | None:
     return None
 
 
+def lease_holder(path: Path) -> str | None:
+    try:
+        lease = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(lease, dict) or time.time() - float(lease.get("renewed", 0)) > float(lease.get("lease", 0)):
+        return None
+    if lease.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lease.get("pid")), 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, TypeError, ValueError):
+            pass
+    return str(lease.get("holder") or "another process")
+
+
+def committed(step_dir: Path) -> bool:
+    """A step folder is committed: locally by its name (Orbax renames it into place), in a bucket by its marker."""
+    return not paths.is_remote(step_dir) or (Path(step_dir) / COMMITTED).exists()
+
+
 def read_workdir(workdir: Path) -> dict:
     """Everything `summarize` needs, read from the workdir's files (damaged ones as `problems`)."""
     facts, problems = {"workdir": str(workdir)}, []
@@ -128,8 +159,9 @@ def read_workdir(workdir: Path) -> dict:
             facts[key], problems = None, [*problems, str(error)]
     checkpoints = workdir / CHECKPOINTS
     names = folders(checkpoints)
-    facts["steps"] = sorted(int(name) for name in names if re.fullmatch(r"\d+", name))
-    facts["unfinished"] = [name for name in names if not re.fullmatch(r"\d+", name)]
+    done = {name for name in names if re.fullmatch(r"\d+", name) and committed(checkpoints / name)}
+    facts["steps"] = sorted(int(name) for name in done)
+    facts["unfinished"] = [name for name in names if name not in done]
     facts["meta"] = None
     for step in reversed(facts["steps"]):  # the newest checkpoint whose metadata reads
         try:

@@ -18,7 +18,7 @@ ENTRY = {"main", "modes", "pipeline", "selfcheck", "status", "demo", "__init__"}
 ALLOWED = {
     "errors": set(),
     "tokens": set(),
-    "paths": set(),
+    "paths": {"errors"},
     "files": {"errors", "paths"},
     "parallel": {"paths"},
     "settings": {"errors", "paths"},

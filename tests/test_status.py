@@ -176,10 +176,11 @@ def test_the_metrics_file_is_read_backwards_by_blocks(tmp_path):
 
 def test_the_names_and_the_budget_are_those_of_the_training_code():
     assert (status.MANIFEST, status.LOCK) == (manifest.MANIFEST, manifest.LOCK)
-    assert (status.REJECTED_DIR, status.WHY, status.SUSPECTS) == (
+    assert (status.REJECTED_DIR, status.WHY, status.SUSPECTS, status.COMMITTED) == (
         checkpoints.REJECTED_DIR,
         checkpoints.WHY,
         checkpoints.SUSPECTS,
+        checkpoints.COMMITTED,
     )
     assert status.METRICS == "metrics.jsonl" and "metrics.jsonl" in Path(metrics.__file__).read_text()
     assert status.parse_duration is training_settings.parse_duration  # one parser of train.time_budget

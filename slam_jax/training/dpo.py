@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slam_jax import parallel
+from slam_jax import files, parallel, paths
 from slam_jax.data import fingerprints, pipeline, preference
 from slam_jax.files import expand_paths
 from slam_jax.models import storage
@@ -105,8 +105,12 @@ def jit_dpo_step(graphdef, optimizer, dpo, shardings: TrainState, mesh, trailing
 
 def reference_key(model_dir: Path) -> str:
     """A name for reference log-probs that changes when the starting model does."""
-    params_dir = Path(model_dir).resolve() / storage.PARAMS_DIR
-    stamp = f"{params_dir}:{params_dir.stat().st_mtime_ns}"
+    if paths.is_remote(model_dir):  # a folder in a bucket has no time of its own: its metadata object's
+        params_dir = Path(model_dir) / storage.PARAMS_DIR
+        stamp = f"{params_dir}:{paths.size_and_mtime(params_dir / '_METADATA')[1]}"
+    else:
+        params_dir = Path(model_dir).resolve() / storage.PARAMS_DIR
+        stamp = f"{params_dir}:{params_dir.stat().st_mtime_ns}"
     return hashlib.sha1(stamp.encode()).hexdigest()[:12]
 
 
@@ -196,10 +200,9 @@ class DPOTrainer(loop.Trainer):
         if not path.is_file():
             logps = self.compute_reference_logps()
             if jax.process_index() == 0:
-                np.save(path.with_suffix(".tmp.npy"), logps)
-                path.with_suffix(".tmp.npy").rename(path)
+                files.save_array(path, logps)
             parallel.barrier("slam_jax: reference log-probs written")
-        return np.load(path)
+        return files.load_array(path)
 
     def compute_reference_logps(self) -> np.ndarray:
         """Every pair in order, in global batches of the run's rows per micro-batch (the last one filled with copies

@@ -44,8 +44,13 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
     background thread; a lease not renewed for `SLAM_JAX_LOCK_LEASE` seconds (default 120), or one held by a
     process of this host that no longer exists, is taken over."""
     if paths.is_remote(workdir):
-        with _bucket_lock(Path(workdir)):
+        with paths.naming(Path(workdir) / LOCK):
+            lock = _bucket_lock(Path(workdir))
+            lock.__enter__()
+        try:
             yield
+        finally:
+            lock.__exit__(None, None, None)
         return
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / LOCK
