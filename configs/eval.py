@@ -22,8 +22,10 @@ def get_config() -> ConfigDict:
     config.eval = ConfigDict()
     config.eval.metric = "tstorycloze"  # sblimp | sstorycloze | tstorycloze | swuggy | salmon | genppl | auto_bleu;
     # comma list for several
-    config.eval.data_path = ""  # benchmark folder or pairs .jsonl, one per metric (comma list, same order)
-    config.eval.model = ""  # converted model dir, training workdir (its newest checkpoint) or checkpoint step dir
+    config.eval.data_path = ""  # benchmark folder or pairs .jsonl, one per metric (comma list, same order);
+    # each local, gs:// or s3://
+    config.eval.model = ""  # converted model dir, training workdir (its newest checkpoint) or checkpoint step dir;
+    # local or gs:// (Orbax reads model weights from local disks and gs:// only)
     config.eval.compute_dtype = "float32"  # float32 | bfloat16 | '' (the model's own); float32 avoids bf16 ties
     config.eval.batch_size = 32  # sequences (a pair is two) per scoring batch, over all local devices
     config.eval.salmon_parts = "all"  # SALMon parts to score (comma list of folder names) or all eight

@@ -81,6 +81,8 @@ def get_config() -> ConfigDict:
     config.checkpoint.every_minutes = 30.0  # and in minutes (0 = off)
     config.checkpoint.keep = 3  # recent checkpoints kept
     config.checkpoint.keep_period = 0  # also keep every P-th step (0 = off)
+    # how long a save may take to commit before the run stops in one line (a bucket that stopped answering)
+    config.checkpoint.commit_timeout_minutes = 30.0
 
     config.log = ConfigDict()
     config.log.every_steps = 10  # metrics.jsonl / TensorBoard period

@@ -7,6 +7,10 @@
 
 Writes features.jsonl (`{"units", "duration", "file_name"}` per file, the reference's format) and errors.jsonl
 into `tokenize.out_path` (default WORKDIR/units); `prepare` turns features.jsonl into unit stores.
+
+Every path may be a bucket URL (gs://bucket/..., s3://bucket/...) as well as a local path: audio is streamed from
+the bucket, the encoder is copied once into the local cache (SLAM_JAX_CACHE), the centroids are read, and the
+outputs are written into the bucket (each file one upload, so a killed run leaves no half-written part).
 """
 
 from ml_collections import ConfigDict
@@ -18,8 +22,9 @@ def get_config() -> ConfigDict:
     config.seed = 0  # global seed (k-means fitting only)
 
     config.tokenize = ConfigDict()
-    config.tokenize.data_path = ""  # audio folder(s) (recursive wav/flac/ogg/mp3), list file(s) or glob; comma list
-    config.tokenize.out_path = ""  # output folder ('' = WORKDIR/units); re-running resumes
+    config.tokenize.data_path = ""  # audio folder(s) (recursive wav/flac/ogg/mp3), list file(s) or glob; comma list;
+    # local or gs:// / s3:// (folders, objects, globs and list files in a bucket)
+    config.tokenize.out_path = ""  # output folder, local or gs:// / s3:// ('' = WORKDIR/units); re-running resumes
     config.tokenize.encoder_path = "models/mhubert_25hz"  # converted HuBERT dir or 'mfcc' (paper: mhubert-base-25hz)
     config.tokenize.layer = 11  # features = hidden_states[layer], HF numbering (paper: 11)
     config.tokenize.kmeans_path = "models/mhubert_25hz_L11_km500.npy"  # centroids .npy (paper: the official km500)

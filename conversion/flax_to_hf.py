@@ -6,7 +6,9 @@
 Llama 3, with `LlamaForCausalLM`); `--format slamkit` is the reference's speech-LM layout (`model_type`
 speech_language_model, nested `base_config`, weights under `lm.`), which `python -m conversion.hf_to_flax` also
 imports back; it names the text model the import recorded (`base_model_name`, `base_config`), or assumes the
-recipe's with a note. Written atomically, never over, inside or around the checkpoint it reads.
+recipe's with a note. Written atomically, never over, inside or around the checkpoint it reads. Both may be
+bucket URLs: the checkpoint on gs:// (Orbax reads it there), the output on gs:// or s3:// (staged locally and
+uploaded with config.json last).
 """
 
 import argparse
@@ -19,6 +21,7 @@ import numpy as np
 
 from conversion import command, qwen2_hf
 from conversion.safetensors_io import save_checkpoint
+from slam_jax import paths
 from slam_jax.files import atomic_dir
 from slam_jax.models import storage
 from slam_jax.paths import Path
@@ -55,8 +58,8 @@ def export(
     tensors = qwen2_hf.hf_tensors_from_params(params, config, jnp.dtype(dtype), prefix=prefix)
     with atomic_dir(out, overwrite, inputs) as staging:
         save_checkpoint(tensors, staging, max_shard_bytes=max_shard_bytes)
-        (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    return Path(out).absolute()
+        (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")  # local: uploaded last
+    return paths.absolute(out)
 
 
 def slamkit_base_model_name(source: Path, provenance: dict) -> str:

@@ -9,7 +9,8 @@ builds the Slam speech LM the reference's way: the vocabulary becomes `num_units
 of the text embedding (what `resize_token_embeddings` keeps), the head is tied, rope_theta and the context length
 are overridden. A slamkit checkpoint's vocabulary is its top-level `vocab_size`. Without `--twist` the text
 model's tokenizer files are copied beside the weights, so the folder is a self-contained text LM
-(`slam_jax.evaluation.text_lm.load_text_lm`).
+(`slam_jax.evaluation.text_lm.load_text_lm`). `--model` and `--out` may be bucket URLs (gs://; --model also
+s3://): a checkpoint in a bucket is read from a local copy, the output is uploaded with model_config.json last.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import numpy as np
 
 from conversion import command, qwen2_hf
 from conversion.safetensors_io import CheckpointError, CheckpointReader
-from slam_jax import tokens
+from slam_jax import paths, tokens
 from slam_jax.files import atomic_dir, refuse_overlap
 from slam_jax.models import storage
 from slam_jax.models.config import ModelConfig
@@ -47,8 +48,10 @@ CHECKPOINT_PATTERNS = ("config.json", "*.safetensors", "*.index.json", *TOKENIZE
 
 
 def resolve_source(model: str, patterns: Sequence[str] = CHECKPOINT_PATTERNS) -> Path:
-    """A local checkpoint folder, or a hub id downloaded when online: only the files matching `patterns`
-    (default: config, safetensors and the tokenizer files)."""
+    """A local checkpoint folder, a bucket folder (its local copy, `command.local_source`), or a hub id downloaded
+    when online: only the files matching `patterns` (default: config, safetensors and the tokenizer files)."""
+    if paths.is_remote(model):
+        return command.local_source(model)
     path = Path(model)
     if path.is_dir():
         return path
@@ -89,7 +92,7 @@ def base_model(model: str, folder: Path, hf_config: dict) -> dict:
     checkpoint is its own base: its hub id, or its folder as an absolute path, and its config.json.
     """
     if hf_config.get("model_type") != qwen2_hf.SLAMKIT_MODEL_TYPE:
-        name = str(folder.absolute()) if Path(model).is_dir() else model
+        name = str(paths.absolute(model)) if paths.is_remote(model) or Path(model).is_dir() else model
         return {"base_model_name": name, "base_config": hf_config, "assumed": []}
     name = hf_config.get("base_model_name")
     return {
@@ -150,11 +153,14 @@ def convert(
     overwrite: bool = False,
 ) -> Path:
     """Convert `model` into a slam_jax model dir at `out` (see the module docstring)."""
+    paths.check_array_storage(out, "model weights")
     command.refuse_non_empty(out, overwrite, inputs=[model])
     folder = resolve_source(model)
     refuse_overlap(out, [folder])  # a hub id's download folder, known only now
-    config, params, hf_config = read_checkpoint(folder)
-    weights_config, is_slamkit = qwen2_hf.split_slamkit(hf_config, source=str(folder / "config.json"))
+    shown = Path(model) if paths.is_remote(model) else folder  # what messages name: the bucket, not its copy
+    with command.named_as(folder, model):
+        config, params, hf_config = read_checkpoint(folder)
+    weights_config, is_slamkit = qwen2_hf.split_slamkit(hf_config, source=str(shown / "config.json"))
     provenance = {
         "source": str(model),
         "source_format": "slamkit" if is_slamkit else "hf",
@@ -164,7 +170,7 @@ def convert(
     }
     if provenance["assumed"]:
         command.note(
-            f"{folder / 'config.json'} names no base_model_name; assuming {qwen2_hf.SLAM_BASE_MODEL}, the Slam "
+            f"{shown / 'config.json'} names no base_model_name; assuming {qwen2_hf.SLAM_BASE_MODEL}, the Slam "
             "recipe's base (recorded as assumed in provenance.json; a slamkit export names it)"
         )
     if twist_vocab:
@@ -187,8 +193,8 @@ def convert(
     with atomic_dir(out, overwrite, [model, folder]) as staging:  # the model and its tokenizer appear together
         storage.save_model(staging, config, params, provenance=provenance, overwrite=True)
         for path in tokenizer:
-            shutil.copyfile(path, staging / path.name)
-    return Path(out).absolute()
+            shutil.copyfile(path, staging / path.name)  # both local: the source or its copy, the staging folder
+    return paths.absolute(out)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

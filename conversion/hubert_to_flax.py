@@ -7,7 +7,8 @@ Reads safetensors with numpy (no torch), checks every tensor's shape against con
 factors, stored by `transformers` either as `weight_g`/`weight_v` (older checkpoints such as
 hubert-base-ls960 and mhubert-base-25hz) or as `parametrizations.weight.original0/1`; both are read.
 Checkpoints of a model with a head (`HubertForCTC`, ...) keep the encoder under `hubert.`; that prefix is
-stripped.
+stripped. `--model` and `--out` may be bucket URLs (gs://; --model also s3://): a checkpoint in a bucket is read
+from a local copy, the output is uploaded with encoder_config.json last.
 """
 
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 from conversion import command
 from conversion.qwen2_hf import read_config_json
 from conversion.safetensors_io import CheckpointError, CheckpointReader
+from slam_jax import paths
 from slam_jax.models import hubert
 from slam_jax.paths import Path
 
@@ -177,12 +179,15 @@ def _lookup(tree: dict, path: tuple[str, ...]):
 
 def convert(model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Convert the HF Hubert checkpoint folder `model` into a slam_jax encoder dir at `out`."""
-    folder = Path(model)
-    if not folder.is_dir():
+    paths.check_array_storage(out, "encoder weights")
+    if not Path(model).is_dir():
+        paths.check_bucket(model)
         raise CheckpointError(f"{model}: no such checkpoint folder")
-    command.refuse_non_empty(out, overwrite, inputs=[folder])
-    config = config_from_hf(read_config_json(folder), source=str(folder / "config.json"))
-    params = params_from_hf(CheckpointReader(folder), config)
+    command.refuse_non_empty(out, overwrite, inputs=[model])
+    folder = command.local_source(model)
+    with command.named_as(folder, model):
+        config = config_from_hf(read_config_json(folder), source=str(folder / "config.json"))
+        params = params_from_hf(CheckpointReader(folder), config)
     return hubert.save_encoder(out, config, params, overwrite=overwrite)
 
 

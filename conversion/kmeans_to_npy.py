@@ -5,7 +5,8 @@
 A pickle runs code while it loads, so the `.bin` is only opened with `--allow-pickle`: pass it for a file
 from a source you trust (e.g. mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin from the textless-lib
 release). The output is `cluster_centers_` as float32 [num_units, dim], written atomically; slam_jax only
-ever reads that `.npy`, with pickles disabled.
+ever reads that `.npy`, with pickles disabled. Either file may be a bucket URL (gs://, s3://): the `.bin` is read
+from a local copy, the `.npy` written in one upload.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import warnings
 import numpy as np
 
 from conversion import command
+from slam_jax import paths
 from slam_jax.files import refuse_overlap
 from slam_jax.models import kmeans
 from slam_jax.paths import Path
@@ -29,6 +31,7 @@ def read_centroids(path: str | Path, allow_pickle: bool) -> np.ndarray:
     """`cluster_centers_` of the k-means model pickled (with joblib) in `path`, as float32."""
     path = Path(path)
     if not path.is_file():
+        paths.check_bucket(path)
         raise FileNotFoundError(f"{path}: file not found")
     if not allow_pickle:
         raise PermissionError(f"{path}: {PICKLE_REFUSAL}")
@@ -37,7 +40,7 @@ def read_centroids(path: str | Path, allow_pickle: bool) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scikit-learn version-mismatch warnings of old pickles
-            model = joblib.load(path)
+            model = joblib.load(paths.local_copy(path))
     except Exception as error:  # noqa: BLE001 - any unpickling failure becomes one line naming the file
         raise ValueError(f"{path}: not a joblib/pickle k-means file ({type(error).__name__}: {error})") from None
     centroids = getattr(model, "cluster_centers_", None)
@@ -52,9 +55,10 @@ def convert(source: str | Path, out: str | Path, allow_pickle: bool = False, ove
     if out.suffix != ".npy":
         raise ValueError(f"{out}: the output must be a .npy file")
     refuse_overlap(out, [source])
+    paths.check_bucket(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
-    return kmeans.save_centroids(out, read_centroids(source, allow_pickle))
+    return kmeans.save_centroids(out, read_centroids(source, allow_pickle))  # in a bucket: one upload
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(out: Path) -> str:
     """What `wrote OUT` is followed by: the number and the dimension of the centroids."""
-    centroids = np.load(out)
+    centroids = kmeans.load_centroids(out)
     return f": {centroids.shape[0]} centroids of dimension {centroids.shape[1]}"
 
 

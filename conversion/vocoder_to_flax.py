@@ -12,7 +12,8 @@ Weight norm is folded: w = g * v / ||v||, the norm over every axis but the first
 torch.nn.utils.weight_norm(dim=0) computes it (the output channels of a Conv1d, the input channels of a
 ConvTranspose1d); both storage forms are read (`weight_g`/`weight_v` and
 `parametrizations.weight.original0/1`). Every tensor's shape is checked against the config, and a key the
-config does not describe is an error, as the reference's strict `load_state_dict` makes it.
+config does not describe is an error, as the reference's strict `load_state_dict` makes it. Each path may be a
+bucket URL (the inputs gs:// or s3://, read from a local copy; `--out` gs://, uploaded with its config last).
 """
 
 import argparse
@@ -26,6 +27,7 @@ import numpy as np
 
 from conversion import command
 from conversion.safetensors_io import CheckpointError
+from slam_jax import paths
 from slam_jax.models import vocoder
 from slam_jax.paths import Path
 
@@ -53,6 +55,7 @@ def read_config(path: str | Path) -> dict:
     """The reference's JSON config as a dict, or a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
+        paths.check_bucket(path)
         raise FileNotFoundError(f"{path}: file not found")
     try:
         values = json.loads(path.read_text())
@@ -118,11 +121,12 @@ def read_generator(path: str | Path) -> dict[str, np.ndarray]:
     """The float32 tensors of `path`'s `generator` state dict, read with `torch.load(weights_only=True)`."""
     path = Path(path)
     if not path.is_file():
+        paths.check_bucket(path)
         raise FileNotFoundError(f"{path}: file not found")
     import torch  # the converter alone reads PyTorch files
 
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(paths.local_copy(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = _UNSAFE_GLOBAL.search(str(error))
         if found:
@@ -269,6 +273,7 @@ def params_from_textless(tensors: dict[str, np.ndarray], config: vocoder.Vocoder
 
 def convert(checkpoint: str | Path, config: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Convert the reference's `checkpoint` (.pt) with its JSON `config` into a slam_jax vocoder dir at `out`."""
+    paths.check_array_storage(out, "vocoder weights")
     command.refuse_non_empty(out, overwrite, inputs=[checkpoint, config])
     vocoder_config = config_from_textless(read_config(config), source=str(config))
     params = params_from_textless(read_generator(checkpoint), vocoder_config, source=str(checkpoint))

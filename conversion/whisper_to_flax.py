@@ -7,7 +7,8 @@ what the JAX model does not implement), checks every tensor's shape, and writes,
 `whisper_config.json` + Orbax `params/` + `provenance.json` + the source's tokenizer files,
 `generation_config.json` and `preprocessor_config.json` (what `slam_jax.speech.asr.load_asr` reads). Tensors
 are those of `WhisperForConditionalGeneration` (under `model.`) or of a bare `WhisperModel`; the output head is
-the token embedding (a stored `proj_out.weight` must equal it), and any other tensor is an error.
+the token embedding (a stored `proj_out.weight` must equal it), and any other tensor is an error. `--model` and
+`--out` may be bucket URLs (gs://; --model also s3://): see `hf_to_flax`.
 """
 
 import shutil
@@ -19,6 +20,7 @@ import numpy as np
 from conversion import command, hf_to_flax
 from conversion.qwen2_hf import read_config_json
 from conversion.safetensors_io import CheckpointError, CheckpointReader
+from slam_jax import paths
 from slam_jax.files import atomic_dir, refuse_overlap
 from slam_jax.models import weights, whisper
 from slam_jax.paths import Path
@@ -188,21 +190,23 @@ def check_side_files(folder: Path, config: whisper.WhisperConfig) -> list[Path]:
 
 
 def convert(model: str, out: str | Path, overwrite: bool = False) -> Path:
-    """Convert `model` (a checkpoint folder or hub id) into a slam_jax Whisper model folder at `out`."""
+    """Convert `model` (a checkpoint folder, bucket folder or hub id) into a slam_jax Whisper model folder at `out`."""
+    paths.check_array_storage(out, "Whisper weights")
     command.refuse_non_empty(out, overwrite, inputs=[model])
     folder = resolve(str(model))
     refuse_overlap(out, [folder])  # a hub id's download folder, known only now
-    hf_config = read_config_json(folder)
-    config = config_from_hf(hf_config, source=str(folder / "config.json"))
-    side_files = check_side_files(folder, config)
-    params = weights.move_to_device(params_from_hf(CheckpointReader(folder), config))
+    with command.named_as(folder, model):
+        hf_config = read_config_json(folder)
+        config = config_from_hf(hf_config, source=str(folder / "config.json"))
+        side_files = check_side_files(folder, config)
+        params = weights.move_to_device(params_from_hf(CheckpointReader(folder), config))
     provenance = {"source": str(model), "source_format": "hf", "architectures": hf_config.get("architectures")}
     with atomic_dir(out, overwrite) as staging:
         # The model folder's own atomic write replaces the (empty) staging folder; the side files join it.
         whisper.save_whisper(staging, config, params, extra_files={"provenance.json": provenance}, overwrite=True)
         for path in side_files:
-            shutil.copyfile(path, staging / path.name)
-    return Path(out).absolute()
+            shutil.copyfile(path, staging / path.name)  # both local: the source or its copy, the staging folder
+    return paths.absolute(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,11 @@ def run_job(config, workdir: Path, debug: bool = False) -> int:
         if debug or line is None:
             raise
         print(f"{progress.process_prefix()}error: {line}", file=sys.stderr, flush=True)
+        if isinstance(error, BucketError) or paths.error_line(error) is not None:
+            # A bucket that stopped answering: background writers (Orbax, TensorStore) would retry for minutes
+            # before Python could exit. What was committed is kept; what was not is never taken for committed.
+            sys.stdout.flush()
+            os._exit(EXIT_ERROR)
         return EXIT_ERROR
     stopped = stopped_by_signal(config.mode, result)
     if stopped:
@@ -165,8 +170,8 @@ def error_line(error: BaseException, workdir: Path) -> str | None:
     if isinstance(error, USER_ERRORS) and os_failure(error) is None:
         return one_line(str(error))
     bucket = paths.error_line(error)
-    if bucket is not None:
-        return bucket
+    if bucket is not None:  # the library's text rarely names the object: name the workdir the job writes to
+        return f"{workdir}: {bucket}"
     failures = [failure for failure in map(os_failure, exception_chain(error)) if failure is not None]
     if not failures:
         return None

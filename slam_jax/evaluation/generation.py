@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from slam_jax import parallel, tokens
+from slam_jax import parallel, paths, tokens
 from slam_jax.data import ingest
 from slam_jax.data.auto_bleu import auto_bleu
 from slam_jax.errors import DataError
@@ -108,6 +108,7 @@ def generate(job: GenerateJob, workdir: Path) -> dict:
     """Generate a continuation of every prompt; returns (and saves) the summary."""
     settings = job.generate
     parallel.maybe_initialize()
+    paths.check_bucket(workdir)  # before the work, not at its first write
     if not settings.model:
         raise ValueError("generate.model is empty: give a converted model dir, a training workdir or a checkpoint")
     if not settings.data_path:
@@ -135,7 +136,7 @@ def generate(job: GenerateJob, workdir: Path) -> dict:
         _record(name, prompt, row, settings.auto_bleu_n)
         for name, prompt, row in zip(names, prompts, new_ids, strict=True)
     ]
-    summary = _summary(records, skipped, job, str(model_dir.absolute()), seconds)
+    summary = _summary(records, skipped, job, str(paths.absolute(model_dir)), seconds)
     out = Path(workdir) / "generate"
     write_outputs(out, records, summary)
     if vocoder is not None:
@@ -179,8 +180,8 @@ def write_audio(records: list[dict], vocoder, out: Path, settings: GenerateSetti
     record's wavs."""
     named, durations = [], []
     for index, record in enumerate(records):
-        paths = {f"wav_{key}": f"{AUDIO}/{index:04d}_{key}.wav" for key in ("full", "continuation")}
-        named.append(record | paths)
+        wavs = {f"wav_{key}": f"{AUDIO}/{index:04d}_{key}.wav" for key in ("full", "continuation")}
+        named.append(record | wavs)
         if index % jax.process_count() != jax.process_index():
             continue
         try:
@@ -193,14 +194,14 @@ def write_audio(records: list[dict], vocoder, out: Path, settings: GenerateSetti
                 f"({record['file_name']}): {error} (units_list[0]: prompt + continuation, [1]: continuation)"
             ) from None
         for key, wave in zip(("full", "continuation"), waves, strict=True):
-            vocoders.write_wav(out / paths[f"wav_{key}"], wave, vocoder.sample_rate)
+            vocoders.write_wav(out / wavs[f"wav_{key}"], wave, vocoder.sample_rate)
             durations.append((index, len(wave) / vocoder.sample_rate))
     # summed in record order, whichever process wrote each wav: the same float as one process
     everyone = sorted(sum(parallel.gather_json(durations), []), key=lambda pair: pair[0])
     seconds = sum(duration for _, duration in everyone)
     print(f"[generate] {2 * len(records)} wav files ({seconds:.1f} s of audio) -> {out / AUDIO}")
     written = {
-        "vocoder": str(Path(settings.vocoder).absolute()),
+        "vocoder": str(paths.absolute(settings.vocoder)),
         "predict_durations": settings.predict_durations,
         "sample_rate": vocoder.sample_rate,
         "files": 2 * len(records),
@@ -229,7 +230,7 @@ def read_prompts(job: GenerateJob, workdir: Path, num_units: int) -> tuple[list[
         raise FileNotFoundError(f"{settings.data_path}: no audio files")
     cache = settings.units_cache or workdir / "units_cache"
     units, failed = audio_units.audio_units(job.tokenize, files, cache, job.seed, settings.prompt_seconds)
-    keys = [str(Path(file).absolute()) for file in files]
+    keys = [str(paths.absolute(file)) for file in files]
     skipped = [{"file": key, "reason": failed[key]} for key in keys if key in failed]
     kept = [key for key in keys if key in units]
     if not kept:

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from slam_jax import parallel, tokens
+from slam_jax import parallel, paths, tokens
 from slam_jax.data.auto_bleu import auto_bleu_text
 from slam_jax.errors import DataError
 from slam_jax.evaluation import generation
@@ -204,7 +204,7 @@ def read_prompts(
             reason = f"{seconds:.2f} s: shorter than the {settings.prompt_seconds} s prompt"
             skipped.append({"file": file, "reason": reason})
         else:
-            chosen.append(str(Path(file).absolute()))
+            chosen.append(str(paths.absolute(file)))
     if not chosen:
         detail = f", e.g. {skipped[0]['file']}: {skipped[0]['reason']}" if skipped else ""
         raise DataError(f"eval.data_path={data_path}: no usable prompt file{detail}")

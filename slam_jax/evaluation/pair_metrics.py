@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from slam_jax import parallel, tokens
+from slam_jax import parallel, paths, tokens
 from slam_jax.errors import DataError
 from slam_jax.evaluation import genppl, scoring
 from slam_jax.evaluation import pairs as pair_io
@@ -72,6 +72,7 @@ def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
     """Score every configured metric with one model; returns {metric: result}."""
     settings = job.eval
     parallel.maybe_initialize()
+    paths.check_bucket(workdir)  # before the work, not at its first write
     metrics = _split(settings.metric)
     data_paths = _split(settings.data_path)
     if not metrics:
@@ -90,7 +91,7 @@ def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
         if pair_io.canonical_metric(metric) in genppl.METRICS:
             generative.setdefault(data_path, []).append(pair_io.canonical_metric(metric))
         else:
-            results[metric] = evaluate(metric, data_path, scorer, job, Path(workdir), str(model_dir.absolute()))
+            results[metric] = evaluate(metric, data_path, scorer, job, Path(workdir), str(paths.absolute(model_dir)))
     if results:
         print(table(results))
     for data_path, names in generative.items():  # one generation, vocoding and transcription per prompt set
@@ -104,7 +105,7 @@ def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
             job.seed,
             settings.batch_size,
             Path(workdir) / "eval",
-            str(model_dir.absolute()),
+            str(paths.absolute(model_dir)),
             settings.progress,
         )
     return results
@@ -144,7 +145,7 @@ def evaluate(metric: str, data_path: str, scorer: scoring.Scorer, job: EvalJob, 
         "breakdown": scoring.breakdown([pair.subset for pair in kept], per_pair),
         "num_skipped": len(skipped),
         "skipped": skipped,
-        "data_path": str(Path(data_path).absolute()),
+        "data_path": str(paths.absolute(data_path)),
         "compute_dtype": scorer.config.compute_dtype,
         "seconds": round(time.perf_counter() - start, 3),
         "pairs_per_second": round(len(kept) / score_seconds, 3),
@@ -185,7 +186,7 @@ def _split(values: str) -> list[str]:
 
 
 def _key(path: str) -> str:
-    return str(Path(path).absolute())
+    return str(paths.absolute(path))
 
 
 def _audio_units(pairs, job: EvalJob, workdir: Path) -> tuple[dict[str, list[int]], dict[str, str]]:

@@ -14,6 +14,9 @@ Which file of a pair is the positive is made explicit, never left to directory o
 POSITIVE_LABELS / NEGATIVE_LABELS (e.g. `correct` / `incorrect`, `word` / `nonword`) decides; if neither file
 carries one, the file whose name sorts first is the positive. A pair that is not exactly one file of each kind
 is an error naming its files.
+
+A benchmark folder or pairs jsonl may be in a bucket (gs://, s3://): the folders are listed and the jsonl read
+through `slam_jax.paths`, and a relative audio path in a jsonl in a bucket names an object beside it.
 """
 
 import dataclasses

@@ -85,8 +85,8 @@ def token_log_probs(graphdef, state, input_ids: jax.Array, segment_ids: jax.Arra
 
 
 def load_tokenizer(directory: str | Path):
-    """The transformers tokenizer saved in `directory`, its pad token the eos token if it has none (as the
-    reference sets it)."""
+    """The transformers tokenizer saved in `directory` (locally or in a bucket: read from a local copy of its
+    files), its pad token the eos token if it has none (as the reference sets it)."""
     directory = Path(directory)
     if not any((directory / name).is_file() for name in TOKENIZER_MARKERS):
         raise FileNotFoundError(
@@ -95,11 +95,12 @@ def load_tokenizer(directory: str | Path):
         )
     from transformers import AutoTokenizer  # deferred: only text scoring needs transformers
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as error:
-        message = " ".join(str(error).split())
-        raise ValueError(f"{directory}: the tokenizer does not load ({type(error).__name__}: {message})") from None
+    with weights.local_side_files(directory) as folder:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as error:
+            message = " ".join(str(error).split()).replace(str(folder), str(directory))
+            raise ValueError(f"{directory}: the tokenizer does not load ({type(error).__name__}: {message})") from None
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"{directory}: the tokenizer has neither a pad nor an eos token to pad with")
@@ -108,6 +109,7 @@ def load_tokenizer(directory: str | Path):
 
 
 def load_text_lm(model_dir: str | Path, compute_dtype: str = "float32") -> TextLM:
-    """The text LM in `model_dir` (conversion.hf_to_flax's output without --twist: weights and tokenizer)."""
+    """The text LM in `model_dir` (conversion.hf_to_flax's output without --twist: weights and tokenizer), a local
+    folder or one in a gs:// bucket."""
     model = weights.load_model(qwen2.FAMILY, model_dir, compute_dtype=compute_dtype)
     return TextLM(model, load_tokenizer(model_dir))

@@ -7,6 +7,7 @@ iterations, every step jitted; features are processed in chunks so memory stays 
 """
 
 import functools
+import io
 import math
 import os
 
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slam_jax import paths
 from slam_jax.paths import Path
 
 _CHUNK = 16_384
@@ -172,7 +174,8 @@ def _lloyd_loop(chunks, weights, centroids, max_iterations: int, threshold) -> j
 
 
 def load_centroids(path: str | Path) -> np.ndarray:
-    """Centroids [num_units, dim] float32 from a `.npy` (never a pickle: convert a `.bin` with kmeans_to_npy)."""
+    """Centroids [num_units, dim] float32 from a `.npy` (never a pickle: convert a `.bin` with kmeans_to_npy), local
+    or in a bucket (read whole into memory: a few MB at most, and nothing on disk for processes to share)."""
     path = Path(path)
     if path.suffix != ".npy":
         raise ValueError(
@@ -180,7 +183,8 @@ def load_centroids(path: str | Path) -> np.ndarray:
             "`python -m conversion.kmeans_to_npy --allow-pickle`)"
         )
     try:
-        centroids = np.load(path, allow_pickle=False)
+        source = io.BytesIO(path.read_bytes()) if paths.is_remote(path) else path
+        centroids = np.load(source, allow_pickle=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: centroids file not found") from None
     except ValueError as error:
@@ -191,8 +195,13 @@ def load_centroids(path: str | Path) -> np.ndarray:
 
 
 def save_centroids(path: str | Path, centroids: np.ndarray) -> Path:
-    """Write centroids as `.npy` atomically (a temporary sibling renamed into place)."""
+    """Write centroids as `.npy` atomically: a temporary sibling renamed into place (in a bucket, one upload)."""
     path = Path(path)
+    if paths.is_remote(path):
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(centroids, np.float32))
+        path.write_bytes(buffer.getvalue())
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

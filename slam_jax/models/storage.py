@@ -1,12 +1,14 @@
 """The Qwen2 model folder: `model_config.json` + Orbax `params/` (+ optional provenance), or a training step.
 
 The folder itself (atomic writes, shape checks, loading onto a device) is `weights.py`'s, shared by every
-model family; this module names the Qwen2 files and finds the model inside a training workdir.
+model family; this module names the Qwen2 files and finds the model inside a training workdir. Any of them may be
+in a gs:// bucket (Orbax reads and writes its arrays there; s3:// is refused: `paths.check_array_storage`).
 """
 
 import json
 from typing import Any
 
+from slam_jax import paths
 from slam_jax.models import qwen2, weights
 from slam_jax.models.config import ModelConfig
 from slam_jax.paths import Path
@@ -50,6 +52,7 @@ def load_params(directory: str | Path, config: ModelConfig | None = None, shardi
 def resolve_model_dir(path: str | Path) -> Path:
     """The model dir behind `path`: a model dir itself, or the newest numbered step inside a training
     workdir (`path/checkpoints/<step>/` or `path/<step>/`) that holds a model config and params."""
+    paths.check_array_storage(path, "model weights")
     path = Path(path)
     if is_model_dir(path):
         return path
@@ -60,6 +63,7 @@ def resolve_model_dir(path: str | Path) -> Path:
         if steps:
             return steps[-1][1]
     if not path.exists():
+        paths.check_bucket(path)
         raise FileNotFoundError(f"{path}: no such model dir, workdir or checkpoint")
     raise FileNotFoundError(f"{path}: holds no {CONFIG_FILE} + {PARAMS_DIR}/ (not a model dir, workdir or checkpoint)")
 

@@ -7,13 +7,17 @@ declaring a `Family` and nothing else.
 
 A model folder is `<config_file>` (the config as JSON) + Orbax `params/` (the pure-dict parameter tree) + any
 extra JSON files (e.g. provenance). It is written atomically: everything goes to a temporary sibling folder
-that is renamed into place only when complete, so an interrupted or failed write never leaves a half-written
-model behind.
+that is renamed into place only when complete (in a gs:// bucket: a local folder uploaded with the config last),
+so an interrupted or failed write never leaves a half-written model behind. A folder in a gs:// bucket is read
+in place (Orbax reads the arrays from the bucket); s3:// is refused for weights (`paths.check_array_storage`).
 """
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Mapping
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -21,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from slam_jax import parallel
+from slam_jax import parallel, paths
 from slam_jax.files import atomic_dir
 from slam_jax.paths import Path
 from slam_jax.settings import Settings
@@ -150,6 +154,7 @@ def save_model_dir(
 ) -> Path:
     """Write `config`, `params` and `extra_files` (name -> JSON object) to `directory` atomically, after checking
     the shapes; refuses a non-empty `directory` unless `overwrite`. Returns the absolute path."""
+    paths.check_array_storage(directory, f"{family.noun} weights")
     check_shapes(family, config, params)
     with atomic_dir(directory, overwrite) as staging:
         config.save(staging / family.config_file)
@@ -158,7 +163,7 @@ def save_model_dir(
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / PARAMS_DIR, params)
             checkpointer.wait_until_finished()
-    return Path(directory).absolute()
+    return paths.absolute(directory)
 
 
 def load_config(family: Family, directory: str | Path) -> Settings:
@@ -197,9 +202,31 @@ def load_model(family: Family, directory: str | Path, **config_overrides) -> nnx
     return model_from_params(family, config, load_params(family, directory, config))
 
 
+@contextlib.contextmanager
+def local_side_files(directory: str | Path) -> Iterator[Path]:
+    """A local folder holding the top-level files of the model folder `directory` (its tokenizer and generation
+    config: what libraries such as transformers read by file name): `directory` itself when local; for a bucket,
+    a temporary folder, removed after the block, of links to their copies in the local cache (`paths.local_copy`),
+    without `params/` (Orbax reads that from the bucket)."""
+    directory = Path(directory)
+    if not paths.is_remote(directory):
+        yield directory
+        return
+    scheme = str(directory).split("://", 1)[0]
+    entries = paths.filesystem(directory).ls(paths.object_key(directory), detail=True)
+    with tempfile.TemporaryDirectory(prefix="slam-jax-model-files-") as folder:
+        for entry in entries:
+            if entry.get("type") == "file":
+                name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+                os.symlink(paths.local_copy(f"{scheme}://{entry['name']}"), os.path.join(folder, name))
+        yield Path(folder)
+
+
 def _require_model_dir(family: Family, directory: str | Path) -> Path:
-    directory = Path(directory).absolute()
+    paths.check_array_storage(directory, f"{family.noun} weights")
+    directory = paths.absolute(directory)
     if not is_model_dir(family, directory):
+        paths.check_bucket(directory)
         needs = f"{family.config_file} and {PARAMS_DIR}/"
         raise FileNotFoundError(f"{directory}: not a converted {family.noun} (needs {needs})")
     return directory

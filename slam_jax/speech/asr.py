@@ -13,7 +13,8 @@ has the same shape (`batch_size` rows rounded up to the devices, fewer when ther
 compilation serves all.
 
 The model folder is the one `python -m conversion.whisper_to_flax` writes: `whisper_config.json` + Orbax
-`params/`, the tokenizer files, `generation_config.json` and `preprocessor_config.json` of the source.
+`params/`, the tokenizer files, `generation_config.json` and `preprocessor_config.json` of the source; locally or
+in a gs:// bucket (Orbax reads the weights there, the tokenizer is read from a local copy of its files).
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slam_jax import parallel
+from slam_jax import parallel, paths
 from slam_jax.models import weights, whisper
 from slam_jax.paths import Path
 from slam_jax.speech import tts, whisper_features
@@ -166,11 +167,12 @@ def load_tokenizer(model_dir: Path):
 
     if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
         raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError) as error:
-        message = " ".join(str(error).split())
-        raise ValueError(f"{model_dir}: the tokenizer does not load ({message})") from None
+    with weights.local_side_files(model_dir) as folder:
+        try:
+            return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as error:
+            message = " ".join(str(error).split()).replace(str(folder), str(model_dir))
+            raise ValueError(f"{model_dir}: the tokenizer does not load ({message})") from None
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
@@ -283,8 +285,9 @@ class WhisperASR:
 def load_asr(model_dir: str | Path, compute_dtype: str | None = None) -> WhisperASR:
     """The Whisper model folder `model_dir` (from conversion.whisper_to_flax) ready to transcribe, its matmuls in
     `compute_dtype` ("float32" or "bfloat16"; default: the saved config's)."""
-    model_dir = Path(model_dir).absolute()
+    model_dir = paths.absolute(model_dir)
     if not model_dir.is_dir():
+        paths.check_bucket(model_dir)
         raise FileNotFoundError(f"{model_dir}: no such Whisper model folder (conversion.whisper_to_flax writes one)")
     config = weights.load_config(whisper.FAMILY, model_dir)
     if config.num_mel_frames != whisper_features.NUM_FRAMES:

@@ -16,13 +16,21 @@ The output folder (`tokenize.out_path`, default WORKDIR/units) holds:
 Resume: a shard whose part exists is skipped, so a re-run after a kill redoes only unfinished shards and no
 line is ever written twice. A re-run into a folder made with other settings is refused.
 
+Buckets (gs://, s3://; `slam_jax.paths`): `data_path` may name audio objects (streamed, audio.py),
+`kmeans_path` a bucket object (read into memory), `encoder_path` a bucket folder (copied once into the local
+cache, `paths.local_copy`) and `out_path` a bucket folder. There every file above is one upload, so atomic by
+itself: a part exists complete or not at all, and a kill leaves no half-written object behind; the store is
+staged locally and uploaded with its manifests last (`files.atomic_dir`). The parts present are found by one
+listing per run, not one request per shard. An out_path whose bucket does not exist fails before any work.
+
 Work flow per shard: file headers are probed (for durations) and files are read, mixed to mono and
 resampled by a thread pool, longest first, while the main thread runs the encoder on batches of
 similar-length windows; each host takes every `process_count`-th file of the sorted list.
 
-Several hosts (`jax.distributed`, one process each, `out_path` on a filesystem they share): each writes its
-own parts, then all wait at a barrier; process 0 alone merges the parts, writes the store and report.json
-(whichever host finished last), and the others wait at a second barrier and return the report it wrote.
+Several hosts (`jax.distributed`, one process each, `out_path` on a filesystem or in a bucket they share):
+each writes its own parts (named after the host), then all wait at a barrier; process 0 alone merges the parts,
+writes the store and report.json (whichever host finished last), and the others wait at a second barrier and
+return the report it wrote.
 """
 
 import collections
@@ -37,7 +45,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from slam_jax import parallel, progress
+from slam_jax import parallel, paths, progress
 from slam_jax.data import ingest
 from slam_jax.errors import DataError
 from slam_jax.files import write_text
@@ -173,6 +181,7 @@ def tokenize(job: TokenizeJob, workdir: Path, alone: bool = False) -> dict:
     if not settings.data_path:
         raise ValueError("tokenize.data_path is empty: give an audio folder, list file or glob")
     out = Path(settings.out_path or Path(workdir) / "units")
+    paths.check_bucket(out)
     files = audio.list_audio(settings.data_path)
     if not files:
         raise FileNotFoundError(f"{settings.data_path}: no audio files ({', '.join(audio.AUDIO_SUFFIXES)})")
@@ -203,7 +212,7 @@ def build_encoder(settings: TokenizeSettings) -> unit_encoder.UnitEncoder:
     if settings.encoder_path == MFCC:
         return unit_encoder.spectral_encoder(settings.mfcc.spectral_config(), None, **options)
     model = hubert.load_encoder(
-        settings.encoder_path,
+        paths.local_copy(settings.encoder_path),
         compute_dtype=settings.compute_dtype,
         scan_layers=settings.scan_layers,
         conv_chunk_frames=conv_chunk_frames(settings.conv_chunk_frames, devices),
@@ -230,10 +239,10 @@ def describe(settings: TokenizeSettings, encoder: unit_encoder.UnitEncoder, cent
     """The settings that change units: a folder's units are only ever extended with the same ones."""
     is_mfcc = settings.encoder_path == MFCC
     return {
-        "encoder": MFCC if is_mfcc else str(Path(settings.encoder_path).absolute()),
+        "encoder": MFCC if is_mfcc else str(paths.absolute(settings.encoder_path)),
         "layer": None if is_mfcc else settings.layer,
         "mfcc": settings.mfcc.to_dict() if is_mfcc else None,
-        "kmeans": str(centroids_path.absolute()),
+        "kmeans": str(paths.absolute(centroids_path)),
         "num_units": encoder.num_units,
         "sample_rate": audio.SAMPLE_RATE,
         "frame_samples": encoder.frame_samples,
@@ -300,15 +309,17 @@ def _tokenize_host(files, encoder, pool, settings: TokenizeSettings, out: Path, 
     """Every unfinished shard of this host (`host`: (index, count)); this run's counts."""
     shards = shard_plan(files, settings.shard_size, *host)
     parts = out / PARTS
-    parts.mkdir(parents=True, exist_ok=True)
-    for leftover in parts.glob(f".{_host_prefix(*host)}*.tmp-*"):
-        leftover.unlink()  # a write this host started when it was killed
+    if not paths.is_remote(parts):  # a bucket has no folders to make, and its writes leave no half-written file
+        parts.mkdir(parents=True, exist_ok=True)
+        for leftover in parts.glob(f".{_host_prefix(*host)}*.tmp-*"):
+            leftover.unlink()  # a write this host started when it was killed
+    done = _part_files(parts)
     counts = collections.Counter()
     start = time.perf_counter()
     total = len(files[host[0] :: host[1]])
     with progress.Progress("tokenize", total, unit="file", enabled=settings.progress) as bar:
         for name, shard in shards:
-            if (parts / f"{name}.jsonl").is_file():
+            if f"{name}.jsonl" in done:
                 counts["resumed_files"] += len(shard)
                 bar.update(len(shard))
                 continue
@@ -327,8 +338,10 @@ def _finish(files: list[str], settings: TokenizeSettings, out: Path, counts: col
     if hosts > 1:
         parallel.barrier("slam_jax: tokenize parts written")
     if index == 0:
-        merged = _merge_if_complete(files, settings.shard_size, out, hosts)
-        report = _report(files, settings.shard_size, out, totals, hosts)
+        names = _all_part_names(files, settings.shard_size, hosts)
+        written = _read_parts(out / PARTS, names)
+        merged = _merge_if_complete(files, names, written, out)
+        report = _report(files, names, written, out, totals)
         if settings.store and merged:
             report["store"] = _write_store(out, num_units, settings.valid_fraction)
         write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
@@ -464,18 +477,35 @@ def _write_store(out: Path, num_units: int, valid_fraction: float) -> dict:
     return {"path": str(out / STORE), "train_tokens": summary["train_num_tokens"]}
 
 
-def _merge_if_complete(files: list[str], shard_size: int, out: Path, hosts: int) -> bool:
+def _read_parts(parts: Path, names: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """{part name: (its features lines, its error lines)} of the parts of `names` that are written (a part is
+    written once its features file exists: its errors file is written just before it)."""
+    present = _part_files(parts)
+    return {
+        name: (_lines(parts / f"{name}.jsonl"), _lines(parts / f"{name}.{ERRORS}"))
+        for name in names
+        if f"{name}.jsonl" in present
+    }
+
+
+def _part_files(parts: Path) -> set[str]:
+    """The names of the files in the parts folder, by one listing (none if it does not exist yet)."""
+    try:
+        return {child.name for child in parts.iterdir()}
+    except FileNotFoundError:
+        return set()
+
+
+def _merge_if_complete(files: list[str], names: list[str], written: dict, out: Path) -> bool:
     """Rebuild features.jsonl and errors.jsonl from the parts, in file-list order (as one host writes them),
     once every host's shards are there; False (and a note) if some are missing."""
-    names = _all_part_names(files, shard_size, hosts)
-    parts = out / PARTS
-    missing = [name for name in names if not (parts / f"{name}.jsonl").is_file()]
+    missing = [name for name in names if name not in written]
     if missing:
-        print(f"{parts}: {len(missing)} of {len(names)} parts missing, no features.jsonl (is out_path shared?)")
+        print(f"{out / PARTS}: {len(missing)} of {len(names)} parts missing, no features.jsonl (is out_path shared?)")
         return False
     position = {file: index for index, file in enumerate(files)}
-    for suffix, target in ((".jsonl", FEATURES), (f".{ERRORS}", ERRORS)):
-        lines = [line for name in names for line in _lines(parts / f"{name}{suffix}")]
+    for column, target in ((0, FEATURES), (1, ERRORS)):
+        lines = [line for name in names for line in written[name][column]]
         lines.sort(key=lambda line: position[json.loads(line)["file_name"]])
         write_text(out / target, "".join(f"{line}\n" for line in lines))
     return True
@@ -486,14 +516,12 @@ def _all_part_names(files: list[str], shard_size: int, hosts: int) -> list[str]:
     return [name for host in range(hosts) for name, _ in shard_plan(files, shard_size, host, hosts)]
 
 
-def _report(files: list[str], shard_size: int, out: Path, counts: collections.Counter, hosts: int) -> dict:
+def _report(files: list[str], names: list[str], written: dict, out: Path, counts: collections.Counter) -> dict:
     """Counts over every host's shards (earlier runs included) and this run's speed over all hosts (over the
     tokenising itself: reading, encoding, writing; not loading the encoder or fitting k-means)."""
     seconds = counts["seconds"]
-    names = _all_part_names(files, shard_size, hosts)
-    parts = out / PARTS
-    errors = [json.loads(line) for name in names for line in _lines(parts / f"{name}.{ERRORS}")]
-    tokenized = sum(len(_lines(parts / f"{name}.jsonl")) for name in names if (parts / f"{name}.jsonl").is_file())
+    errors = [json.loads(line) for name in names if name in written for line in written[name][1]]
+    tokenized = sum(len(written[name][0]) for name in names if name in written)
     audio_seconds = counts["audio_samples_this_run"] / audio.SAMPLE_RATE
     return {
         "files": len(files),
@@ -509,7 +537,7 @@ def _report(files: list[str], shard_size: int, out: Path, counts: collections.Co
         "audio_seconds_per_second": round(audio_seconds / seconds, 3) if seconds else 0.0,
         "files_per_second": round(counts["tokenized_this_run"] / seconds, 3) if seconds else 0.0,
         "merged": (out / FEATURES).is_file(),
-        "out": str(out.absolute()),
+        "out": str(paths.absolute(out)),
     }
 
 

@@ -20,12 +20,14 @@ The spectra of step 2 are computed once per unit. `predict_durations` plays each
 the tokeniser folder's own `features.jsonl` (rounded, at least one frame): the inverse's duration predictor.
 """
 
+import io
 import json
 import os
 
 import numpy as np
 import soundfile
 
+from slam_jax import paths
 from slam_jax.models import kmeans
 from slam_jax.models import vocoder as neural
 from slam_jax.paths import Path
@@ -200,9 +202,11 @@ def _centroids_path(folder: Path, description: dict) -> Path:
 def load_vocoder(path: str | Path, mfcc: MfccSettings | None = None, **neural_options):
     """The vocoder at `path`: an MFCC tokeniser's output folder (`tokenizer.json`) or a centroids `.npy` (with the
     `mfcc` settings that made them, default the tokeniser's) give the MFCC inverse; any other folder is a neural
-    unit vocoder (`python -m conversion.vocoder_to_flax`), loaded with `neural_options` (`batch_size`)."""
+    unit vocoder (`python -m conversion.vocoder_to_flax`), loaded with `neural_options` (`batch_size`). Any of them
+    may be in a bucket (a neural vocoder on gs://: Orbax reads it there)."""
     path = Path(path)
     if not path.exists():
+        paths.check_bucket(path)
         raise FileNotFoundError(f"{path}: no such vocoder folder or centroids file")
     if (path / tokenize.DESCRIPTION).is_file():
         return MfccInverseVocoder.from_tokenizer(path)
@@ -216,7 +220,14 @@ def load_vocoder(path: str | Path, mfcc: MfccSettings | None = None, **neural_op
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
-    """`samples` as a 16-bit PCM wav, clipped to [-1, 1] (libsndfile would wrap louder ones), written atomically."""
+    """`samples` as a 16-bit PCM wav, clipped to [-1, 1] (libsndfile would wrap louder ones), written atomically
+    (in a bucket: one upload)."""
+    path = Path(path)
+    if paths.is_remote(path):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        path.write_bytes(buffer.getvalue())
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

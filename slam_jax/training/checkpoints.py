@@ -18,12 +18,14 @@ WORKDIR/rejected_checkpoints/, so nothing is deleted and the older checkpoints b
 import json
 import re
 import shutil
+import threading
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from slam_jax import files, paths
+from slam_jax.errors import BucketError
 from slam_jax.models.config import ModelConfig
 from slam_jax.models.storage import CONFIG_ITEM, PARAMS_DIR
 from slam_jax.paths import Path
@@ -46,8 +48,17 @@ class Checkpointer:
     """Saves every `every_steps` steps and every `every_minutes` minutes; keeps the last `keep` plus
     every `keep_period`-th step."""
 
-    def __init__(self, directory: Path, every_steps: int, every_minutes: float, keep: int, keep_period: int = 0):
+    def __init__(
+        self,
+        directory: Path,
+        every_steps: int,
+        every_minutes: float,
+        keep: int,
+        keep_period: int = 0,
+        commit_timeout_minutes: float = 30.0,
+    ):
         self.every_steps = every_steps
+        self.commit_timeout = commit_timeout_minutes * 60
         self.every_seconds = every_minutes * 60
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -63,7 +74,9 @@ class Checkpointer:
         }
         paths.check_array_storage(directory, "checkpoints")
         self.directory = Path(directory) if paths.is_remote(directory) else Path(directory).absolute()
+        self._saving: int | None = None
         self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
+        self._committed: int | None = self.manager.latest_step()  # known committed (the listing may be unreachable)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -108,7 +121,9 @@ class Checkpointer:
                 CONFIG_ITEM: ocp.args.JsonSave(model_config.to_dict()),
             }
         )
+        self.wait()  # the previous save, bounded (Orbax would wait for it without a limit)
         self.manager.save(step, args=args, force=True)
+        self._saving = step
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         """The state (placed with the shardings of `abstract_state`'s leaves, whatever layout saved it) and the
@@ -126,10 +141,27 @@ class Checkpointer:
         return TrainState(restored[PARAMS_DIR], restored["opt_state"], step_value), meta
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the save in flight to commit, at most `commit_timeout_minutes`; past that a `BucketError` (the
+        storage stopped answering: TensorStore would go on retrying for many minutes) names the step that did not
+        commit and the last one that did."""
+        waiter = threading.Thread(target=self.manager.wait_until_finished, name="checkpoint-commit", daemon=True)
+        waiter.start()
+        waiter.join(self.commit_timeout)
+        if waiter.is_alive():
+            committed = (
+                f"the last committed checkpoint is step {self._committed} in {self.directory}"
+                if self._committed is not None
+                else "no checkpoint committed yet"
+            )
+            raise BucketError(
+                f"{self.directory / str(self._saving)}: the save did not commit within {self.commit_timeout:g} s "
+                f"(checkpoint.commit_timeout_minutes): is the storage answering? {committed}"
+            )
+        if self._saving is not None:
+            self._committed = self._saving
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 

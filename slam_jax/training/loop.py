@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slam_jax import parallel, progress
+from slam_jax import parallel, paths, progress
 from slam_jax.data import pipeline, stores
 from slam_jax.data.stores import DataSettings
 from slam_jax.data.unit_store import UnitStore
-from slam_jax.errors import TrainingError
+from slam_jax.errors import BucketError, TrainingError
 from slam_jax.models import attention, qwen2, storage
 from slam_jax.models import config as model_config
 from slam_jax.models.config import ModelConfig
@@ -200,9 +200,13 @@ def run(config, workdir: Path, trainer_class: type["Trainer"] | None = None) -> 
     with lock:
         trainer = trainer_class(job, workdir)
         try:
-            return trainer.fit()
-        finally:
-            trainer.close()
+            result = trainer.fit()
+        except BaseException as error:
+            if not (isinstance(error, BucketError) or paths.error_line(error)):
+                trainer.close()  # a storage that stopped answering would hold this for the commit timeout
+            raise
+        trainer.close()
+        return result
 
 
 def validation_summary(data: DataSettings, valid_stores: list[str]) -> str:
@@ -287,6 +291,7 @@ class Trainer:
             settings.checkpoint.every_minutes,
             settings.checkpoint.keep,
             settings.checkpoint.keep_period,
+            settings.checkpoint.commit_timeout_minutes,
         )
         self.finite = jax.jit(checkpoints.all_finite, out_shardings=parallel.replicated(self.mesh))
         self._probe = None

@@ -161,10 +161,17 @@ def _bucket_lock(workdir: Path) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        renewer.join(timeout=30)
-        with contextlib.suppress(Exception):
-            if (read_lease(workdir) or {}).get("token") == token:
-                fs.rm_file(key)
+
+        def release() -> None:
+            with contextlib.suppress(Exception):
+                if (read_lease(workdir) or {}).get("token") == token:
+                    fs.rm_file(key)
+
+        # Best effort, bounded: a bucket that stopped answering must not hold the exit for the client's retries
+        # (the lease then expires by itself).
+        releaser = threading.Thread(target=release, name="workdir-lease-release", daemon=True)
+        releaser.start()
+        releaser.join(timeout=15)
 
 
 def architecture(config: ModelConfig) -> str:

@@ -94,6 +94,7 @@ class CheckpointSettings(Settings):
     every_minutes: float = setting(30.0, minimum=0.0)
     keep: int = setting(3, above=0)
     keep_period: int = setting(0, minimum=0)
+    commit_timeout_minutes: float = setting(30.0, above=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
