@@ -150,7 +150,16 @@ def cache_limit_bytes() -> int:
 
 def local_copy(value: "str | os.PathLike") -> pathlib.Path:
     """A local file or folder with the content of `value`: `value` itself when it is local, else a copy in the cache
-    (downloaded once; reused while every object's size and modification time are unchanged)."""
+    (downloaded once; reused while every object's size and modification time are unchanged).
+
+    Safe for several processes (and threads) sharing one cache: each downloads into its own staging folder, which
+    becomes the cache entry by one rename, so an entry appears complete or not at all. The entry is replaced only
+    under its lock file (`.<entry>.lock`, flock): a process that finds a valid entry there (the same objects'
+    stamps: it lost the race) drops its own copy and uses that one; a stale or invalid entry is renamed aside
+    before it is deleted, and a valid one is never deleted."""
+    import fcntl
+    import secrets
+
     if not is_remote(value):
         return local(value)
     url = str(value).rstrip("/")
@@ -164,52 +173,96 @@ def local_copy(value: "str | os.PathLike") -> pathlib.Path:
     except FileNotFoundError:
         raise FileNotFoundError(f"{url}: no such object or folder in the bucket") from None
     stamp = {name: [entry.get("size"), str(_modified(entry))] for name, entry in listing.items()}
+    wanted = {"url": url, "objects": stamp}
     entry = cache_dir() / "objects" / hashlib.sha256(url.encode()).hexdigest()[:24]
     target = entry / pathlib.PurePosixPath(key).name
-    record = entry / "source.json"
-    if record.is_file() and target.exists():
-        try:
-            if json.loads(record.read_text()) == {"url": url, "objects": stamp}:
-                os.utime(record)  # most recently used
-                return target
-        except (OSError, json.JSONDecodeError):
-            pass
-    shutil.rmtree(entry, ignore_errors=True)
+    if _holds(entry, target, wanted):
+        return target
     _make_room(sum(int(size or 0) for size, _ in stamp.values()))
-    staging = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = entry.with_name(f".{entry.name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
     staging.mkdir(parents=True)
-    for name in listing:
-        relative = pathlib.PurePosixPath(name).relative_to(pathlib.PurePosixPath(key).parent)
-        destination = staging / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(name, str(destination))
-    (staging / "source.json").write_text(json.dumps({"url": url, "objects": stamp}))
-    os.replace(staging, entry)
-    return target
+    try:
+        for name in listing:
+            relative = pathlib.PurePosixPath(name).relative_to(pathlib.PurePosixPath(key).parent)
+            destination = staging / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(name, str(destination))
+        (staging / "source.json").write_text(json.dumps(wanted))
+        with open(entry.with_name(f".{entry.name}.lock"), "a") as lock:
+            # Only the holder of this lock replaces the entry, so what it finds there stays until it renames it.
+            with contextlib.suppress(OSError):  # a filesystem without locks: the rename below still fails on a rival
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _holds(entry, target, wanted):  # else another process got there first: its copy is this one
+                _retire(entry)  # stale or broken: out of the way first, so no reader sees it half deleted
+                try:
+                    os.rename(staging, entry)  # fails if another process placed the entry meanwhile (no lock)
+                except OSError:
+                    if not _holds(entry, target, wanted):
+                        raise
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _holds(entry: pathlib.Path, target: pathlib.Path, wanted: dict) -> bool:
+    """Whether the cache `entry` is the complete copy `wanted` describes (marked most recently used if so)."""
+    record = entry / "source.json"
+    try:
+        if json.loads(record.read_text()) != wanted or not target.exists():
+            return False
+        os.utime(record)  # most recently used
+    except (OSError, ValueError):  # absent, half written by an old version, or renamed away meanwhile
+        return False
+    return True
+
+
+def _retire(entry: pathlib.Path) -> None:
+    """Rename `entry` aside (a hidden sibling) and delete it there; nothing if it is gone already."""
+    import secrets
+
+    aside = entry.with_name(f".{entry.name}.old-{os.getpid()}-{secrets.token_hex(8)}")
+    try:
+        os.rename(entry, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _modified(entry: dict):
     return entry.get("updated") or entry.get("LastModified") or entry.get("mtime") or entry.get("generation")
 
 
+_LEFTOVER_SECONDS = 24 * 3600  # a hidden staging folder this old was left by a killed process
+
+
 def _make_room(needed: int) -> None:
-    """Remove the least recently used cache entries until `needed` more bytes fit under the cache's limit."""
+    """Remove the least recently used cache entries until `needed` more bytes fit under the cache's limit (each
+    renamed aside first, so that another process never finds one half deleted), and the staging folders that
+    killed processes left behind."""
+    import time
+
     root = cache_dir() / "objects"
     if not root.is_dir():
         return
     entries = []
     for entry in root.iterdir():
-        if entry.name.startswith("."):
+        try:
+            if entry.name.startswith("."):  # a staging or retired folder, or an entry's lock file
+                if entry.suffix == ".lock":  # never deleted: another process may hold it
+                    continue
+                if ".old-" in entry.name or time.time() - entry.stat().st_mtime > _LEFTOVER_SECONDS:
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            size = sum(file.stat().st_size for file in entry.rglob("*") if file.is_file())
+            record = entry / "source.json"
+            entries.append((record.stat().st_mtime if record.exists() else 0.0, size, entry))
+        except OSError:  # renamed or removed by another process meanwhile
             continue
-        size = sum(file.stat().st_size for file in entry.rglob("*") if file.is_file())
-        record = entry / "source.json"
-        entries.append((record.stat().st_mtime if record.exists() else 0.0, size, entry))
     total = sum(size for _, size, _ in entries)
     for _, size, entry in sorted(entries, key=lambda item: item[0]):
         if total + needed <= cache_limit_bytes():
             break
-        shutil.rmtree(entry, ignore_errors=True)
+        _retire(entry)
         total -= size
 
 

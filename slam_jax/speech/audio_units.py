@@ -13,7 +13,7 @@ import jax
 
 from slam_jax import parallel
 from slam_jax.files import read_jsonl, write_text
-from slam_jax.paths import Path
+from slam_jax.paths import Path, absolute
 from slam_jax.speech import tokenize
 from slam_jax.speech.tokenize import TokenizeJob, TokenizeSettings
 
@@ -42,12 +42,14 @@ def audio_units(
 ) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Units of every file in `paths` ({absolute path: units}) and why each other file failed ({path: reason}).
 
+    Files and `cache_root` may be local or in a bucket (gs://, s3://): a bucket file's key is its URL as given.
+
     `settings` is the job's `tokenize` section; `max_seconds` > 0 keeps only the start of each file (generation
     prompts). Every process of a multi-host job calls it (the hosts share the files out), unless `alone`: a step
     that one process runs for all tokenises every file itself.
     """
     parallel.maybe_initialize()  # before the first barrier: a no-op once the job has joined its hosts
-    files = sorted({str(Path(path).absolute()) for path in paths})
+    files = sorted({str(absolute(path)) for path in paths})
     if max_seconds > 0:
         settings = settings.replace(max_seconds=max_seconds)
     out = cache_folder(settings, cache_root)

@@ -6,14 +6,20 @@ audio in `units_cache`), and the rows are rewritten with `{"units": [...]}` into
 `preference.prepare` reads. Each rewritten row carries its file:line in the user's jsonl, and a field whose audio
 file is missing or cannot be tokenised carries why instead of units, so that `prepare` reports the row as a bad
 row there (an error naming the user's file:line, or a counted skip).
+
+The jsonl, its audio files, the output folder and the cache may each be local or in a bucket (gs://, s3://): a
+relative audio path in a jsonl in a bucket names an object beside it, and the audio of a bucket folder is found by
+one listing of that folder, not one request per file.
 """
 
 import hashlib
 import json
+from collections import defaultdict
 
+from slam_jax import paths
 from slam_jax.data.preference import AUDIO_ERROR, ORIGIN
 from slam_jax.files import expand_paths, read_records, write_text
-from slam_jax.paths import Path
+from slam_jax.paths import Path, absolute
 from slam_jax.speech.audio_units import audio_units
 from slam_jax.speech.tokenize import TokenizeSettings
 
@@ -28,14 +34,36 @@ def audio_path(value, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
+def _existing_files(names: set[str]) -> set[str]:
+    """Those of `names` (absolute paths or bucket URLs) that are files: a local file is checked by itself, the
+    objects of a bucket folder by one listing of the folder."""
+    found, folders = set(), defaultdict(set)
+    for name in names:
+        if paths.is_remote(name):
+            folders[name.rsplit("/", 1)[0]].add(name)
+        elif Path(name).is_file():
+            found.add(name)
+    for folder, wanted in folders.items():
+        scheme = folder.split("://", 1)[0]
+        with paths.naming(folder):
+            try:
+                listing = paths.filesystem(folder).ls(paths.object_key(folder), detail=True)
+            except FileNotFoundError:
+                continue
+        objects = {f"{scheme}://{entry['name'].rstrip('/')}" for entry in listing if entry.get("type") == "file"}
+        found |= wanted & objects
+    return found
+
+
 def resolve(spec: str, tokenize_settings: TokenizeSettings, out_dir: Path, cache: Path, seed: int = 0) -> str:
     """`spec` itself when no row names audio; otherwise the path of a jsonl with every audio field as units."""
-    rows, files = [], set()
+    rows, named = [], set()
     for path in expand_paths(spec):
         for where, record in read_records(path):
             audio = {field: audio_path(record.get(field), path.parent) for field in FIELDS}
-            files |= {str(file.absolute()) for file in audio.values() if file is not None and file.is_file()}
+            named |= {str(absolute(file)) for file in audio.values() if file is not None}
             rows.append((where, record, audio))
+    files = _existing_files(named)
     if not any(file for _, _, audio in rows for file in audio.values()):
         return spec
     # DPO prepares its pairs on process 0 while the others wait: this process tokenises every file
@@ -46,7 +74,7 @@ def resolve(spec: str, tokenize_settings: TokenizeSettings, out_dir: Path, cache
         for field, file in audio.items():
             if file is None:
                 continue
-            key = str(file.absolute())
+            key = str(absolute(file))
             if key in units:
                 resolved[field] = {"units": units[key]}
                 continue

@@ -14,19 +14,20 @@ With `tokenize.dedup` false every frame is a unit, played for one frame: the out
 (`frames * hop_length` samples). With it true the units are deduplicated and the vocoder predicts how long each
 lasts, as it does for generated units. A unit the vocoder does not know stops the job with an error naming the
 file; the lines of the files already written are kept.
+The audio, the vocoder, the output folder and the unit cache may each be local or in a bucket (gs://, s3://); a
+bucket's wavs are named by their keys below the inputs' common folder, as local files are.
 """
 
 import dataclasses
 import json
-import os
 import time
 
 import jax
 from ml_collections import ConfigDict
 
-from slam_jax import parallel
+from slam_jax import parallel, paths
 from slam_jax.files import write_text
-from slam_jax.paths import Path
+from slam_jax.paths import Path, absolute
 from slam_jax.progress import track
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import audio, audio_units, vocoders
@@ -67,15 +68,39 @@ def run(config: ConfigDict, workdir: Path) -> dict:
 
 def output_names(files: list[str]) -> list[Path]:
     """Each file's `<name>.wav`: its path below the files' common folder, suffix replaced; a one-line error if two
-    files would share one."""
-    common = Path(os.path.commonpath([str(Path(file).absolute().parent) for file in files]))
-    names = [Path(file).absolute().relative_to(common).with_suffix(".wav") for file in files]
+    files would share one. Files in a bucket are named by their keys (below `<scheme>/<bucket>` when the files are
+    not all in one bucket)."""
+    if not files:
+        return []
+    folders = [_parts(file)[:-1] for file in files]
+    common = 0
+    while all(len(parts) > common and parts[common] == folders[0][common] for parts in folders):
+        common += 1
+    names = [Path(*_parts(file)[common:]).with_suffix(".wav") for file in files]
     seen: dict[Path, str] = {}
     for file, name in zip(files, names, strict=True):
         if name in seen:
             raise ValueError(f"{seen[name]} and {file} would both be resynthesised as {name}: rename one")
         seen[name] = file
     return names
+
+
+def _parts(file: str) -> tuple[str, ...]:
+    """The components of a file's absolute path: ('', folders..., name) locally, ('gs', bucket, key parts...) for
+    a bucket object (so that no name starts with '/', even below no common folder)."""
+    if paths.is_remote(file):
+        scheme, key = file.split("://", 1)
+        return (scheme, *(part for part in key.split("/") if part and part != "."))
+    return ("", *Path(file).absolute().parts[1:])
+
+
+def _inside(file: str, folder: Path) -> bool:
+    """Whether `file` is or lies inside `folder` (symlinks resolved; a bucket object only inside a bucket folder)."""
+    if paths.is_remote(file) or paths.is_remote(folder):
+        if paths.is_remote(file) != paths.is_remote(folder):
+            return False
+        return _parts(file)[: len(_parts(str(folder)))] == _parts(str(folder))
+    return Path(file).resolve().is_relative_to(folder.resolve())
 
 
 def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
@@ -92,10 +117,11 @@ def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
     files = audio.list_audio(settings.data_path)[: settings.num_files or None]
     if not files:
         raise FileNotFoundError(f"{settings.data_path}: no audio files ({', '.join(audio.AUDIO_SUFFIXES)})")
-    inside = [file for file in files if Path(file).resolve().is_relative_to(out.resolve())]
+    inside = [file for file in files if _inside(file, out)]
     if inside:
         raise ValueError(f"resynthesize.out_path={str(out)!r}: holds input audio ({inside[0]}); use another folder")
     names = output_names(files)
+    paths.check_bucket(out)  # a missing bucket fails before any work, not at the first wav
     dedup = job.tokenize.dedup
     vocoder = vocoders.load_vocoder(settings.vocoder, job.tokenize.mfcc)
     if job.tokenize.dedup and not vocoder.predicts_durations:
@@ -106,7 +132,7 @@ def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
     cache = settings.units_cache or Path(workdir) / "units_cache"
     units, failed = audio_units.audio_units(job.tokenize, files, cache, job.seed)
     start = time.perf_counter()
-    todo = [(str(Path(file).absolute()), name) for file, name in zip(files, names, strict=True)]
+    todo = [(str(absolute(file)), name) for file, name in zip(files, names, strict=True)]
     todo = [(key, name) for key, name in todo if key in units]
     mine = range(jax.process_index(), len(todo), jax.process_count())  # file i on process i mod P
     written, error = [], None
@@ -129,7 +155,7 @@ def resynthesize(job: ResynthesizeJob, workdir: Path) -> dict:
         raise ValueError(errors[0][1])
     summary = {
         "data_path": settings.data_path,
-        "vocoder": str(Path(settings.vocoder).absolute()),
+        "vocoder": str(absolute(settings.vocoder)),
         "sample_rate": vocoder.sample_rate,
         "predict_durations": job.tokenize.dedup,
         "files": len(files),

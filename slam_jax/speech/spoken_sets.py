@@ -10,21 +10,24 @@ dropped; out/preference.jsonl feeds `preference.prepare` (DPO).
 
 Output folder: tts/ (synthesize_corpus: audio/, manifest, skipped, report), units/ (the tokeniser's folder),
 then preference.jsonl (SpokenSwag) and report.json. Every step is skipped when its output is already there, and
-the TTS and tokeniser steps resume a killed run themselves.
+the TTS and tokeniser steps resume a killed run themselves. The text and the output folder may be in a bucket
+(gs://, s3://).
 """
 
 import csv
 import dataclasses
+import io
 import json
 import time
 from collections.abc import Iterator
 
 from ml_collections import ConfigDict
 
+from slam_jax import paths
 from slam_jax.data.preference import filter_score
 from slam_jax.errors import DataError
 from slam_jax.files import read_records, write_text
-from slam_jax.paths import Path
+from slam_jax.paths import Path, absolute
 from slam_jax.settings import Settings, setting
 from slam_jax.speech import tokenize, tts
 from slam_jax.speech.tokenize import TokenizeJob, TokenizeSettings
@@ -96,7 +99,7 @@ def read_stories(path: str | Path) -> Iterator[tuple[str, str, str]]:
                 raise DataError(f"{where}: key 'text' missing or not a string")
             yield where, str(record.get("id", "")), record["text"]
         return
-    with open(path, encoding="utf-8") as handle:
+    with paths.naming(path), path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     if any(line.strip() == STORY_SEPARATOR for line in lines):
         yield from _separated_stories(path, lines)
@@ -141,8 +144,8 @@ def _tokenize_step(out: Path, tokenize_settings: TokenizeSettings, seed: int) ->
     units_dir = out / "units"
     if (units_dir / tokenize.FEATURES).is_file() and (units_dir / tokenize.REPORT).is_file():
         return json.loads((units_dir / tokenize.REPORT).read_text())
-    paths = {"data_path": str((out / "tts" / tts.AUDIO).absolute()), "out_path": str(units_dir.absolute())}
-    return tokenize.tokenize(TokenizeJob(seed=seed, tokenize=tokenize_settings.replace(**paths)), out)
+    folders = {"data_path": str(absolute(out / "tts" / tts.AUDIO)), "out_path": str(absolute(units_dir))}
+    return tokenize.tokenize(TokenizeJob(seed=seed, tokenize=tokenize_settings.replace(**folders)), out)
 
 
 def _tts_options(backend, voices, seed, num_workers, progress, max_chars) -> dict:
@@ -174,7 +177,7 @@ def build_stinystories(
         "stories": len(rows),
         "tts": tts_report,
         "tokenize": units_report,
-        "features": str((out / "units" / tokenize.FEATURES).absolute()),
+        "features": str(absolute(out / "units" / tokenize.FEATURES)),
         "wall_seconds": round(time.perf_counter() - start, 3),
     }
     write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
@@ -187,7 +190,7 @@ def read_swag(path: str | Path) -> Iterator[tuple[str, dict]]:
     if path.suffix == ".jsonl":
         yield from read_records(path)
         return
-    with open(path, encoding="utf-8", newline="") as handle:
+    with paths.naming(path), path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         for record in reader:
             yield f"{path}:{reader.line_num}", record
@@ -235,11 +238,11 @@ def swag_pairs(swag_path: str | Path, seed: int, threshold: float, voices: tuple
 
 def _units_by_id(units_dir: Path, audio_dir: Path) -> dict[str, list[int]]:
     """The tokeniser's units keyed by TTS id (the wav's path under audio/, without .wav)."""
-    audio_dir = audio_dir.absolute()
+    audio_dir = absolute(audio_dir)
     result = {}
     for line in (units_dir / tokenize.FEATURES).read_text().splitlines():
         record = json.loads(line)
-        result[Path(record["file_name"]).absolute().relative_to(audio_dir).with_suffix("").as_posix()] = record["units"]
+        result[absolute(record["file_name"]).relative_to(audio_dir).with_suffix("").as_posix()] = record["units"]
     return result
 
 
@@ -292,7 +295,7 @@ def build_spokenswag(
         "pairs": len(preference),
         "tts": tts_report,
         "tokenize": units_report,
-        "preference": str((out / PREFERENCE).absolute()),
+        "preference": str(absolute(out / PREFERENCE)),
         "wall_seconds": round(time.perf_counter() - start, 3),
     }
     write_text(out / REPORT, json.dumps(report, indent=2) + "\n")

@@ -19,6 +19,8 @@ Corpus output (`out_dir`):
     manifest.jsonl   one line per row with audio, input order: id, file_name, text, voice, seconds
     skipped.jsonl    one line per row without audio: id, line, reason
     report.json      counts, audio seconds and speed of the run
+`out_dir` and the rows' jsonl may be in a bucket (gs://, s3://): each wav is then one upload (atomic by itself),
+and a resume reads the headers of the wavs the bucket already holds.
 """
 
 import contextlib
@@ -26,6 +28,7 @@ import ctypes
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -43,11 +46,12 @@ import numpy as np
 import soundfile
 import soxr
 
+from slam_jax import paths
 from slam_jax.errors import DataError
 from slam_jax.files import read_records, write_text
 from slam_jax.paths import Path
 from slam_jax.progress import Progress
-from slam_jax.speech.audio import SAMPLE_RATE
+from slam_jax.speech.audio import PROBE_BLOCK, SAMPLE_RATE
 
 AUDIO = "audio"
 MANIFEST = "manifest.jsonl"
@@ -292,7 +296,14 @@ def _preview(text: str) -> str:
 
 
 def write_wav(path: Path, samples: np.ndarray) -> None:
-    """16 kHz mono 16-bit PCM, written to a temporary sibling and renamed into place."""
+    """16 kHz mono 16-bit PCM, written to a temporary sibling and renamed into place (in a bucket: one upload)."""
+    path = Path(path)
+    if paths.is_remote(path):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.clip(samples, -1.0, 32767 / 32768), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        with paths.naming(path):
+            path.write_bytes(buffer.getvalue())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     soundfile.write(staging, np.clip(samples, -1.0, 32767 / 32768), SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -394,15 +405,28 @@ def _synthesize_task(task: _Task) -> _Result:
 def _wav_seconds(path: Path) -> float:
     """Duration of an existing wav written by this module; 0.0 if it is absent or unreadable (synthesise again)."""
     try:
-        info = soundfile.info(str(path))
+        if paths.is_remote(path):  # the header only, read through a file object
+            with paths.filesystem(path).open(paths.object_key(path), "rb", block_size=PROBE_BLOCK) as handle:
+                info = soundfile.info(handle)
+        else:
+            info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError, OSError):
         return 0.0
     return info.frames / SAMPLE_RATE if info.samplerate == SAMPLE_RATE else 0.0
 
 
+def _bucket_objects(audio_dir: Path) -> set[str] | None:
+    """The URLs of the objects under a bucket folder (one listing), or None for a local folder."""
+    if not paths.is_remote(audio_dir):
+        return None
+    scheme, key = str(audio_dir).split("://", 1)
+    with paths.naming(audio_dir):
+        return {f"{scheme}://{name}" for name in paths.filesystem(audio_dir).find(key.rstrip("/"))}
+
+
 def _remove_leftovers(audio_dir: Path) -> None:
-    """Delete temporary files of writes that a killed run left half done."""
-    if audio_dir.is_dir():
+    """Delete temporary files of writes that a killed run left half done (a bucket has none: uploads are atomic)."""
+    if not paths.is_remote(audio_dir) and audio_dir.is_dir():
         for leftover in audio_dir.rglob(".*.tmp-*"):
             leftover.unlink(missing_ok=True)
 
@@ -446,14 +470,16 @@ def synthesize_corpus(
     items = read_rows(rows, voices, seed)
     out = Path(out_dir)
     audio_dir = out / AUDIO
+    paths.check_bucket(out)  # a missing bucket fails before any speech, not at the first wav
     _remove_leftovers(audio_dir)
+    present = _bucket_objects(audio_dir)  # in a bucket, only the listed objects are probed
     seconds, reasons, tasks = {}, {}, []
     for item in items:
         text, reason = speakable_text(item.text, max_chars)
         path = audio_dir / f"{item.id}.wav"
         if reason:
             reasons[item.id] = reason
-        elif existing := _wav_seconds(path):
+        elif (present is None or str(path) in present) and (existing := _wav_seconds(path)):
             seconds[item.id] = existing
         else:
             tasks.append(_Task(item.id, text, item.voice, str(path)))
@@ -467,7 +493,7 @@ def synthesize_corpus(
             seconds[result.id] = result.seconds
             fresh_seconds.append(result.seconds)
     report = _corpus_report(len(items), seconds, reasons, fresh_seconds, time.perf_counter() - start)
-    report.update(backend=backend, num_workers=num_workers, out=str(out.absolute()))
+    report.update(backend=backend, num_workers=num_workers, out=str(paths.absolute(out)))
     _write_outputs(out, items, seconds, reasons, report)
     return report
 
