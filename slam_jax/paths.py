@@ -289,7 +289,7 @@ def upload_dir(source: pathlib.Path, target: Path) -> None:
         old = sorted(fs.find(key))
         for name in [name for name in old if _is_index(name[len(key) + 1 :])] + old:
             if fs.exists(name):
-                fs.rm_file(name)
+                fs.rm(name)
     names = [str(file.relative_to(source)) for file in source.rglob("*") if file.is_file()]
     for name in index_last(names):
         fs.put_file(str(source / name), f"{key}/{name}")
@@ -361,7 +361,9 @@ def _bucket_failure(error: BaseException) -> str | None:
         return f"no credentials for the bucket ({text}); log in (gcloud auth application-default login, aws configure)"
     code = getattr(error, "code", None) or getattr(error, "status", None)
     gcs = module.startswith(("gcsfs", "google"))
-    if (gcs and code in (401, 403)) or text.startswith("Forbidden:") or isinstance(error, PermissionError):
+    # s3fs raises PermissionError(message) (no errno); a local file's PermissionError carries errno 13: not ours
+    s3_refusal = isinstance(error, PermissionError) and error.errno is None
+    if (gcs and code in (401, 403)) or text.startswith("Forbidden:") or s3_refusal:
         return f"permission denied by the bucket ({text})"
     if "PERMISSION_DENIED" in text:
         return f"permission denied by the bucket ({text})"

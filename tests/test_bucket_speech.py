@@ -206,7 +206,7 @@ def test_tts_into_a_bucket_writes_the_local_bytes_and_resumes_there(workspace, s
 
     again = tts.synthesize_corpus(f"{root}/rows.jsonl", out, num_workers=0, progress=False)
     assert (again["written"], again["reused"], again["audio_seconds"]) == (0, 3, local["audio_seconds"])
-    paths.filesystem(out).rm_file(f"{paths.object_key(out)}/audio/a/two.wav")
+    paths.filesystem(out).rm(f"{paths.object_key(out)}/audio/a/two.wav")
     third = tts.synthesize_corpus(f"{root}/rows.jsonl", out, num_workers=0, progress=False)
     assert (third["written"], third["reused"]) == (1, 2)
     assert {name: data for name, data in bucket_files(out).items() if name != tts.REPORT} == {

@@ -92,7 +92,7 @@ def test_a_damaged_newest_checkpoint_in_a_bucket_falls_back(gcs, capsys):
     data_files = [name for name in fs.find(params) if name.rsplit("/", 2)[-2] == "d"]
     assert data_files
     for name in data_files:
-        fs.rm_file(name)
+        fs.rm(name)
     capsys.readouterr()
     result = loop.run(tiny_config(**{**RUN, "train.max_steps": 5}), workdir)
     captured = capsys.readouterr()

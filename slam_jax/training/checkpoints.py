@@ -175,7 +175,7 @@ def _move(source: Path, target: Path) -> None:
     marker = f"{paths.object_key(source)}/{COMMITTED}"
     committed = fs.exists(marker)
     if committed:
-        fs.rm_file(marker)
+        fs.rm(marker)
     fs.mv(paths.object_key(source), paths.object_key(target), recursive=True)
     if committed:
         fs.pipe_file(f"{paths.object_key(target)}/{COMMITTED}", b"moved aside\n")

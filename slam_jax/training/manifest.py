@@ -143,7 +143,7 @@ def _bucket_lock(workdir: Path) -> Iterator[None]:
                     f"{workdir} is in use by {holder or 'another process'} ({path}, a lease renewed every "
                     f"{lease_seconds() / 4:g} s); wait for that run to end or use another --workdir"
                 ) from None
-            fs.rm_file(key)  # stale: expired, or its process is gone; take it over
+            fs.rm(key)  # stale: expired, or its process is gone; take it over
     stop = threading.Event()
 
     def renew() -> None:
@@ -165,7 +165,7 @@ def _bucket_lock(workdir: Path) -> Iterator[None]:
         def release() -> None:
             with contextlib.suppress(Exception):
                 if (read_lease(workdir) or {}).get("token") == token:
-                    fs.rm_file(key)
+                    fs.rm(key)
 
         # Best effort, bounded: a bucket that stopped answering must not hold the exit for the client's retries
         # (the lease then expires by itself).
