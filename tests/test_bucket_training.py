@@ -44,7 +44,7 @@ def objects(url: str) -> list[str]:
 def test_a_bucket_run_killed_resumes_bit_identically_to_a_local_run(gcs, tmp_path):
     root = gcs.bucket("train")
     data = upload_units(root)
-    changes = {**RUN, "data.train_path": data}
+    changes = {**RUN, "data.train_path": data, "checkpoint.keep": 2}
     env = {**os.environ, **gcs.environ}
     local = tmp_path / "local"
     loop.run(tiny_config(**changes), local)  # uninterrupted, on a local disk, with the same data from the bucket
@@ -82,6 +82,7 @@ def test_a_bucket_run_killed_resumes_bit_identically_to_a_local_run(gcs, tmp_pat
     report = status.status(paths.Path(workdir))
     assert report["state"] == "finished" and report["step"] == 6 and report["held_by"] is None
     assert 99 not in report["checkpoints"] and "unfinished saves (not committed): 99" in report["notes"]
+    assert report["checkpoints"] == [4, 6] == checkpoints.committed_steps(local / "checkpoints")  # checkpoint.keep
 
 
 def test_a_damaged_newest_checkpoint_in_a_bucket_falls_back(gcs, capsys):
