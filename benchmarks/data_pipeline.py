@@ -10,9 +10,14 @@ holds (what each host of a P-host run reads), reported as tokens/s per host.
 Each timed window pulls `--batches` batches after a warm-up; tokens count every slot of a row (what the step
 consumes), with the share of real (non-padding) tokens reported beside. Without `--train-tokens-per-second`,
 the slam train step (batch 1 x 1024, bf16 compute) is measured briefly in the same run.
+`--bucket gs://BUCKET/FOLDER` (or `local-server`: a fake-gcs-server the benchmark starts on 127.0.0.1) uploads the
+same store there and measures the pipeline reading it from the bucket too (by byte ranges, as training does), after
+the local figure, with the same settings.
 """
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -20,7 +25,9 @@ import time
 import numpy as np
 
 from benchmarks import common
-from slam_jax.data import ingest, pipeline, synthetic
+from benchmarks.fake_gcs import FakeGcs
+from slam_jax import paths
+from slam_jax.data import ingest, pipeline, synthetic, unit_store
 from slam_jax.paths import Path
 
 ROWS, LENGTH = 8, 1024
@@ -105,7 +112,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--train-tokens-per-second", type=float, default=0.0, help="train-step tokens/s (0: measure it now)"
     )
+    parser.add_argument("--bucket", default="", help="also read the store from this gs:// folder ('local-server')")
     return parser.parse_args(argv)
+
+
+def measure_in_bucket(store: Path, bucket: str, folder: Path, args) -> dict:
+    """The pipeline's figures reading `store` uploaded to `bucket` (a folder URL, or 'local-server'), streamed by
+    byte ranges and from the local cache (`SLAM_JAX_STORE_CACHE` never / auto; `copy_seconds`: the first open,
+    which downloads the shards)."""
+    found = {}
+    with contextlib.ExitStack() as stack:
+        if bucket == "local-server":
+            server = FakeGcs(folder / "fake-gcs", folder / "fake-gcs.log")
+            stack.callback(server.stop)
+            stack.enter_context(server.use())
+            bucket = f"{server.bucket('pipeline')}/store"
+        remote = paths.Path(bucket) / "train"
+        paths.upload_dir(Path(store), remote)
+        before = {name: os.environ.get(name) for name in (unit_store.STORE_CACHE_VARIABLE, paths.CACHE_VARIABLE)}
+        os.environ[paths.CACHE_VARIABLE] = str(folder / "cache")
+        try:
+            for mode in ("never", "auto"):
+                os.environ[unit_store.STORE_CACHE_VARIABLE] = mode
+                start = time.perf_counter()
+                unit_store.UnitStore(remote)
+                opened = time.perf_counter() - start
+                figures = measure_pipeline(remote, args.batches, args.repeats, args.threads, args.rows_of)
+                found["streamed" if mode == "never" else "cached"] = {**figures, "open_seconds": opened}
+        finally:
+            for name, value in before.items():
+                os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        server_text = "fake-gcs-server on 127.0.0.1" if args.bucket == "local-server" else "given"
+        return {**found, "url": str(remote), "server": server_text}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="slam_jax_pipeline_") as folder:
         store, summary = prepare_store(Path(folder), args.files)
         figures = measure_pipeline(store, args.batches, args.repeats, args.threads, args.rows_of)
+        bucket = measure_in_bucket(store, args.bucket, Path(folder), args) if args.bucket else None
     train = args.train_tokens_per_second or measure_train_step(args.repeats)
     multiple = figures["tokens_per_second"] / train
     result = {
@@ -129,7 +168,17 @@ def main(argv: list[str] | None = None) -> int:
         "meets_target": multiple >= TARGET_MULTIPLE,
         "machine": common.machine(),
     }
-    common.emit(result, args.json, report_lines(result))
+    lines = report_lines(result)
+    if bucket:
+        result["bucket"] = bucket
+        for way in ("streamed", "cached"):
+            speed, local = bucket[way]["tokens_per_second"], figures["tokens_per_second"]
+            lines.append(
+                f"from the bucket, {way} ({bucket['url']}, {bucket['server']}; opened in "
+                f"{bucket[way]['open_seconds']:.2f} s): {speed:,.0f} tokens/s ({speed / local:.2f}x local; "
+                f"{speed / train:,.2f}x the train step)"
+            )
+    common.emit(result, args.json, lines)
     return 0
 
 

@@ -15,7 +15,7 @@ What a bucket cannot do, and what the package does instead:
   tokenisers, safetensors) get one from `local_copy`: files are downloaded once into the cache
   (`SLAM_JAX_CACHE`, default `~/.cache/slam_jax`, at most `SLAM_JAX_CACHE_GB` GiB, default 20, least recently used
   entries removed first) and reused while the object's size and modification time are unchanged. Unit stores
-  are not copied: they are read by byte ranges (`slam_jax.data.unit_store`).
+  are copied the same way when they fit in half the cache, else read by byte ranges (`slam_jax.data.unit_store`).
 
 Failures are one line naming the object (`error_line`): no such bucket, no credentials, permission denied, a
 network error after the client libraries' own retries with backoff (gcsfs: 6 attempts; s3fs/botocore: 5).

@@ -29,6 +29,19 @@ def share_compiled_programs() -> None:
 
 share_compiled_programs()
 
+
+def keep_bucket_copies_in_the_session() -> None:
+    """One local cache of bucket files (`SLAM_JAX_CACHE`, slam_jax/paths.py) for the session and its commands, removed
+    at the end, rather than the user's ~/.cache/slam_jax."""
+    if "SLAM_JAX_CACHE" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="slam-jax-test-bucket-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["SLAM_JAX_CACHE"] = folder
+
+
+keep_bucket_copies_in_the_session()
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -84,3 +84,26 @@ def test_listings_see_objects_written_by_others(gcs):
     other = gcsfs.GCSFileSystem(skip_instance_cache=True)
     other.pipe_file("listings/d/b", b"b")
     assert [p.name for p in root.iterdir()] == ["a", "b"] and (root / "b").exists()
+
+
+@pytest.mark.parametrize("mode", ["auto", "never"])
+def test_a_store_in_a_bucket_reads_as_on_a_disk_cached_or_streamed(gcs, tmp_path, monkeypatch, mode):
+    """SLAM_JAX_STORE_CACHE=auto copies the token shards into the local cache once and maps them; never streams them
+    by byte ranges and writes nothing locally: either way every sequence and slice is the local store's."""
+    from slam_jax.data import ingest, synthetic, unit_store
+
+    monkeypatch.setenv(paths.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(unit_store.STORE_CACHE_VARIABLE, mode)
+    corpus = synthetic.write_jsonl(tmp_path / "features.jsonl", 40, 20, seed=1)
+    remote = paths.Path(gcs.bucket("stores")) / mode
+    ingest.prepare(str(corpus), tmp_path / "local", 20, 0.0)
+    ingest.prepare(str(corpus), remote, 20, 0.0)
+    local, streamed = unit_store.UnitStore(tmp_path / "local" / "train"), unit_store.UnitStore(remote / "train")
+    assert len(local) == len(streamed) == 40 and np.array_equal(local.lengths(), streamed.lengths())
+    for index in range(len(local)):
+        np.testing.assert_array_equal(streamed[index], local[index])
+        np.testing.assert_array_equal(streamed.slice(index, 1, 5), local.slice(index, 1, 5))
+    copies = list((tmp_path / "cache").rglob("*.tokens.npy"))
+    assert len(copies) == (1 if mode == "auto" else 0)
+    monkeypatch.setenv(paths.CACHE_LIMIT_VARIABLE, "0.000001")  # a store over half the cache is streamed
+    assert not unit_store.cached(streamed.manifest)

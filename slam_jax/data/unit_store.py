@@ -5,13 +5,19 @@
     STORE/shard-00000.offsets.npy        int64 [num_sequences + 1]: sequence i is tokens[o[i]:o[i + 1]]
 
 Shards are memory-mapped on read, so any number of hosts and Grain workers can read one store at once. A store
-in a bucket (gs://, s3://) is not copied: its offsets are read whole (8 bytes per sequence) and its tokens by byte
-ranges, one request per slice (the pipeline's reader threads keep several in flight).
+in a bucket (gs://, s3://) is read one of two ways, by `SLAM_JAX_STORE_CACHE` (`STORE_CACHE_VARIABLE`):
+    auto    (default) its token shards are copied once into the local cache (`slam_jax.paths.local_copy`: named by
+            their URL, reused while unchanged, within `SLAM_JAX_CACHE_GB`) and memory-mapped, when they take at
+            most half the cache; otherwise streamed
+    never   streamed: the offsets read whole (8 bytes per sequence), the tokens by byte ranges, one request per
+            slice (the pipeline's reader threads keep several in flight); nothing is written to the local disk
+Streaming is bound by the bucket's latency: benchmarks/RESULTS.md ("Unit stores in a bucket") has the figures.
 A store is written once, atomically (see `slam_jax.files.atomic_dir`).
 """
 
 import io
 import json
+import os
 
 import numpy as np
 
@@ -19,6 +25,7 @@ from slam_jax import paths
 from slam_jax.paths import Path
 
 FORMAT = "slam_jax.unit_store"
+STORE_CACHE_VARIABLE = "SLAM_JAX_STORE_CACHE"
 MANIFEST = "manifest.json"
 _SHARD_TOKENS = 1 << 28
 
@@ -100,6 +107,15 @@ class BucketArray:
         return np.frombuffer(data, self.dtype)
 
 
+def cached(manifest: dict) -> bool:
+    """Whether a store in a bucket is read from the local cache (`SLAM_JAX_STORE_CACHE`, see the module's doc)."""
+    mode = os.environ.get(STORE_CACHE_VARIABLE) or "auto"
+    if mode not in ("auto", "never"):
+        raise ValueError(f"{STORE_CACHE_VARIABLE}={mode!r}: use 'auto' or 'never'")
+    token_bytes = manifest["num_tokens"] * np.dtype(manifest["token_dtype"]).itemsize
+    return mode == "auto" and token_bytes <= paths.cache_limit_bytes() // 2
+
+
 def is_store(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
@@ -115,11 +131,15 @@ class UnitStore:
             raise FileNotFoundError(f"{self.directory}: not a unit store (no {MANIFEST}; run mode=prepare)") from None
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{self.directory / MANIFEST}: format {self.manifest.get('format')!r} is not {FORMAT}")
-        if paths.is_remote(self.directory):
+        if paths.is_remote(self.directory) and not cached(self.manifest):
             self._tokens = [BucketArray(self.directory / f"{s['name']}.tokens.npy") for s in self.shards]
             self._offsets = [
                 np.load(io.BytesIO((self.directory / f"{s['name']}.offsets.npy").read_bytes())) for s in self.shards
             ]
+        elif paths.is_remote(self.directory):  # each shard file copied once into the local cache, then mapped
+            files = [(f"{s['name']}.tokens.npy", f"{s['name']}.offsets.npy") for s in self.shards]
+            self._tokens = [np.load(paths.local_copy(self.directory / tokens), mmap_mode="r") for tokens, _ in files]
+            self._offsets = [np.load(paths.local_copy(self.directory / offsets)) for _, offsets in files]
         else:
             self._tokens = [np.load(self.directory / f"{s['name']}.tokens.npy", mmap_mode="r") for s in self.shards]
             self._offsets = [np.load(self.directory / f"{s['name']}.offsets.npy") for s in self.shards]
