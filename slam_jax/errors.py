@@ -18,3 +18,19 @@ class BucketError(OSError):
 
 
 USER_ERRORS = (DataError, TrainingError, BucketError, ValueError, FileNotFoundError, FileExistsError)
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """`error` and every exception behind it, nearest first: causes, the contexts Python would show, and the
+    members of exception groups (asyncio task groups, Orbax's background threads)."""
+    chain, queue, seen = [], [error], set()
+    while queue:
+        current = queue.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        chain.append(current)
+        members = current.exceptions if isinstance(current, BaseExceptionGroup) else ()
+        context = None if current.__suppress_context__ else current.__context__
+        queue += [*members, current.__cause__, context]
+    return chain

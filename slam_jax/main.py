@@ -25,7 +25,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from slam_jax import modes, parallel, paths, progress
+from slam_jax import errors, modes, parallel, paths, progress
 from slam_jax.errors import USER_ERRORS, BucketError
 from slam_jax.paths import Path
 
@@ -134,22 +134,6 @@ def one_line(text: str) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def exception_chain(error: BaseException) -> list[BaseException]:
-    """`error` and every exception behind it, nearest first: causes, the contexts Python would show, and the
-    members of exception groups (asyncio task groups, Orbax's background threads)."""
-    chain, queue, seen = [], [error], set()
-    while queue:
-        current = queue.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        chain.append(current)
-        members = current.exceptions if isinstance(current, BaseExceptionGroup) else ()
-        context = None if current.__suppress_context__ else current.__context__
-        queue += [*members, current.__cause__, context]
-    return chain
-
-
 def os_failure(error: BaseException) -> tuple[int, str | None] | None:
     """(errno, path or None) when `error` itself is an operating-system failure: an OSError with an errno (not the
     FileNotFoundError of a message of ours), or TensorStore's text for one."""
@@ -172,7 +156,7 @@ def error_line(error: BaseException, workdir: Path) -> str | None:
     bucket = paths.error_line(error)
     if bucket is not None:  # the library's text rarely names the object: name the workdir the job writes to
         return f"{workdir}: {bucket}"
-    failures = [failure for failure in map(os_failure, exception_chain(error)) if failure is not None]
+    failures = [failure for failure in map(os_failure, errors.exception_chain(error)) if failure is not None]
     if not failures:
         return None
     code = failures[0][0]

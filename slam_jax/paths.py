@@ -31,6 +31,8 @@ import json
 import os
 import pathlib
 import shutil
+import socket
+import time
 from collections.abc import Iterable
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # fsspec (gcsfs, s3fs) for buckets, whether or not TF is installed
@@ -41,7 +43,7 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
 import fsspec.config  # noqa: E402
 from etils import epath  # noqa: E402 - after the environment it reads
 
-from slam_jax.errors import BucketError  # noqa: E402
+from slam_jax.errors import BucketError, exception_chain  # noqa: E402
 
 # Objects change behind a process's back (other hosts, TensorStore under Orbax): never answer from a stale listing.
 for _protocol in ("gs", "gcs", "s3", "s3a"):
@@ -335,23 +337,50 @@ class Mirror:
             self._sent[name] = (stat.st_size, stat.st_mtime_ns)
 
 
+# ---------------------------------------------------------------- lease objects (the workdir lock in a bucket)
+
+
+def read_lease(value: "str | os.PathLike") -> dict | None:
+    """A lease object ({holder, host, pid, token, renewed, lease}; written by
+    `slam_jax.training.manifest.workdir_lock`), or None if absent; an unreadable one reads as expired."""
+    try:
+        lease = json.loads(path(value).read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError):
+        return {"holder": "an unreadable lease", "renewed": 0.0, "lease": 0.0}
+    return lease if isinstance(lease, dict) else None
+
+
+def lease_holder(lease: dict | None, now: float | None = None) -> str | None:
+    """Who holds a lease now ('pid 12 on host'), or None when it is absent or stale (not renewed for its `lease`
+    seconds, or its process is gone from this host)."""
+    if lease is None:
+        return None
+    now = time.time() if now is None else now
+    if now - float(lease.get("renewed", 0.0)) > float(lease.get("lease", 0.0)):
+        return None
+    if lease.get("host") == socket.gethostname() and not _alive(lease.get("pid")):
+        return None
+    return str(lease.get("holder") or "another process")
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True
+
+
 # ---------------------------------------------------------------- one line for a failure of a bucket
 
 
 def error_line(error: BaseException) -> str | None:
     """One line for a bucket failure anywhere behind `error` (None when it is not one)."""
-    chain, seen = [error], set()
-    while chain:
-        current = chain.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        line = _bucket_failure(current)
-        if line:
-            return line
-        members = list(current.exceptions) if isinstance(current, BaseExceptionGroup) else []
-        chain += [*members, current.__cause__, current.__context__]
-    return None
+    return next(filter(None, map(_bucket_failure, exception_chain(error))), None)
 
 
 def _bucket_failure(error: BaseException) -> str | None:

@@ -19,9 +19,7 @@ import fcntl
 import json
 import os
 import re
-import socket
 import sys
-import time
 
 from slam_jax import paths
 from slam_jax.paths import Path
@@ -111,9 +109,9 @@ def lock_holder(path: Path) -> str | None:
 
     Tried with a shared, non-blocking flock released at once; the file is opened for reading only, so it is neither
     created nor truncated. In a bucket the lock is a lease object: held while it is renewed in time and its process
-    (when on this host) lives, as `slam_jax.training.manifest.lease_holder` decides."""
+    (when on this host) lives, as `slam_jax.paths.lease_holder` decides."""
     if paths.is_remote(path):
-        return lease_holder(path)
+        return paths.lease_holder(paths.read_lease(path))
     try:
         handle = open(path)
     except OSError:
@@ -125,23 +123,6 @@ def lock_holder(path: Path) -> str | None:
             return handle.read().strip() or "another process"
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
-
-
-def lease_holder(path: Path) -> str | None:
-    try:
-        lease = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(lease, dict) or time.time() - float(lease.get("renewed", 0)) > float(lease.get("lease", 0)):
-        return None
-    if lease.get("host") == socket.gethostname():
-        try:
-            os.kill(int(lease.get("pid")), 0)
-        except ProcessLookupError:
-            return None
-        except (PermissionError, TypeError, ValueError):
-            pass
-    return str(lease.get("holder") or "another process")
 
 
 def committed(step_dir: Path) -> bool:

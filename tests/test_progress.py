@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from test_pretrain import command
+from test_pretrain import ROOT, command
 
 from configs import tokenize as tokenize_config
 from slam_jax import progress
 from slam_jax.speech import tokenize
 from slam_jax.training import loop
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "model.preset": "tiny",
     "data.num_units": 20,

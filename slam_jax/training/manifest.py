@@ -82,37 +82,8 @@ def lease_seconds() -> float:
 
 
 def read_lease(workdir: Path) -> dict | None:
-    """The lease object of a bucket workdir ({holder, host, pid, token, renewed, lease}), or None if absent."""
-    try:
-        lease = json.loads((Path(workdir) / LOCK).read_text())
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError):
-        return {"holder": "an unreadable lease", "renewed": 0.0, "lease": 0.0}
-    return lease if isinstance(lease, dict) else None
-
-
-def lease_holder(lease: dict | None, now: float | None = None) -> str | None:
-    """Who holds a bucket workdir's lease now ('pid 12 on host'), or None when it is absent or stale (expired, or
-    its process is gone from this host)."""
-    if lease is None:
-        return None
-    now = time.time() if now is None else now
-    if now - float(lease.get("renewed", 0.0)) > float(lease.get("lease", 0.0)):
-        return None
-    if lease.get("host") == socket.gethostname() and not _alive(lease.get("pid")):
-        return None
-    return str(lease.get("holder") or "another process")
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, ValueError):
-        return True
-    return True
+    """The lease object of a bucket workdir (`paths.read_lease` of WORKDIR/.lock)."""
+    return paths.read_lease(Path(workdir) / LOCK)
 
 
 @contextlib.contextmanager
@@ -137,7 +108,7 @@ def _bucket_lock(workdir: Path) -> Iterator[None]:
             break
         except FileExistsError:
             current = read_lease(workdir)
-            holder = lease_holder(current)
+            holder = paths.lease_holder(current)
             if holder is not None or attempt:
                 raise TrainingError(
                     f"{workdir} is in use by {holder or 'another process'} ({path}, a lease renewed every "
