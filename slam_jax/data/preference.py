@@ -7,7 +7,6 @@ completion = `ids + [1]` (right-truncated). The prepared store is a folder of `.
 manifest; reference log-probs computed once are stored beside it.
 """
 
-import io
 import json
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from slam_jax.data.auto_bleu import auto_bleu_text
 from slam_jax.data.ingest import parse_units
 from slam_jax.data.pipeline import GlobalBatches
 from slam_jax.errors import DataError
-from slam_jax.files import atomic_dir, expand_paths, read_records
+from slam_jax.files import atomic_dir, expand_paths, load_array, read_records
 from slam_jax.paths import Path
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -139,7 +138,7 @@ def prepare(spec: str, out: str | Path, num_units: int, limits: Limits, overwrit
 def _load_array(path: Path) -> np.ndarray:
     """A prepared array: memory-mapped on a local disk, read whole from a bucket (pairs are small)."""
     if paths.is_remote(path):
-        return np.load(io.BytesIO(path.read_bytes()))
+        return load_array(path)
     return np.load(path, mmap_mode="r")
 
 

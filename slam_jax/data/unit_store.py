@@ -15,13 +15,12 @@ Streaming is bound by the bucket's latency: benchmarks/RESULTS.md ("Unit stores 
 A store is written once, atomically (see `slam_jax.files.atomic_dir`).
 """
 
-import io
 import json
 import os
 
 import numpy as np
 
-from slam_jax import paths
+from slam_jax import files, paths
 from slam_jax.paths import Path
 
 FORMAT = "slam_jax.unit_store"
@@ -131,20 +130,21 @@ class UnitStore:
             raise FileNotFoundError(f"{self.directory}: not a unit store (no {MANIFEST}; run mode=prepare)") from None
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{self.directory / MANIFEST}: format {self.manifest.get('format')!r} is not {FORMAT}")
-        if paths.is_remote(self.directory) and not cached(self.manifest):
-            self._tokens = [BucketArray(self.directory / f"{s['name']}.tokens.npy") for s in self.shards]
-            self._offsets = [
-                np.load(io.BytesIO((self.directory / f"{s['name']}.offsets.npy").read_bytes())) for s in self.shards
-            ]
-        elif paths.is_remote(self.directory):  # each shard file copied once into the local cache, then mapped
-            files = [(f"{s['name']}.tokens.npy", f"{s['name']}.offsets.npy") for s in self.shards]
-            self._tokens = [np.load(paths.local_copy(self.directory / tokens), mmap_mode="r") for tokens, _ in files]
-            self._offsets = [np.load(paths.local_copy(self.directory / offsets)) for _, offsets in files]
-        else:
-            self._tokens = [np.load(self.directory / f"{s['name']}.tokens.npy", mmap_mode="r") for s in self.shards]
-            self._offsets = [np.load(self.directory / f"{s['name']}.offsets.npy") for s in self.shards]
+        streamed = paths.is_remote(self.directory) and not cached(self.manifest)
+        shards = [self._open_shard(shard["name"], streamed) for shard in self.shards]
+        self._tokens, self._offsets = [tokens for tokens, _ in shards], [offsets for _, offsets in shards]
         counts = [shard["num_sequences"] for shard in self.shards]
         self._first_index = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def _open_shard(self, name: str, streamed: bool):
+        """(tokens, offsets) of shard `name`: memory-mapped from the local disk or from the local cache of a bucket
+        store, or (`streamed`) read by byte ranges and whole."""
+        tokens, offsets = self.directory / f"{name}.tokens.npy", self.directory / f"{name}.offsets.npy"
+        if streamed:
+            return BucketArray(tokens), files.load_array(offsets)
+        if paths.is_remote(self.directory):
+            tokens, offsets = paths.local_copy(tokens), paths.local_copy(offsets)
+        return np.load(tokens, mmap_mode="r"), np.load(offsets)
 
     @property
     def shards(self) -> list[dict]:

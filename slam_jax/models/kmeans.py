@@ -7,15 +7,13 @@ iterations, every step jitted; features are processed in chunks so memory stays 
 """
 
 import functools
-import io
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slam_jax import paths
+from slam_jax import files
 from slam_jax.paths import Path
 
 _CHUNK = 16_384
@@ -183,8 +181,7 @@ def load_centroids(path: str | Path) -> np.ndarray:
             "`python -m conversion.kmeans_to_npy --allow-pickle`)"
         )
     try:
-        source = io.BytesIO(path.read_bytes()) if paths.is_remote(path) else path
-        centroids = np.load(source, allow_pickle=False)
+        centroids = files.load_array(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: centroids file not found") from None
     except ValueError as error:
@@ -195,19 +192,8 @@ def load_centroids(path: str | Path) -> np.ndarray:
 
 
 def save_centroids(path: str | Path, centroids: np.ndarray) -> Path:
-    """Write centroids as `.npy` atomically: a temporary sibling renamed into place (in a bucket, one upload)."""
+    """Write centroids as `.npy` atomically (`files.save_array`: a temporary sibling renamed into place; in a
+    bucket, one upload)."""
     path = Path(path)
-    if paths.is_remote(path):
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(centroids, np.float32))
-        path.write_bytes(buffer.getvalue())
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(staging, "wb") as handle:
-            np.save(handle, np.asarray(centroids, np.float32))
-        staging.replace(path)
-    finally:
-        staging.unlink(missing_ok=True)
+    files.save_array(path, np.asarray(centroids, np.float32))
     return path

@@ -73,7 +73,7 @@ class Checkpointer:
             CONFIG_ITEM: ocp.JsonCheckpointHandler(),
         }
         paths.check_array_storage(directory, "checkpoints")
-        self.directory = Path(directory) if paths.is_remote(directory) else Path(directory).absolute()
+        self.directory = paths.absolute(directory)
         self._saving: int | None = None
         self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
         self._committed: int | None = self.manager.latest_step()  # known committed (the listing may be unreachable)
@@ -148,14 +148,10 @@ class Checkpointer:
         waiter.start()
         waiter.join(self.commit_timeout)
         if waiter.is_alive():
-            committed = (
-                f"the last committed checkpoint is step {self._committed} in {self.directory}"
-                if self._committed is not None
-                else "no checkpoint committed yet"
-            )
             raise BucketError(
                 f"{self.directory / str(self._saving)}: the save did not commit within {self.commit_timeout:g} s "
-                f"(checkpoint.commit_timeout_minutes): is the storage answering? {committed}"
+                f"(checkpoint.commit_timeout_minutes): is the storage answering? "
+                f"{committed_sentence(self._committed, self.directory)}"
             )
         if self._saving is not None:
             self._committed = self._saving
@@ -192,8 +188,15 @@ def last_committed(directory: Path) -> str:
     """The sentence naming the newest committed checkpoint of `directory` (read from its listing alone: safe from
     any thread, and without a manager)."""
     steps = committed_steps(directory)
+    return committed_sentence(steps[-1] if steps else None, directory)
+
+
+def committed_sentence(step: int | None, directory: Path) -> str:
+    """'the last committed checkpoint is step N in DIRECTORY', or that none is yet (`step` None)."""
     return (
-        f"the last committed checkpoint is step {steps[-1]} in {directory}" if steps else "no checkpoint committed yet"
+        f"the last committed checkpoint is step {step} in {directory}"
+        if step is not None
+        else "no checkpoint committed yet"
     )
 
 
