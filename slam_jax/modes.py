@@ -12,6 +12,7 @@ MODES = {
     "pretrain": "slam_jax.training.loop:run",
     "prepare": "slam_jax.data.stores:run_prepare",
     "dpo": "slam_jax.training.dpo:run",
+    "train_vocoder": "slam_jax.training.vocoder:run",
     "pipeline": "slam_jax.pipeline:run",
     "tokenize": "slam_jax.speech.tokenize:run",
     "eval": "slam_jax.evaluation.pair_metrics:run",

@@ -9,6 +9,7 @@ non-finite values.
 
 import contextlib
 import dataclasses
+import functools
 import math
 import signal
 import sys
@@ -56,6 +57,10 @@ class Schedule:
 
     train: TrainSettings
     total_steps: int
+
+    @property
+    def name(self) -> str:
+        return self.train.schedule
 
     def warmup(self) -> int:
         return optimizer.warmup_steps(self.total_steps, self.train.warmup_steps, self.train.warmup_fraction)
@@ -270,13 +275,8 @@ class Trainer:
         self.settings, self.workdir = settings, workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.mesh = parallel.make_mesh(settings.mesh.data, settings.mesh.fsdp, settings.mesh.tensor)
-        self.model_config = build_model_config(settings.model, settings.data.context_length, settings.data.num_units)
-        self.optimizer = optimizer.build(settings.train)
-        abstract_model = qwen2.abstract_model(self.model_config)
-        self.graphdef = nnx.graphdef(abstract_model)
-        abstract_params = nnx.state(abstract_model, nnx.Param).to_pure_dict()
-        abstract_state = jax.eval_shape(lambda p: init_state(p, self.optimizer), abstract_params)
-        self.shardings = train_state_shardings(abstract_state, self.mesh)
+        abstract_state = self.build_model()
+        self.shardings = self.state_shardings(abstract_state)
         self.abstract_state = jax.tree.map(
             lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, self.shardings
         )
@@ -315,7 +315,45 @@ class Trainer:
         )
         self._validation: dict[int, float | None] = {}
         self._zero_gradient_steps, self._stall_reported = 0, False
-        self.peak_flops = metrics.peak_flops_per_device(settings.train.peak_flops_per_device) * jax.device_count()
+
+    @functools.cached_property
+    def peak_flops(self) -> float:
+        """The devices' summed peak FLOP/s for MFU (measured once, when the first metrics row needs it)."""
+        return metrics.peak_flops_per_device(self.settings.train.peak_flops_per_device) * jax.device_count()
+
+    def build_model(self) -> TrainState:
+        """The model's config, graph and optimiser (`model_config`, `graphdef`, `optimizer`); returns the train
+        state's shapes (unplaced)."""
+        settings = self.settings
+        self.model_config = build_model_config(settings.model, settings.data.context_length, settings.data.num_units)
+        self.optimizer = optimizer.build(settings.train)
+        abstract_model = qwen2.abstract_model(self.model_config)
+        self.graphdef = nnx.graphdef(abstract_model)
+        abstract_params = nnx.state(abstract_model, nnx.Param).to_pure_dict()
+        return jax.eval_shape(lambda p: init_state(p, self.optimizer), abstract_params)
+
+    def state_shardings(self, abstract_state: TrainState) -> TrainState:
+        """Where each leaf of the train state lives on the mesh (parameters by `parallel`'s rules)."""
+        return train_state_shardings(abstract_state, self.mesh)
+
+    def make_schedule(self, total_steps: int) -> "Schedule":
+        """The learning-rate schedule over `total_steps` (0: not known yet, a time budget sets it)."""
+        return Schedule(self.settings.train, total_steps)
+
+    def describe_compute(self) -> str:
+        """The start-up line saying how the step computes."""
+        return (
+            f"attention kernel: {attention.resolve(self.model_config.attention)} "
+            f"(model.attention={self.model_config.attention!r}, {jax.default_backend()}), "
+            f"compute dtype {self.model_config.compute_dtype}"
+        )
+
+    def describe_start(self) -> str:
+        """The line of a run that starts from its initialisation."""
+        return (
+            f"{self.model_config.num_params():,} params on mesh {dict(self.mesh.shape)}; "
+            f"{self.tokens_per_step:,} tokens per step"
+        )
 
     def manifest_values(self, batch_devices: int) -> dict:
         """The settings a resume of this run must not change (`training/manifest.py`)."""
@@ -516,11 +554,7 @@ class Trainer:
     def fit(self) -> dict:
         train = self.settings.train
         budget = train.budget_seconds
-        self.say(
-            f"attention kernel: {attention.resolve(self.model_config.attention)} "
-            f"(model.attention={self.model_config.attention!r}, {jax.default_backend()}), "
-            f"compute dtype {self.model_config.compute_dtype}"
-        )
+        self.say(self.describe_compute())
         restored = self.restore_newest()
         meta = {"step": 0, "tokens_seen": 0.0, "elapsed_seconds": 0.0, "total_steps": int(train.max_steps)}
         if restored is not None:
@@ -529,12 +563,9 @@ class Trainer:
             self.say_layout_change(meta.get("layout"))
         else:
             state = self.initial_state()
-            self.say(
-                f"{self.model_config.num_params():,} params on mesh {dict(self.mesh.shape)}; "
-                f"{self.tokens_per_step:,} tokens per step"
-            )
+            self.say(self.describe_start())
         iterator = self.data_iterator(self.resume_position(meta))
-        schedule = Schedule(train, int(train.max_steps) or meta["total_steps"])
+        schedule = self.make_schedule(int(train.max_steps) or meta["total_steps"])
         step = int(meta["step"])
         self._tokens_seen = float(meta["tokens_seen"])
         clock = Clock(float(meta["elapsed_seconds"]))
@@ -565,8 +596,8 @@ class Trainer:
                     if not schedule.total_steps and planner.plan(step, clock.elapsed()):
                         schedule.total_steps = bar.total = planner.total_steps
                         self.say(
-                            f"time budget {train.time_budget}: {planner.seconds_per_step:.3f} s/step -> cosine "
-                            f"over {schedule.total_steps} steps"
+                            f"time budget {train.time_budget}: {planner.seconds_per_step:.3f} s/step -> "
+                            f"{schedule.name} over {schedule.total_steps} steps"
                         )
                     lr = schedule(step) if schedule.total_steps else self.warmup_only(step)
                     batch = self.to_device(next(iterator))

@@ -5,6 +5,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from slam_jax import paths
 from slam_jax.models.config import ModelConfig
@@ -106,6 +107,16 @@ class MetricsWriter:
             self._wandb.log(values, step=int(step))
         if time.monotonic() - self._synced >= self.SYNC_SECONDS:
             self.sync()
+
+    def media(self, step: int, tag: str, image: np.ndarray, audio: np.ndarray, sample_rate: int) -> None:
+        """TensorBoard only: `image` [height, width] (scaled to 0..1, low rows at the bottom, as a spectrogram is
+        read) and `audio` [samples] in -1..1 under `tag`."""
+        if not self.enabled or self._tensorboard is None:
+            return
+        low, high = float(np.min(image)), float(np.max(image))
+        scaled = (np.asarray(image, np.float32) - low) / max(high - low, 1e-9)
+        self._tensorboard.add_image(tag, scaled[::-1], int(step), dataformats="HW")
+        self._tensorboard.add_audio(tag, np.clip(audio, -1.0, 1.0), int(step), sample_rate=sample_rate)
 
     def close(self) -> None:
         if not self.enabled:
