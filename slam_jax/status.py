@@ -155,7 +155,9 @@ def read_workdir(workdir: Path) -> dict:
         facts["meta"], problems = None, [*problems, problem]
     rejected = workdir / REJECTED_DIR
     facts["rejected"] = {name: (read_text(rejected / name / WHY) or "").strip() for name in folders(rejected)}
-    facts["rows"] = last_rows(workdir / METRICS, ("loss", "validation_loss"))
+    job = ((facts["manifest"] or {}).get("run") or {}).get("job")
+    validation = "validation_mel_l1" if job == "train_vocoder" else "validation_loss"
+    facts["rows"] = last_rows(workdir / METRICS, ("loss", validation))
     facts["lock"] = lock_holder(workdir / LOCK)
     facts["problems"] = problems
     return facts
@@ -219,6 +221,7 @@ def summarize(facts: dict) -> dict:
         "checkpoint": None if step is None else str(Path(facts["workdir"]) / CHECKPOINTS / str(step)),
         "checkpoints": facts["steps"],
         "tokens_seen": meta.get("tokens_seen"),
+        "audio_seconds_seen": meta.get("audio_seconds_seen"),  # a vocoder's training
         "elapsed_seconds": elapsed,
         "max_steps": max_steps,
         "steps_left": max(0, max_steps - (step or 0)) if max_steps else None,
@@ -226,7 +229,7 @@ def summarize(facts: dict) -> dict:
         "budget_seconds": budget,
         "budget_left_seconds": max(0.0, budget - (elapsed or 0.0)) if budget else None,
         "metrics": rows.get("loss"),
-        "validation": rows.get("validation_loss"),
+        "validation": rows.get("validation_loss") or rows.get("validation_mel_l1"),
         "layout": layouts[-1]["layout"] if layouts else meta.get("layout"),
         "layout_from": layouts[-1].get("from") if layouts else None,
         "created": manifest.get("created"),
@@ -290,7 +293,9 @@ def lines(report: dict) -> list[str]:
         of = f" of max_steps {report['max_steps']} ({report['steps_left']} left)" if report["max_steps"] else ""
         listed = ", ".join(map(str, report["checkpoints"]))
         out.append(f"  checkpoint  step {report['step']}{of}: {report['checkpoint']} (committed: {listed})")
-    if report["tokens_seen"] is not None:
+    if report["audio_seconds_seen"] is not None:
+        out.append(f"  audio       {duration(report['audio_seconds_seen'])} of segments seen")
+    elif report["tokens_seen"] is not None:
         out.append(f"  tokens      {number(report['tokens_seen'])} seen")
     if report["elapsed_seconds"] is not None or report["budget_seconds"]:
         spent = duration(report["elapsed_seconds"] or 0.0)

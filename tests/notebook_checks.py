@@ -11,6 +11,7 @@ import math
 import struct
 from pathlib import Path
 
+import numpy as np
 import soundfile
 
 
@@ -358,6 +359,85 @@ def check_evaluate(workdir: Path) -> None:
     assert wav[:4] == b"RIFF" and struct.unpack("<I", wav[24:28])[0] == 16_000
 
 
+# --- new_voice ----------------------------------------------------------------------------------------------------
+def ci_params_new_voice(workdir: Path, stand_ins: dict) -> dict:
+    del stand_ins  # offline: German sentences from espeak-ng, MFCC units, a tiny vocoder and LM trained in the notebook
+    return {
+        "WORKDIR": str(workdir),
+        "ENCODER": "mfcc",
+        "NUM_CLIPS": 12,
+        "HELD_OUT": 2,
+        "NUM_UNITS": 32,
+        "VOCODER_SIZE": "tiny",
+        "VOCODER_STEPS": 4,
+        "LM_PRESET": "demo",
+        "LM_STEPS": 5,
+        "PROMPT_SECONDS": 1.0,
+        "MAX_NEW_TOKENS": 20,
+    }
+
+
+def check_new_voice(workdir: Path) -> None:
+    import slam_jax  # JAX only for this check (the vocoder folder must load)
+
+    workdir = Path(workdir)
+    summary = _summary(workdir)
+    assert summary["platform"] == "cpu" and summary["language"] == "de"
+    assert summary["recordings"] == 12 and summary["too_short"] == 0, summary
+    assert summary["train_recordings"] == 10 and len(summary["held_out"]) == 2
+    assert summary["encoder"] == "mfcc" and summary["frame_samples"] == 640 and summary["num_units"] == 32
+    features = _jsonl(workdir / "units" / "features.jsonl")
+    assert len(features) == 12 and all(0 <= unit < 32 for row in features for unit in row["units"])
+    assert Path(summary["kmeans"]).is_file()
+    train, held = _jsonl(workdir / "split" / "train.jsonl"), _jsonl(workdir / "split" / "held_out.jsonl")
+    assert len(train) == 10 and [row["file_name"] for row in held] == summary["held_out"]
+    assert not {row["file_name"] for row in train} & set(summary["held_out"]), "a held-out clip was trained on"
+    # the vocoder: its run wrote metrics, checkpoints and TensorBoard; its folder loads and vocodes the units
+    vocoder_summary = summary["vocoder"]
+    run = Path(vocoder_summary["run"])
+    rows = _jsonl(run / "metrics.jsonl")
+    steps = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in steps] == [1, 2, 3, 4], [row["step"] for row in steps]
+    for row in steps:
+        for key in ("loss", "mel_l1", "discriminator_loss", "feature_matching", "adversarial", "duration_mse"):
+            _finite(row[key], key)
+    validation = [row for row in rows if "validation_mel_l1" in row]
+    assert [row["step"] for row in validation] == [4], validation
+    assert 0 < _finite(validation[0]["validation_mel_l1"], "validation_mel_l1") < 20
+    assert vocoder_summary["validation_mel_l1"] == [validation[0]["validation_mel_l1"]]
+    assert (run / "checkpoints" / "4").is_dir() and list((run / "tensorboard").glob("events.out.tfevents.*"))
+    vocoder = slam_jax.load_vocoder(vocoder_summary["dir"])
+    assert vocoder.num_units == 32 and vocoder.hop_length == 640 and vocoder.sample_rate == 16_000
+    assert vocoder.predicts_durations and vocoder_summary["predicts_durations"]
+    wave = vocoder.vocode([3, 1, 4, 1, 5])
+    assert wave.shape == (5 * 640,) and np.isfinite(wave).all()
+    textless = vocoder_summary["textless"]  # None: no torch in the notebooks' venv (Colab has it)
+    assert textless is None or textless == ["config.json", "generator.pt"], textless
+    # resynthesis of the held-out clips at their own timing: as long as their frames
+    assert len(summary["resynthesized"]) == 2
+    for path, row in zip(summary["resynthesized"], held, strict=True):
+        info = _wav(path)
+        assert info.frames == 640 * sum(row["duration"]), (path, info.frames)
+        _wav(Path(path).with_name(Path(path).stem + "_predicted_durations.wav"), min_seconds=0.04)
+    # the speech LM and its continuations through the new vocoder
+    lm = summary["lm"]
+    assert lm["preset"] == "demo" and lm["steps"] == 5
+    _all_finite(lm["first_loss"], lm["last_loss"])
+    assert abs(lm["first_loss"] - math.log(34)) < 0.5, lm["first_loss"]  # a fresh 34-token model: near log(34)
+    generate = summary["generate"]
+    assert generate["prompts"] == 2 and 0 < generate["new_tokens"] <= 40
+    for key in ("auto_bleu_2", "auto_bleu_2_continuation"):
+        assert 0.0 <= _finite(generate[key], key) <= 1.0
+    generations = _jsonl(workdir / "generate" / "generations.jsonl")
+    assert sorted(row["file_name"] for row in generations) == sorted(summary["held_out"])
+    for row in generations:
+        assert all(0 <= unit < 32 for unit in row["units"])
+        _wav(workdir / "generate" / row["wav_full"])
+        _wav(workdir / "generate" / row["wav_continuation"], min_seconds=0.0)
+    assert len(generate["wavs"]) == 4
+    _plots(workdir, summary, 3)
+
+
 # run id -> (notebook, its CI parameters): every notebook with its CI parameters, and the two whose CI parameters
 # take the offline branch again with the real parameters' branch (converted models, mHuBERT units) on stand-ins
 RUNS = {
@@ -369,6 +449,7 @@ RUNS = {
     "generate_and_listen": ("generate_and_listen", ci_params_generate_and_listen),
     "evaluate": ("evaluate", ci_params_evaluate),
     "evaluate_converted_models": ("evaluate", ci_params_evaluate_converted),
+    "new_voice": ("new_voice", ci_params_new_voice),
 }
 CHECKS = {
     "quickstart": check_quickstart,
@@ -377,4 +458,5 @@ CHECKS = {
     "dpo": check_dpo,
     "generate_and_listen": check_generate_and_listen,
     "evaluate": check_evaluate,
+    "new_voice": check_new_voice,
 }

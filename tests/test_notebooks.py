@@ -23,7 +23,7 @@ import pytest
 from notebook_checks import CHECKS, RUNS
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("quickstart", "tokenize", "pretrain_tpu", "dpo", "generate_and_listen", "evaluate")
+NOTEBOOKS = ("quickstart", "tokenize", "pretrain_tpu", "dpo", "generate_and_listen", "evaluate", "new_voice")
 VENV = ROOT / ".venv-notebooks"
 NOTEBOOK_PYTHON = "3.12"
 BADGE = "https://colab.research.google.com/github/slam-jax/slam_jax/blob/main/notebooks/{name}.ipynb"

@@ -4,7 +4,9 @@ reads and the textless export loads in the original PyTorch `Generator`, and bad
 
 import json
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import soundfile
 import torch
 from hifi_gan.models import Generator
 from speech_fixtures import ESPEAK_RATE, synthesize
+from tensorboardX.proto import event_pb2
 from test_vocoder import reference_generator
 
 import slam_jax
@@ -50,6 +53,7 @@ OVERRIDES = {
     "checkpoint.every_steps": 2,
     "log.every_steps": 1,
     "log.progress": "plain",
+    "log.tensorboard": False,  # on in the one test that reads it (its mels and audio cost a generation per check)
 }
 
 
@@ -141,9 +145,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_losses_and_vocoder(units
 
 def test_the_trained_vocoder_exports_to_the_textless_layout_the_pytorch_generator_loads(units_dir, tmp_path):
     workdir = tmp_path / "run"
-    subprocess.run(
-        command(units_dir, workdir, **{"train.max_steps": 2}), cwd=ROOT, env=ENV, check=True, capture_output=True
-    )
+    run = {"train.max_steps": 2, "log.tensorboard": True}
+    subprocess.run(command(units_dir, workdir, **run), cwd=ROOT, env=ENV, check=True, capture_output=True)
     assert vocoder_to_textless.main(["--vocoder", str(workdir / "vocoder"), "--out", str(tmp_path / "textless")]) == 0
     config = json.loads((tmp_path / "textless" / "config.json").read_text())
     state = torch.load(tmp_path / "textless" / "generator.pt", weights_only=True)["generator"]
@@ -157,6 +160,53 @@ def test_the_trained_vocoder_exports_to_the_textless_layout_the_pytorch_generato
         reference = generator(torch.from_numpy(np.ascontiguousarray(features)))[0, 0].numpy()
     ours = slam_jax.load_vocoder(workdir / "vocoder").vocode(units)
     assert np.max(np.abs(ours - reference)) <= 1e-4 * np.max(np.abs(reference))
+    status = subprocess.run(
+        [sys.executable, "-m", "slam_jax.status", str(workdir)], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "finished (train_vocoder)" in status and "validation  step 2: validation_mel_l1" in status
+    assert re.search(r"audio +\S+ of segments seen", status), status
+    media = tensorboard_values(workdir)  # the held-out clip's mels as images and its audio, real and generated
+    for tag in ("valid_0/real", "valid_0/generated"):
+        assert {(tag, "image"), (tag, "audio")} <= media, sorted(media)
+    assert ("validation_mel_l1", "simple_value") in media and ("mel_l1", "simple_value") in media
+
+
+def test_fine_tuning_starts_from_the_init_from_vocoder(units_dir, tmp_path):
+    """`model.init_from`: the run starts from that vocoder's generator (a step at learning rate 0 keeps it, so the
+    output folder is that vocoder again, through weight norm's split and fold)."""
+    first, tuned = tmp_path / "first", tmp_path / "tuned"
+    subprocess.run(
+        command(units_dir, first, **{"train.max_steps": 2}), cwd=ROOT, env=ENV, check=True, capture_output=True
+    )
+    changes = {
+        "train.max_steps": 1,
+        "train.learning_rate": 0.0,
+        "model.init_from": first / "vocoder",
+        "model.embedding_dim": 99,
+    }  # the architecture comes from init_from
+    result = subprocess.run(command(units_dir, tuned, **changes), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tuned / "run_manifest.json").read_text())
+    assert manifest["settings"]["model.init_from"].startswith(f"{NUM_UNITS} units x 8,")
+    units = np.random.default_rng(3).integers(0, NUM_UNITS, 16)
+    want = slam_jax.load_vocoder(first / "vocoder").vocode(units)
+    got = slam_jax.load_vocoder(tuned / "vocoder").vocode(units)
+    assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
+
+
+def tensorboard_values(workdir: Path) -> set[tuple[str, str]]:
+    """(tag, kind) of every summary value in the run's TensorBoard event files (TFRecord framing, tensorboardX's
+    protos: no TensorFlow needed)."""
+    found = set()
+    for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            found |= {(value.tag, value.WhichOneof("value")) for value in event.summary.value}
+    return found
 
 
 def test_weight_norm_split_and_fold_round_trip():

@@ -317,9 +317,18 @@ def check_shapes(config: VocoderConfig, params: dict[str, Any]) -> None:
     weights.check_shapes(FAMILY, config, params)
 
 
-def save_vocoder(directory: str | Path, config: VocoderConfig, params: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write `vocoder_config.json` + Orbax `params/` atomically; refuses a non-empty dir unless `overwrite`."""
-    return weights.save_model_dir(FAMILY, directory, config, params, overwrite=overwrite)
+def save_vocoder(
+    directory: str | Path,
+    config: VocoderConfig,
+    params: dict[str, Any],
+    overwrite: bool = False,
+    this_process_only: bool = False,
+) -> Path:
+    """Write `vocoder_config.json` + Orbax `params/` atomically; refuses a non-empty dir unless `overwrite`;
+    `this_process_only`: one process of several writes numpy `params` alone (`weights.save_model_dir`)."""
+    return weights.save_model_dir(
+        FAMILY, directory, config, params, overwrite=overwrite, this_process_only=this_process_only
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -151,16 +151,24 @@ def save_model_dir(
     params: dict[str, Any],
     extra_files: Mapping[str, dict] | None = None,
     overwrite: bool = False,
+    this_process_only: bool = False,
 ) -> Path:
     """Write `config`, `params` and `extra_files` (name -> JSON object) to `directory` atomically, after checking
-    the shapes; refuses a non-empty `directory` unless `overwrite`. Returns the absolute path."""
+    the shapes; refuses a non-empty `directory` unless `overwrite`. Returns the absolute path.
+
+    `this_process_only`: one process of a multi-process job writes host-local (numpy) `params` alone; Orbax would
+    otherwise wait at barriers for the others."""
     paths.check_array_storage(directory, f"{family.noun} weights")
     check_shapes(family, config, params)
     with atomic_dir(directory, overwrite) as staging:
         config.save(staging / family.config_file)
         for name, content in (extra_files or {}).items():
             (staging / name).write_text(json.dumps(content, indent=2) + "\n")
-        with ocp.StandardCheckpointer() as checkpointer:
+        alone = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+        options = {"multiprocessing_options": alone} if this_process_only else {}
+        with ocp.StandardCheckpointer(**options) as checkpointer:
             checkpointer.save(staging / PARAMS_DIR, params)
             checkpointer.wait_until_finished()
     return paths.absolute(directory)

@@ -313,16 +313,23 @@ class VocoderTrainer(loop.Trainer):
         return jax.tree.map(lambda _: parallel.replicated(self.mesh), abstract_state)
 
     def initial_state(self) -> TrainState:
-        params, spectral = fresh_params(
-            self.model_config,
-            self.settings.model.periods,
-            self.settings.model.discriminator_divisor,
-            self.settings.seed,
-        )
-        if self.settings.model.init_from:
-            loaded = weights.load_model(generator_model.FAMILY, Path(self.settings.model.init_from))
-            params["generator"] = vocoder_step.split_weight_norm(generator_model.get_params(loaded))
-        return jax.device_put(self.state_from(params, spectral), self.shardings)
+        """A new run's state, initialised in one compiled program (eagerly, each of the ~200 initialisers would
+        compile its own), placed with its shardings; `model.init_from` replaces the generator's parameters."""
+        model = self.settings.model
+
+        def fresh() -> TrainState:
+            params, spectral = fresh_params(
+                self.model_config, model.periods, model.discriminator_divisor, self.settings.seed
+            )
+            return self.state_from(params, spectral)
+
+        state = jax.jit(fresh, out_shardings=self.shardings)()
+        if model.init_from:
+            loaded = weights.load_model(generator_model.FAMILY, Path(model.init_from))
+            generator = vocoder_step.split_weight_norm(generator_model.get_params(loaded))
+            generator = jax.device_put(generator, self.shardings.params["generator"])
+            state = state._replace(params={**state.params, "generator": generator})
+        return state
 
     def describe_compute(self) -> str:
         return f"vocoder training on {jax.default_backend()}: float32, convolutions at HIGHEST precision"
@@ -536,18 +543,25 @@ class VocoderTrainer(loop.Trainer):
             bar.emit(progress_figures(row))
         return row
 
+    def meta(self, step: int, clock: loop.Clock, schedule) -> dict:
+        """The checkpoint's metadata, with the audio the steps have trained on (`status` shows it)."""
+        seen = step * self.samples_per_step / self.model_config.sampling_rate
+        return {**super().meta(step, clock, schedule), "audio_seconds_seen": seen}
+
     def fit(self) -> dict:
         result = super().fit()
         self.export(result["step"])
         return result
 
     def export(self, step: int) -> None:
-        """WORKDIR/vocoder from the checkpoint of `step`, weight norm folded (process 0 writes it)."""
-        if jax.process_index() != 0:
-            return
+        """WORKDIR/vocoder from the checkpoint of `step`, weight norm folded: every process reads the checkpoint (a
+        collective restore), process 0 alone writes the folder."""
         state, _ = self.checkpointer.restore(step, self.abstract_state)
         params = jax.device_get(vocoder_step.fold(state.params["generator"]))
-        out = generator_model.save_vocoder(self.workdir / VOCODER_DIR, self.model_config, params, overwrite=True)
+        out = self.workdir / VOCODER_DIR
+        if jax.process_index() == 0:
+            generator_model.save_vocoder(out, self.model_config, params, overwrite=True, this_process_only=True)
+        parallel.barrier("slam_jax: vocoder written")
         self.say(
             f"vocoder of step {step}: {out} (slam_jax.load_vocoder; textless layout: python -m "
             f"conversion.vocoder_to_textless --vocoder {out} --out DIR)"
