@@ -694,15 +694,7 @@ class Trainer:
     def record(self, pending, bar: progress.Progress) -> dict:
         """Fetch a finished step's metrics, stop on NaN, warn of a stall, and log them (JSONL, TensorBoard,
         progress bar or, with each row, a plain progress line)."""
-        step, lr, step_metrics = pending
-        values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
-        if not all(math.isfinite(value) for value in values.values()):
-            suspect = self.mark_suspect(step, values["loss"])
-            raise TrainingError(
-                f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step}; stopped without "
-                f"saving this state; {suspect or self.last_checkpoint()} (resume with a lower train.learning_rate)"
-            )
-        self.watch_stall(step, values["grad_norm"])
+        step, lr, values = self.fetch(pending)
         now = time.perf_counter()
         self._tokens_seen += self.tokens_per_step
         self._window_tokens += self.tokens_per_step
@@ -723,6 +715,24 @@ class Trainer:
             self._window_start, self._window_tokens = now, 0
             bar.emit(progress_figures(row))
         return row
+
+    def fetch(self, pending) -> tuple[int, float, dict[str, float]]:
+        """(step, lr, metrics as floats) of a finished step: a non-finite metric stops the run without saving (and
+        marks the checkpoint that gave it suspect); a gradient stuck at exactly 0 warns (`watch_stall`)."""
+        step, lr, step_metrics = pending
+        values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
+        if not all(math.isfinite(value) for value in values.values()):
+            suspect = self.mark_suspect(step, values["loss"])
+            raise TrainingError(
+                f"{self.non_finite(values)} at step {step}; stopped without saving this state; "
+                f"{suspect or self.last_checkpoint()} (resume with a lower train.learning_rate)"
+            )
+        self.watch_stall(step, values["grad_norm"])
+        return step, lr, values
+
+    def non_finite(self, values: dict[str, float]) -> str:
+        """What went non-finite, for the line that stops the run."""
+        return f"loss is {values['loss']} (grad norm {values['grad_norm']})"
 
     def watch_stall(self, step: int, grad_norm: float) -> None:
         """Warn once (stderr and metrics) when the gradient has been exactly zero for `train.stall_steps` steps in a

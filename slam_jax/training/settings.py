@@ -45,8 +45,25 @@ class MeshSettings(Settings):
             raise ValueError(f"{self._source}: sizes {sizes} must be >= 1, with at most one -1")
 
 
+class RunLimits:
+    """What every training job's `train` section shares (its fields `max_steps`, `time_budget`, `allow_changed`):
+    a run ends by steps and/or a wall-clock budget, and a resume may change the manifest keys it allows."""
+
+    def validate(self) -> None:
+        if not self.max_steps and not self.budget_seconds:
+            raise ValueError(f"{self._source}: set max_steps and/or time_budget")
+
+    @property
+    def allowed_changes(self) -> tuple[str, ...]:
+        return tuple(key.strip() for key in self.allow_changed.split(",") if key.strip())
+
+    @property
+    def budget_seconds(self) -> float:
+        return parse_duration(self.time_budget, f"{self._source}.time_budget")
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainSettings(Settings):
+class TrainSettings(RunLimits, Settings):
     """`train`: batch layout, optimiser, schedule, budget and evaluation cadence."""
 
     per_device_batch_size: int = setting(8, above=0)
@@ -72,18 +89,6 @@ class TrainSettings(Settings):
     # Several hosts: a process unheard for this many seconds is lost and every process stops (exit 69); 0: off.
     host_timeout: float = setting(60.0, minimum=0.0)
     allow_changed: str = ""  # run-manifest keys a resume may change (training/manifest.py), comma-separated
-
-    def validate(self) -> None:
-        if not self.max_steps and not self.budget_seconds:
-            raise ValueError(f"{self._source}: set max_steps and/or time_budget")
-
-    @property
-    def allowed_changes(self) -> tuple[str, ...]:
-        return tuple(key.strip() for key in self.allow_changed.split(",") if key.strip())
-
-    @property
-    def budget_seconds(self) -> float:
-        return parse_duration(self.time_budget, f"{self._source}.time_budget")
 
 
 @dataclasses.dataclass(frozen=True)

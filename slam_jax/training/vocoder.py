@@ -27,11 +27,11 @@ from slam_jax.errors import TrainingError
 from slam_jax.models import discriminators, weights
 from slam_jax.models import vocoder as generator_model
 from slam_jax.paths import Path
-from slam_jax.settings import Settings, parse_duration, setting
+from slam_jax.settings import Settings, setting
 from slam_jax.speech import mel as mel_frontend
 from slam_jax.speech import segments
 from slam_jax.training import loop, vocoder_step
-from slam_jax.training.settings import CheckpointSettings, LogSettings, MeshSettings
+from slam_jax.training.settings import CheckpointSettings, LogSettings, MeshSettings, RunLimits
 from slam_jax.training.step import TrainState
 
 VOCODER_DIR = "vocoder"
@@ -86,7 +86,7 @@ class MelSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
-class VocoderTrainSettings(Settings):
+class VocoderTrainSettings(RunLimits, Settings):
     """`train`: batch, AdamW (HiFi-GAN: 2e-4, betas 0.8 / 0.99, torch's weight decay 0.01), the per-epoch decay."""
 
     per_device_batch_size: int = setting(16, above=0)
@@ -107,18 +107,6 @@ class VocoderTrainSettings(Settings):
     allow_changed: str = ""
 
     grad_accum_steps = 1  # one batch per step (what the shared loop reads)
-
-    def validate(self) -> None:
-        if not self.max_steps and not self.budget_seconds:
-            raise ValueError(f"{self._source}: set max_steps and/or time_budget")
-
-    @property
-    def allowed_changes(self) -> tuple[str, ...]:
-        return tuple(key.strip() for key in self.allow_changed.split(",") if key.strip())
-
-    @property
-    def budget_seconds(self) -> float:
-        return parse_duration(self.time_budget, f"{self._source}.time_budget") if self.time_budget else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,18 +503,12 @@ class VocoderTrainer(loop.Trainer):
             self._media_since = step
         return self._media_since
 
+    def non_finite(self, values: dict[str, float]) -> str:
+        return f"generator loss is {values['loss']} (discriminator loss {values['discriminator_loss']})"
+
     def record(self, pending, bar: progress.Progress) -> dict:
-        """Fetch a finished step's losses, stop on NaN, warn of a stall, and log them."""
-        step, lr, step_metrics = pending
-        values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
-        if not all(math.isfinite(value) for value in values.values()):
-            suspect = self.mark_suspect(step, values["loss"])
-            raise TrainingError(
-                f"generator loss is {values['loss']} (discriminator loss {values['discriminator_loss']}) at step "
-                f"{step}; stopped without saving this state; {suspect or self.last_checkpoint()} (resume with a "
-                "lower train.learning_rate)"
-            )
-        self.watch_stall(step, values["grad_norm"])
+        """Fetch a finished step's losses (`fetch`: NaN stops, stalls warn) and log them."""
+        step, lr, values = self.fetch(pending)
         now = time.perf_counter()
         self._window_tokens += self.samples_per_step
         rate = self._window_tokens / max(now - self._window_start, 1e-9) / self.model_config.sampling_rate
