@@ -23,6 +23,10 @@ DIR/<part>.json the moment it ends, and all of them to DIR/suite.json:
 - `xla_flags`: the `auto` train step laid out as `configs/slam.py` trains (layers unrolled) again, in a fresh
   process per XLA flag set (latency-hiding scheduler, Triton GEMM off, command buffers off), to compare with
   the same variant of the `train` part.
+- `vocoder_train`: one training step of the unit vocoder (`benchmarks/vocoder_train.py`: slam_jax's compiled
+  `vocoder_step` against hifi_gan/train.py's PyTorch step, same batch, same initial weights) at the paper's size,
+  16 rows of 14 frames, both on the GPU; seconds per step, audio seconds per second and the first step's loss
+  agreement (`--tiny`: its `--quick` sizes).
 `--tiny` runs every part at toy sizes: on a CPU that checks the suite end to end in a few minutes (the Pallas
 kernels then run in interpret mode; cuDNN is reported as not available). A part that fails is recorded with
 its error and the suite goes on.
@@ -52,7 +56,7 @@ from slam_jax.paths import Path
 from slam_jax.training import metrics
 from slam_jax.training.settings import TrainSettings
 
-PARTS = ("attention", "train", "torch", "profile", "dpo", "decode", "pipeline", "xla_flags")
+PARTS = ("attention", "train", "torch", "profile", "dpo", "decode", "pipeline", "xla_flags", "vocoder_train")
 GPU_FLAG_SETS = {
     "latency_hiding_scheduler": "--xla_gpu_enable_latency_hiding_scheduler=true",
     "triton_gemm_off": "--xla_gpu_enable_triton_gemm=false",
@@ -371,6 +375,18 @@ def xla_flags_part(out: Path, tiny: bool, repeats: int, auto: str) -> dict:
     return {"variant": variant, "flag_sets": found}
 
 
+def vocoder_train_part(tiny: bool, repeats: int) -> dict:
+    """benchmarks/vocoder_train.py at the paper's size and batch (16 x 14 frames), or its `--quick` sizes."""
+    from benchmarks import vocoder_train
+    from configs import vocoder as vocoder_config
+
+    if tiny:
+        quick = vocoder_train.QUICK
+        return vocoder_train.measure(quick["size"], quick["batch"], quick["frames"], quick["steps"])
+    paper = vocoder_config.get_config()
+    return vocoder_train.measure("paper", paper.train.per_device_batch_size, paper.data.segment_frames, repeats)
+
+
 # ---- driver ------------------------------------------------------------------------------------------------
 
 
@@ -396,6 +412,8 @@ def run_part(name: str, args, size: dict, results: dict) -> dict:
         return decode_part(size, repeats)
     if name == "pipeline":
         return pipeline_part(size, repeats, fastest_train(results))
+    if name == "vocoder_train":
+        return vocoder_train_part(args.tiny, repeats)
     return xla_flags_part(args.out, args.tiny, repeats, attention.resolve("auto"))
 
 

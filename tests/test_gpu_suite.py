@@ -2,7 +2,8 @@
 
 Every part must produce figures: the attention check within bf16 rounding of the float32 einsum for each
 backend this platform runs (the Pallas kernels interpreted), every train variant timed, both PyTorch steps, the
-DPO and decode comparisons, the pipeline against the train step, and an XLA-flag run in a fresh process.
+DPO and decode comparisons, the pipeline against the train step, an XLA-flag run in a fresh process, and the
+vocoder's training step beside the PyTorch one.
 """
 
 import json
@@ -28,7 +29,7 @@ def suite(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_every_part_ran_and_was_saved_on_its_own(suite):
     out, results = suite
-    for part in ("attention", "train", "torch", "profile", "dpo", "decode", "pipeline", "xla_flags"):
+    for part in ("attention", "train", "torch", "profile", "dpo", "decode", "pipeline", "xla_flags", "vocoder_train"):
         assert part in results and "failed" not in results[part], (part, results.get(part, {}).get("failed"))
         assert json.loads((out / f"{part}.json").read_text())["part_seconds"] > 0
 
@@ -69,6 +70,16 @@ def test_dpo_decode_pipeline_and_flags_have_figures(suite):
     assert results["xla_flags"]["variant"] == "xla_unrolled"  # the step as configs/slam.py lays it out
     flag_run = results["xla_flags"]["flag_sets"]["cpu_fast_math_off"]
     assert flag_run["seconds"] > 0 and flag_run["flags"] == "--xla_cpu_enable_fast_math=false"
+
+
+def test_the_vocoder_training_step_was_timed_beside_the_pytorch_step(suite):
+    """The `vocoder_train` part (benchmarks/vocoder_train.py at its --quick sizes here): both steps timed, and the
+    first step's losses, from the same weights, the reference's."""
+    result = suite[1]["vocoder_train"]
+    assert set(result["implementations"]) == {"reference_torch_fp32", "slam_jax_vocoder_step"}
+    for figures in result["implementations"].values():
+        assert figures["seconds_per_step"] > 0 and figures["audio_seconds_per_second"] > 0
+    assert result["size"] == "tiny" and result["first_step_max_relative_difference"] < 1e-4
 
 
 def test_the_profile_part_traced_the_configs_step_and_summed_its_ops(suite):

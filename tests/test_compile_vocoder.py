@@ -1,0 +1,50 @@
+"""`benchmarks.compile_vocoder`: the vocoder's training step compiled for a device this machine does not have.
+
+A small step (benchmarks/vocoder_train.py's tiny generator with a duration predictor, discriminators / 8, 2 rows of
+40 frames) compiled for an H100 keeps the test short. Not for a TPU: XLA's TPU compiler takes about a minute on
+this 2-core CPU for the kernel gradient of each of the multi-scale discriminator's grouped convolutions at HIGHEST
+precision (the forward conv: 3 s), so even this small step had not compiled for a v5e after 15 minutes; the
+paper's step on a TPU v5e is `python -m benchmarks.compile_vocoder --target tpu-v5e` (benchmarks/RESULTS.md).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "data.num_units=50",
+    "data.segment_frames=40",
+    "model.embedding_dim=16",
+    "model.upsample_initial_channel=32",
+    "model.upsample_rates=(8,8)",
+    "model.upsample_kernel_sizes=(16,16)",
+    "model.resblock_kernel_sizes=(3,)",
+    "model.resblock_dilation_sizes=((1,3,5),)",
+    "model.duration_predictor_dim=8",
+    "model.discriminator_divisor=8",
+    "train.per_device_batch_size=2",
+]
+MEMORY_KEYS = ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "bytes_per_device")
+
+
+def test_a_small_vocoder_step_compiles_for_an_h100_and_reports_its_memory():
+    command = [sys.executable, "-m", "benchmarks.compile_vocoder", "--target", "h100", "--json"]
+    for item in SMALL:
+        command += ["--set", item]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.stdout.strip(), done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["compiled"] is True, report.get("error")
+    assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["devices"] == 1
+    assert report["per_device_batch"] == [2, 40 * 64]
+    assert "duration predictor 8" in report["architecture"] and report["discriminator_divisor"] == 8
+    assert all(report[key] > 0 for key in MEMORY_KEYS), {key: report[key] for key in MEMORY_KEYS}
+    # the donated state is counted once: arguments (state + batch) + temporaries + outputs - aliased
+    assert report["alias_bytes"] == report["state_bytes"] <= report["argument_bytes"]
+    used = report["argument_bytes"] + report["temp_bytes"] + report["output_bytes"] - report["alias_bytes"]
+    assert report["bytes_per_device"] == used < report["device_memory_bytes"] and report["fits"]
+    assert done.returncode == 0
