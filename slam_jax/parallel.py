@@ -326,5 +326,7 @@ class HostWatchdog:
     def verdict(self) -> None:
         """After a collective failed in the main thread: wait (up to the timeout and a margin) for the watchdog to
         name the lost peer and end the process; returns if every peer is still heard (then the error is real)."""
-        if self.active and self._thread.is_alive():
-            self._lost.wait(self.timeout + 15)
+        if self.active and self._thread.is_alive() and self._lost.wait(self.timeout + 15):
+            # The watchdog has found the lost peer and is printing its line before it ends the process: returning
+            # now would print this thread's traceback over that line (it did, on a loaded machine).
+            threading.Event().wait(60)
