@@ -143,10 +143,17 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_losses_and_vocoder(units
     assert ours.predicts_durations and ours.num_units == NUM_UNITS
 
 
-def test_the_trained_vocoder_exports_to_the_textless_layout_the_pytorch_generator_loads(units_dir, tmp_path):
-    workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(units_dir, tmp_path_factory) -> Path:
+    """The workdir of a 2-step run with TensorBoard on (shared by the export and fine-tuning tests)."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
     run = {"train.max_steps": 2, "log.tensorboard": True}
     subprocess.run(command(units_dir, workdir, **run), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    return workdir
+
+
+def test_the_trained_vocoder_exports_to_the_textless_layout_the_pytorch_generator_loads(trained, tmp_path):
+    workdir = trained
     assert vocoder_to_textless.main(["--vocoder", str(workdir / "vocoder"), "--out", str(tmp_path / "textless")]) == 0
     config = json.loads((tmp_path / "textless" / "config.json").read_text())
     state = torch.load(tmp_path / "textless" / "generator.pt", weights_only=True)["generator"]
@@ -171,13 +178,10 @@ def test_the_trained_vocoder_exports_to_the_textless_layout_the_pytorch_generato
     assert ("validation_mel_l1", "simple_value") in media and ("mel_l1", "simple_value") in media
 
 
-def test_fine_tuning_starts_from_the_init_from_vocoder(units_dir, tmp_path):
+def test_fine_tuning_starts_from_the_init_from_vocoder(units_dir, trained, tmp_path):
     """`model.init_from`: the run starts from that vocoder's generator (a step at learning rate 0 keeps it, so the
     output folder is that vocoder again, through weight norm's split and fold)."""
-    first, tuned = tmp_path / "first", tmp_path / "tuned"
-    subprocess.run(
-        command(units_dir, first, **{"train.max_steps": 2}), cwd=ROOT, env=ENV, check=True, capture_output=True
-    )
+    first, tuned = trained, tmp_path / "tuned"
     changes = {
         "train.max_steps": 1,
         "train.learning_rate": 0.0,
