@@ -398,15 +398,17 @@ class VocoderTrainer(loop.Trainer):
             mel_fmin=job.mel.fmin,
             mel_fmax=job.mel.fmax_for_loss or None,
         )
+        self.batch_shardings = self.shardings_of_batches()
+        self.real_media_logged = False  # the held-out clips' real mels and audio go to TensorBoard once
         self.train_step = vocoder_step.jit_vocoder_step(
-            self.graphs, self.optimizers, self.step_settings, self.shardings, self.mesh, self.batch_shardings()
+            self.graphs, self.optimizers, self.step_settings, self.shardings, self.mesh, self.batch_shardings
         )
         self.samples_per_step = self.global_rows * data.segment_frames * self.model_config.hop_length
         self.valid_stores = []
         self._mel = jax.jit(lambda y: mel_frontend.mel_spectrogram(y, **self.step_settings.mel_loss_arguments))
         self._probe_mel = jax.jit(self._probe_mel_error)
 
-    def batch_shardings(self) -> dict:
+    def shardings_of_batches(self) -> dict:
         example = self.segments.build(self.segments.rows(0)[:1])
         return {key: parallel.batch_sharding(self.mesh, trailing_axes=value.ndim - 1) for key, value in example.items()}
 
@@ -418,17 +420,11 @@ class VocoderTrainer(loop.Trainer):
 
     def to_device(self, local: dict[str, np.ndarray], accumulation: bool = True) -> dict[str, jax.Array]:
         """This process's rows -> global arrays, rows split over data x fsdp."""
-        shardings = self.batch_shardings_cache
+        shardings = self.batch_shardings
         return {
             key: parallel.global_batch(value, self.batch_rows, shardings[key], (self.global_rows, *value.shape[1:]), 0)
             for key, value in local.items()
         }
-
-    @property
-    def batch_shardings_cache(self) -> dict:
-        if not hasattr(self, "_batch_shardings"):
-            self._batch_shardings = self.batch_shardings()
-        return self._batch_shardings
 
     def make_schedule(self, total_steps: int) -> Schedule:
         train = self.settings.train
@@ -458,7 +454,10 @@ class VocoderTrainer(loop.Trainer):
         """Mean L1 between the log-mels of each held-out clip and of its units' waveform, generated whole."""
         if not self.valid_clips:
             return None
-        waves = self.generate_valid(params)
+        return self.mel_error(self.generate_valid(params))
+
+    def mel_error(self, waves: list[np.ndarray]) -> float:
+        """Mean over the held-out clips of the L1 between their log-mels and those of `waves` (their units')."""
         errors = []
         for clip, wave in zip(self.valid_clips, waves, strict=True):
             length = min(len(wave), len(clip.samples))
@@ -471,7 +470,8 @@ class VocoderTrainer(loop.Trainer):
         return vocoder.vocode_batch([clip.frame_units for clip in self.valid_clips])
 
     def log_validation(self, step: int, params) -> float | None:
-        validation = self.evaluate(params)
+        waves = self.generate_valid(params) if self.valid_clips else []
+        validation = self.mel_error(waves) if waves else None
         self._validation[step] = validation
         if validation is None:
             return None
@@ -482,26 +482,21 @@ class VocoderTrainer(loop.Trainer):
             )
         self.writer.write(step, {"validation_mel_l1": validation})
         self.say(f"step {step}: validation mel L1 {validation:.4f} ({len(self.valid_clips)} held-out clips)")
-        self.log_media(step, params)
+        self.log_media(step, waves)
         return validation
 
-    def log_media(self, step: int, params) -> None:
-        """TensorBoard: the real and generated log-mels (images) and audio of the first held-out clips."""
+    def log_media(self, step: int, waves: list[np.ndarray]) -> None:
+        """TensorBoard: the generated log-mels (images) and audio of the first held-out clips, and once the real."""
         if not self.writer.enabled:
             return
         rate = self.model_config.sampling_rate
-        waves = self.generate_valid(params)[:MEDIA_CLIPS]
-        for index, (clip, wave) in enumerate(zip(self.valid_clips, waves, strict=False)):
+        for index, (clip, wave) in enumerate(zip(self.valid_clips[:MEDIA_CLIPS], waves, strict=False)):
             mel = np.asarray(self._mel(wave[None]))[0]
             self.writer.media(step, f"valid_{index}/generated", mel.T, wave, rate)
-            if step == self._first_logged_step(step):
+            if not self.real_media_logged:
                 real = np.asarray(self._mel(clip.samples[None]))[0]
                 self.writer.media(0, f"valid_{index}/real", real.T, clip.samples, rate)
-
-    def _first_logged_step(self, step: int) -> int:
-        if not hasattr(self, "_media_since"):
-            self._media_since = step
-        return self._media_since
+        self.real_media_logged = True
 
     def non_finite(self, values: dict[str, float]) -> str:
         return f"generator loss is {values['loss']} (discriminator loss {values['discriminator_loss']})"
