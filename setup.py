@@ -22,6 +22,7 @@ setup(
         "transformers",
         "safetensors",
         "tqdm",
+        "nltk",  # Auto-BLEU's word splitting on text, the reference's NLTKWordTokenizer (no NLTK data needed)
         "espeakng-loader",
         "absl-py",
         "pyarrow",

@@ -182,7 +182,8 @@ def test_bad_rows_error_with_file_and_line_or_are_counted(tmp_path):
 
 
 def test_auto_bleu_filter(tmp_path):
-    assert preference.filter_score("The cat", "the cat") == pytest.approx(2 / 3)  # case-folded
+    assert preference.filter_score("the cat", "the cat") == pytest.approx(2 / 3)
+    assert preference.filter_score("The cat", "the cat") == 0.0  # case kept, as slamkit's filter keeps it
     assert preference.filter_score("a b", "c d") == 0.0 and preference.filter_score("word", "") == 0.0
     path = write_pairs(tmp_path / "p.jsonl", count=4, prompt_text="he went to the", chosen_text="the shop")
     write_pairs(tmp_path / "q.jsonl", count=2, prompt_text="go go go go", chosen_text="go go")

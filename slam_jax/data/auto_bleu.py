@@ -1,21 +1,30 @@
 """Auto-BLEU-n: how much a sequence repeats itself (docs/recipe.md §6).
 
 The score is the fraction of the sequence's n-grams that also occur at another position of the same
-sequence (0 when it has no n-gram). On text, the sequence is its words and punctuation marks, split as
-NLTK's word tokenizer splits them, except that contractions stay whole ("don't" is one word); on speech, it
-is the unit sequence itself. Higher means more repetitive; papers report it in percent.
+sequence (0 when it has no n-gram), as the reference's `calc_auto_bleu` computes it: a fraction, not a percent,
+case-sensitive. On text, the sequence is the tokens of NLTK's `NLTKWordTokenizer().tokenize`, the reference's
+splitter for the GenPPL transcripts and the SpokenSwag filter: "don't" is "do" + "n't", "..." stays whole, and
+there is no sentence splitting, so a full stop inside the text stays on its word ("world." in "Hello world. Hello
+world."). It needs no NLTK data (no `punkt`). tests/test_auto_bleu_slamkit.py checks it against the reference's
+code. On speech, the sequence is the unit sequence itself. Higher means more repetitive; papers report it in
+percent.
 """
 
-import re
+import functools
 from collections import Counter
 from collections.abc import Sequence
 
-_WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+
+@functools.cache
+def _tokenizer():
+    from nltk.tokenize import NLTKWordTokenizer  # deferred: importing nltk takes about a second
+
+    return NLTKWordTokenizer()
 
 
 def words(text: str) -> list[str]:
-    """Words and punctuation marks of `text`, in order."""
-    return _WORD.findall(text)
+    """The tokens of `text`, in order, as the reference splits it: `NLTKWordTokenizer().tokenize(text)`."""
+    return _tokenizer().tokenize(text)
 
 
 def auto_bleu(sequence: Sequence, n: int = 2) -> float:

@@ -44,8 +44,8 @@ def field_units(value, where: str, num_units: int) -> np.ndarray:
 
 
 def filter_score(prompt_text: str, chosen_text: str) -> float:
-    """The SpokenSwag filter's score: Auto-BLEU-2 of prompt + " " + chosen, case-folded (docs/recipe.md §5)."""
-    return auto_bleu_text(f"{prompt_text} {chosen_text}".lower())
+    """The SpokenSwag filter's score: Auto-BLEU-2 of prompt + " " + chosen, case kept (docs/recipe.md §5)."""
+    return auto_bleu_text(f"{prompt_text} {chosen_text}")
 
 
 @dataclass(frozen=True)
