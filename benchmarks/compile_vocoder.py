@@ -101,7 +101,7 @@ def compile_report(name: str, config, devices: int = 1) -> dict:
     all_devices = compile_benchmark.target_devices(target)
     mesh = parallel.make_mesh(devices=all_devices[:devices])
     job = job_of(config)
-    trainer, abstract_state = vocoder_train.build_model(job)
+    trainer, abstract_state = vocoder_train.build_model(job, mesh)
     step = vocoder_train.jit_step(trainer, abstract_state, job, mesh, vocoder_train.BATCH_DIMS)
     inputs = abstract_inputs(job, trainer, abstract_state, mesh)
     model_config = trainer.model_config
@@ -114,6 +114,7 @@ def compile_report(name: str, config, devices: int = 1) -> dict:
         "mesh": dict(mesh.shape),
         "architecture": training.manifest_architecture(model_config),
         "discriminator_divisor": job.model.discriminator_divisor,
+        "grouped_convolutions": trainer.grouping,
         "per_device_batch": [job.train.per_device_batch_size, frames * model_config.hop_length],
         "audio_seconds_per_device_step": job.train.per_device_batch_size
         * frames

@@ -87,9 +87,11 @@ OURS = "slam_jax_vocoder_step"
 # ---- the job ----------------------------------------------------------------------------------------------------
 
 
-def job_of(size: str, batch: int, frames: int) -> training.VocoderJob:
-    """configs/vocoder.py at `size`, `batch` rows of `frames` frames, no duration predictor."""
+def job_of(size: str, batch: int, frames: int, grouping: str = "auto") -> training.VocoderJob:
+    """configs/vocoder.py at `size`, `batch` rows of `frames` frames, no duration predictor, the MSD's grouped
+    convolutions run as `grouping` (`model.grouped_convolutions`)."""
     config = vocoder_config.get_config()
+    config.model.grouped_convolutions = grouping
     for key, value in SIZES[size].items():
         section, _, leaf = key.partition(".")
         config[section][leaf] = value
@@ -100,10 +102,11 @@ def job_of(size: str, batch: int, frames: int) -> training.VocoderJob:
     return training.VocoderJob.from_config(config, "config")
 
 
-def build_model(job: training.VocoderJob) -> tuple[training.VocoderTrainer, object]:
-    """The trainer's own model building (graphs, optimisers, the abstract state), without its workdir and data."""
+def build_model(job: training.VocoderJob, mesh) -> tuple[training.VocoderTrainer, object]:
+    """The trainer's own model building (graphs, optimisers, the abstract state) for `mesh`'s platform, without its
+    workdir and data."""
     trainer = training.VocoderTrainer.__new__(training.VocoderTrainer)
-    trainer.settings = job
+    trainer.settings, trainer.mesh = job, mesh
     return trainer, trainer.build_model()
 
 
@@ -367,19 +370,19 @@ def equal_state(modules: dict, trainer: training.VocoderTrainer, abstract_state)
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 
-def build(size: str, rows: int, frames: int) -> tuple[dict, dict, dict]:
+def build(size: str, rows: int, frames: int, grouping: str = "auto") -> tuple[dict, dict, dict]:
     """(timed functions by name, the losses each call appends to, facts about the set-up)."""
     torch.set_num_threads(os.cpu_count())
     torch.backends.cudnn.benchmark = True  # as hifi_gan/train.py sets it
     device = common.torch_device()
-    job = job_of(size, rows, frames)
-    trainer, abstract_state = build_model(job)
+    job = job_of(size, rows, frames, grouping)
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    trainer, abstract_state = build_model(job, mesh)
     config = trainer.model_config
     modules = reference_modules(job, config)
     batch = synthetic_batch(rows, frames, config.hop_length, config.num_embeddings, config.sampling_rate)
 
     start = time.perf_counter()
-    mesh = parallel.make_mesh(devices=jax.devices()[:1])
     step = jit_step(trainer, abstract_state, job, mesh, BATCH_DIMS)
     shardings = trainer.state_shardings(abstract_state)
     state = {"current": jax.device_put(equal_state(modules, trainer, abstract_state), shardings)}
@@ -412,6 +415,7 @@ def build(size: str, rows: int, frames: int) -> tuple[dict, dict, dict]:
         "audio_seconds": rows * frames * config.hop_length / config.sampling_rate,
         "architecture": training.manifest_architecture(config),
         "discriminator_divisor": job.model.discriminator_divisor,
+        "grouped_convolutions": trainer.grouping,
         "generator_params": _count(abstract_state.params["generator"]),
         "discriminator_params": _count([abstract_state.params["mpd"], abstract_state.params["msd"]]),
         "duration_predictor": "left out of both sides (model.duration_predictor_dim=0; pip hifi-gan has none)",
@@ -446,10 +450,10 @@ def loss_figures(losses: dict[str, list[dict]]) -> dict:
     return {"losses_by_step": steps, "max_relative_difference_by_step": differences}
 
 
-def measure(size: str, rows: int, frames: int, repeats: int) -> dict:
+def measure(size: str, rows: int, frames: int, repeats: int, grouping: str = "auto") -> dict:
     """Build both steps, time them alternating, and summarise (the gpu suite's part calls this)."""
     with reference_mel():
-        fns, losses, setup = build(size, rows, frames)
+        fns, losses, setup = build(size, rows, frames, grouping)
         times = common.alternate(fns, repeats)
     implementations = common.audio_rates(times, setup["audio_seconds"], REFERENCE)
     for figures in implementations.values():
@@ -501,6 +505,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=14, help="frames per row (the paper's 14 of 640 samples)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each after the first (median)")
     parser.add_argument("--quick", action="store_true", help=f"tiny sizes, one timed step: {QUICK}")
+    parser.add_argument(
+        "--grouped-convolutions",
+        choices=("auto", *discriminators.GROUPINGS),
+        default="auto",
+        help="how slam_jax's MSD runs its grouped convolutions (model.grouped_convolutions)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -512,7 +522,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = measure(args.size, args.batch, args.frames, args.steps)
+    result = measure(args.size, args.batch, args.frames, args.steps, args.grouped_convolutions)
     common.emit(result, args.json, report_lines(result))
     return 0
 

@@ -103,7 +103,8 @@ def reference_pair(seed: int = 0):
     # Built abstractly (shapes only; every value is then copied): the random init of 70M parameters takes seconds.
     ours = (
         nnx.eval_shape(lambda: discriminators.MultiPeriodDiscriminator(rngs=nnx.Rngs(seed))),
-        nnx.eval_shape(lambda: discriminators.MultiScaleDiscriminator(rngs=nnx.Rngs(seed))),
+        # one convolution per group: what a CPU or TPU run uses (test_grouped_convolutions_... checks "xla" == it)
+        nnx.eval_shape(lambda: discriminators.MultiScaleDiscriminator(grouping="per_group", rngs=nnx.Rngs(seed))),
     )
     for their_module, our_module in zip(theirs, ours, strict=True):
         copy_parameters(their_module, our_module)
@@ -324,6 +325,33 @@ def test_a_jitted_functional_step_returns_the_new_spectral_vectors(steps):
     conv(jnp.ones((1, 8, 1024), jnp.float32))
     np.testing.assert_allclose(conv.u[...], expected, rtol=1e-6, atol=1e-7)
     assert relative_error(conv.u[...], spectral_vectors(after)[6]) > 1e-6, "the eager call left u where it was"
+
+
+def test_grouped_convolutions_run_per_group_or_as_xla_alike():
+    """Each grouped conv of the MSD (channels / 8) with XLA's grouped convolution (GPUs) and with one convolution per
+    group (CPU, TPU; the MSD of the parity tests above): the same output and gradients w.r.t. input and kernel."""
+    rng = np.random.default_rng(4)
+    grouped = [spec for spec in discriminators.SCALE_CONVS if spec[4] > 1]
+    assert len(grouped) == 5
+
+    def loss(x, kernel, stride, side, groups, grouping):
+        out = discriminators.convolve(x, kernel, (stride,), (side,), groups, grouping)
+        return jnp.sum(jnp.sin(out)), out
+
+    for cin, cout, width, stride, groups, side in grouped:
+        x = jnp.asarray(rng.normal(size=(2, 300, cin // 8)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(size=(width, cin // 8 // groups, cout // 8)) / 10, jnp.float32)
+        results = [
+            jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), static_argnums=(2, 3, 4, 5))(
+                x, kernel, stride, side, groups, grouping
+            )
+            for grouping in discriminators.GROUPINGS
+        ]
+        ((_, xla), xla_grads), ((_, per_group), per_group_grads) = results
+        what = f"conv {cin}->{cout} groups {groups}"
+        assert_close(per_group, xla, VALUE_TOLERANCE, what)
+        for name, ours, theirs in zip(("input", "kernel"), per_group_grads, xla_grads, strict=True):
+            assert_close(ours, theirs, GRADIENT_TOLERANCE, f"{what}: gradient w.r.t. the {name}")
 
 
 def test_initialisation_is_torch_default_conv_init_then_the_norms():

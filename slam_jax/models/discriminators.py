@@ -53,6 +53,7 @@ SCALE_CONVS = (
 )
 # Channels may be divided for small runs (the tests, CPU recipes): every grouped conv keeps whole groups up to 8.
 DIVISORS = (1, 2, 4, 8)
+GROUPINGS = ("xla", "per_group")  # how a grouped convolution runs (`convolve`)
 POOL_WIDTH, POOL_STRIDE, POOL_PADDING = 4, 2, 2  # the MSD's AvgPool1d(4, 2, padding=2)
 _LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 # The reference convolves in float32; GPUs (TF32) and TPUs (one bf16 pass) would otherwise round the operands.
@@ -66,9 +67,30 @@ class SpectralVector(nnx.Variable):
     not a parameter; every call of a spectral-normed conv replaces it by one power iteration's result."""
 
 
-def convolve(x: jax.Array, kernel: jax.Array, stride: Sequence[int], padding: Sequence[int], groups: int = 1):
+def convolve(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int = 1,
+    grouping: str = "xla",
+):
     """Channels-last 1-D or 2-D convolution: x [batch, *spatial, in] * kernel [*widths, in / groups, out], zero
-    padded `padding[i]` on both ends of spatial axis i, as torch's Conv1d / Conv2d(stride, padding, groups)."""
+    padded `padding[i]` on both ends of spatial axis i, as torch's Conv1d / Conv2d(stride, padding, groups).
+
+    `grouping` says how a grouped convolution (groups > 1) runs; both give the same numbers (float32 rounding):
+    "xla" is one convolution with `feature_group_count` (cuDNN's grouped kernels on a GPU); "per_group" is one
+    ungrouped convolution per group, concatenated (XLA's CPU backend runs grouped convolutions and their kernel
+    gradients several times slower than that, and its TPU compiler takes minutes over their kernel gradients)."""
+    if groups > 1 and grouping == "per_group":
+        inputs, outputs = x.shape[-1] // groups, kernel.shape[-1] // groups
+        parts = [
+            convolve(
+                x[..., g * inputs : (g + 1) * inputs], kernel[..., g * outputs : (g + 1) * outputs], stride, padding
+            )
+            for g in range(groups)
+        ]
+        return jnp.concatenate(parts, axis=-1)
     return jax.lax.conv_general_dilated(
         x,
         kernel,
@@ -128,6 +150,7 @@ class WeightNormConv(nnx.Module):
         padding: tuple[int, ...],
         groups: int = 1,
         *,
+        grouping: str = "xla",
         rngs: nnx.Rngs,
     ):
         fan_in = in_features // groups * math.prod(widths)
@@ -135,7 +158,7 @@ class WeightNormConv(nnx.Module):
         self.v = nnx.Param(v)
         self.g = nnx.Param(direction_norm(v))
         self.bias = nnx.Param(torch_default_init(rngs, (out_features,), fan_in))
-        self.stride, self.padding, self.groups = tuple(stride), tuple(padding), groups
+        self.stride, self.padding, self.groups, self.grouping = tuple(stride), tuple(padding), groups, grouping
 
     def kernel(self) -> jax.Array:
         """The effective kernel: v * (g / ||v||) (torch's _weight_norm; no epsilon)."""
@@ -143,7 +166,7 @@ class WeightNormConv(nnx.Module):
         return v * (self.g[...] / direction_norm(v))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return convolve(x, self.kernel(), self.stride, self.padding, self.groups) + self.bias[...]
+        return convolve(x, self.kernel(), self.stride, self.padding, self.groups, self.grouping) + self.bias[...]
 
 
 class SpectralNormConv(nnx.Module):
@@ -163,13 +186,14 @@ class SpectralNormConv(nnx.Module):
         padding: tuple[int, ...],
         groups: int = 1,
         *,
+        grouping: str = "xla",
         rngs: nnx.Rngs,
     ):
         fan_in = in_features // groups * math.prod(widths)
         self.kernel = nnx.Param(torch_default_init(rngs, (*widths, in_features // groups, out_features), fan_in))
         self.bias = nnx.Param(torch_default_init(rngs, (out_features,), fan_in))
         self.u = SpectralVector(normalize(jax.random.normal(rngs.params(), (out_features,), jnp.float32)))
-        self.stride, self.padding, self.groups = tuple(stride), tuple(padding), groups
+        self.stride, self.padding, self.groups, self.grouping = tuple(stride), tuple(padding), groups, grouping
 
     def normalized_kernel(self) -> jax.Array:
         """kernel / sigma after one power iteration; updates `u` (call once per forward, as torch's pre-hook)."""
@@ -181,7 +205,8 @@ class SpectralNormConv(nnx.Module):
         return kernel / sigma
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return convolve(x, self.normalized_kernel(), self.stride, self.padding, self.groups) + self.bias[...]
+        kernel = self.normalized_kernel()
+        return convolve(x, kernel, self.stride, self.padding, self.groups, self.grouping) + self.bias[...]
 
 
 def _run(convs: nnx.List, conv_post: nnx.Module, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -229,11 +254,20 @@ class DiscriminatorS(nnx.Module):
     """The reference's DiscriminatorS (weight norm, or spectral norm with `use_spectral_norm`): feature maps
     [batch, time, channels]."""
 
-    def __init__(self, use_spectral_norm: bool = False, divisor: int = 1, *, rngs: nnx.Rngs):
+    def __init__(self, use_spectral_norm: bool = False, divisor: int = 1, grouping: str = "xla", *, rngs: nnx.Rngs):
         conv = SpectralNormConv if use_spectral_norm else WeightNormConv
         self.convs = nnx.List(
             [
-                conv(_divided(cin, divisor), cout // divisor, (width,), (stride,), (side,), groups, rngs=rngs)
+                conv(
+                    _divided(cin, divisor),
+                    cout // divisor,
+                    (width,),
+                    (stride,),
+                    (side,),
+                    groups,
+                    grouping=grouping,
+                    rngs=rngs,
+                )
                 for cin, cout, width, stride, groups, side in SCALE_CONVS
             ]
         )
@@ -284,14 +318,17 @@ class MultiScaleDiscriminator(nnx.Module):
     weight norm on it average-pooled once and twice. One waveform batch per call: call it on the real batch, then
     on the generated one (the first discriminator's u then advances as in the reference's forward(y, y_hat))."""
 
-    def __init__(self, divisor: int = 1, *, rngs: nnx.Rngs):
-        """`divisor`: every hidden conv's channels divided by it (1: the reference's; see DIVISORS)."""
+    def __init__(self, divisor: int = 1, grouping: str = "xla", *, rngs: nnx.Rngs):
+        """`divisor`: every hidden conv's channels divided by it (1: the reference's; see DIVISORS); `grouping`:
+        how its grouped convolutions run (GROUPINGS, `convolve`): the parameters are the same either way."""
         _check_divisor(divisor)
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping {grouping!r}: must be one of {GROUPINGS}")
         self.discriminators = nnx.List(
             [
-                DiscriminatorS(use_spectral_norm=True, divisor=divisor, rngs=rngs),
-                DiscriminatorS(divisor=divisor, rngs=rngs),
-                DiscriminatorS(divisor=divisor, rngs=rngs),
+                DiscriminatorS(use_spectral_norm=True, divisor=divisor, grouping=grouping, rngs=rngs),
+                DiscriminatorS(divisor=divisor, grouping=grouping, rngs=rngs),
+                DiscriminatorS(divisor=divisor, grouping=grouping, rngs=rngs),
             ]
         )
 

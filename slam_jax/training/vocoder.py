@@ -67,6 +67,8 @@ class VocoderModelSettings(Settings):
     duration_dropout: float = setting(0.5, minimum=0.0, maximum=0.99)
     periods: tuple[int, ...] = (2, 3, 5, 7, 11)  # the multi-period discriminator's
     discriminator_divisor: int = setting(1, choices=discriminators.DIVISORS)  # both discriminators' channels / this
+    # how the MSD's grouped convolutions run: "auto" = "xla" on GPUs, "per_group" elsewhere (docs/vocoder.md)
+    grouped_convolutions: str = setting("auto", choices=("auto", *discriminators.GROUPINGS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +220,15 @@ def torch_like_init(tree, key: jax.Array, path: tuple[str, ...] = ()):
     }
 
 
+def grouping_for(choice: str, platform: str) -> str:
+    """The MSD's grouped-convolution method (discriminators.GROUPINGS) for a `model.grouped_convolutions` choice on
+    a platform ("cpu", "gpu", "cuda", "rocm", "tpu"): "auto" keeps XLA's grouped convolutions on GPUs (cuDNN's
+    grouped kernels) and runs one convolution per group elsewhere (measured: docs/vocoder.md)."""
+    if choice != "auto":
+        return choice
+    return "xla" if platform in ("gpu", "cuda", "rocm") else "per_group"
+
+
 def fresh_params(config: generator_model.VocoderConfig, periods: tuple[int, ...], divisor: int, seed: int):
     """(training parameters {"generator", "mpd", "msd"}, spectral vectors) of a new run."""
     rngs = nnx.Rngs(seed)
@@ -262,6 +273,7 @@ class VocoderTrainer(loop.Trainer):
         self.optimizers = {"generator": optimizer, "discriminator": optimizer}
         self.optimizer = None
         divisor = job.model.discriminator_divisor
+        self.grouping = grouping_for(job.model.grouped_convolutions, self.mesh.devices.flat[0].platform)
         self.graphs = {
             "generator": nnx.graphdef(
                 nnx.eval_shape(lambda: generator_model.CodeHiFiGAN(self.model_config, rngs=nnx.Rngs(0)))
@@ -274,7 +286,9 @@ class VocoderTrainer(loop.Trainer):
                 )
             ),
             "msd": nnx.split(
-                nnx.eval_shape(lambda: discriminators.MultiScaleDiscriminator(divisor=divisor, rngs=nnx.Rngs(0))),
+                nnx.eval_shape(
+                    lambda: discriminators.MultiScaleDiscriminator(divisor, self.grouping, rngs=nnx.Rngs(0))
+                ),
                 nnx.Param,
                 discriminators.SpectralVector,
             )[0],
@@ -320,7 +334,10 @@ class VocoderTrainer(loop.Trainer):
         return state
 
     def describe_compute(self) -> str:
-        return f"vocoder training on {jax.default_backend()}: float32, convolutions at HIGHEST precision"
+        return (
+            f"vocoder training on {jax.default_backend()}: float32, convolutions at HIGHEST precision, the MSD's "
+            f"grouped convolutions {self.grouping.replace('_', ' ')}"
+        )
 
     def describe_start(self) -> str:
         def count(tree):
