@@ -11,15 +11,23 @@ The programs `eval.metric=genppl` runs, jitted as it runs them, with the paper's
   per device, and its duration predictor (`vocoder.waveforms`, `vocoder.unit_durations`);
 - transcribe: whisper-large-v3-turbo (809M), the front end, the encoder and the greedy loop of 128 tokens, 4 rows per
   device (`asr.greedy_ids`);
-- score: Llama-3.2-1B (1.24B), 64-token transcripts, 4 rows per device (`text_lm.token_log_probs`).
-Each program's report: compiled or why not, its memory per device, and whether it fits. `--sizes tiny` compiles
-the tests' sizes (seconds). Targets: those of benchmarks/compile.py.
+- score: Llama-3.2-1B (1.24B), 64-token transcripts, 4 rows per device (`text_lm.token_log_probs`);
+- judge (`eval.metric=llm_judge`): Llama-3.1-8B-Instruct's size (8.03B), bfloat16 weights sharded over 4 devices
+  (the chips of one host) as `eval.genppl.judge.mesh` splits them (`--judge_mesh fsdp`, the default, or `tensor`;
+  `llm_judge.judge_mesh`), answering greedily 256 tokens after a 512-token chat prompt (slamkit's instruction and
+  two transcripts), 32 rows (`sampling.generate` with a prompt mask); a GPU target of one GPU is compiled as 4 of
+  them on one host (topology `1x1x4`, the same description file).
+Each program's report: compiled or why not, its memory per device, whether it fits, and the seconds lowering and
+compiling took here. `--sizes tiny` compiles the tests' sizes (seconds); `--programs judge` compiles only the named
+ones. Targets: those of benchmarks/compile.py.
 """
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +37,7 @@ from benchmarks import compile as compile_benchmark
 from benchmarks import vocoder as vocoder_benchmark
 from conversion import vocoder_to_flax
 from slam_jax import parallel
-from slam_jax.evaluation import text_lm
+from slam_jax.evaluation import llm_judge, text_lm
 from slam_jax.models import config as model_config
 from slam_jax.models import qwen2, sampling, weights, whisper
 from slam_jax.models import vocoder as vocoder_model
@@ -38,6 +46,11 @@ from slam_jax.speech import asr, whisper_features
 PROMPT_TOKENS = 76  # BOS + 3 s of 25 Hz units
 VOCODER_FRAMES = 256  # 9 s of 25 Hz frames, bucketed
 TRANSCRIPT_TOKENS = 64
+JUDGE_PROMPT_TOKENS = 512  # the chat template, slamkit's instruction (1,150 characters) and two transcripts
+JUDGE_NEW_TOKENS = 256
+JUDGE_DEVICES = 4
+JUDGE_ROWS = 32
+JUDGE_EOS_IDS = (128_001, 128_008, 128_009)  # Llama-3.1-Instruct's generation config
 
 
 def vocoder_config(sizes: str) -> vocoder_model.VocoderConfig:
@@ -62,6 +75,52 @@ def configs(sizes: str) -> dict:
         "whisper": whisper.tiny(),
         "text_lm": model_config.tiny(architecture="llama", attention_bias=False, vocab_size=300),
     }
+
+
+def judge_config(sizes: str) -> model_config.ModelConfig:
+    if sizes == "paper":
+        return model_config.llama3_1_8b(compute_dtype="bfloat16")
+    return model_config.tiny(
+        architecture="llama", attention_bias=False, tie_word_embeddings=False, vocab_size=300, compute_dtype="bfloat16"
+    )
+
+
+def judge_devices(target: compile_benchmark.Target) -> list:
+    """The devices one process of the judge shards it over: the target's first `JUDGE_DEVICES` (one host's chips),
+    a one-GPU target widened to that many GPUs on one host."""
+    devices = compile_benchmark.target_devices(target)
+    if len(devices) < JUDGE_DEVICES and target.platform == "cuda":
+        devices = compile_benchmark.target_devices(dataclasses.replace(target, topology=f"1x1x{JUDGE_DEVICES}"))
+    return list(devices)[:JUDGE_DEVICES]
+
+
+def judge_program(sizes: str, mesh) -> tuple:
+    """The judge's `sampling.generate` on its mesh: parameters as `llm_judge.LLMJudge` holds them (kernels and the
+    embedding in the compute dtype, `parallel.param_shardings`), rows split over the devices."""
+    config = judge_config(sizes)
+    shapes = qwen2.param_shapes(config)
+    shardings = parallel.param_shardings(shapes, mesh)
+
+    def placed(path, leaf, sharding):
+        matrix = parallel.path_name(path).rsplit("/", 1)[-1] in ("kernel", "embed_tokens")
+        return jax.ShapeDtypeStruct(leaf.shape, config.compute_dtype if matrix else leaf.dtype, sharding=sharding)
+
+    params = jax.tree_util.tree_map_with_path(placed, shapes, shardings)
+    graph, state = nnx.split(qwen2.model_from_params(config, params))
+    rows = JUDGE_ROWS
+    settings = sampling.SamplingSettings(JUDGE_NEW_TOKENS, 0.0, 0, 1.0, 1.0, JUDGE_EOS_IDS)
+    return (
+        sampling.generate,
+        (
+            graph,
+            state,
+            rows_of(mesh, (rows, JUDGE_PROMPT_TOKENS), jnp.int32),
+            rows_of(mesh, (rows,), jnp.int32),
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh)),
+            settings,
+            rows_of(mesh, (rows, JUDGE_PROMPT_TOKENS), jnp.bool_),
+        ),
+    )
 
 
 def on(mesh, tree, sharding=None):
@@ -139,19 +198,22 @@ def programs(sizes: str, mesh) -> dict:
     return {"generate": generate, "vocode": vocode, "durations": durations, "transcribe": transcribe, "score": score}
 
 
-# The programs traced with the mesh as their context, as they run (`parallel.traced_under`): text_lm.TextLM's.
-TRACED_UNDER_MESH = ("score",)
+# The programs traced with the mesh as their context, as they run (`parallel.traced_under`): text_lm.TextLM's and
+# llm_judge.LLMJudge's.
+TRACED_UNDER_MESH = ("score", "judge")
 
 
 def compile_one(fn, arguments, mesh, memory: int, traced_under_mesh: bool) -> dict:
     """Lower and compile `fn` on `arguments` (shardings on `mesh`): its memory per device, or why it did not
     compile."""
+    start = time.perf_counter()
     try:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if traced_under_mesh else contextlib.nullcontext():
             compiled = fn.lower(*arguments).compile()
     except Exception as error:  # noqa: BLE001 - the report says why the program did not compile
         first_line = (str(error).strip().splitlines() or [""])[0]
         return {"compiled": False, "error": f"{error.__class__.__name__}: {first_line[:300]}"}
+    seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     used = stats.argument_size_in_bytes + stats.temp_size_in_bytes + stats.output_size_in_bytes
     used -= stats.alias_size_in_bytes
@@ -160,10 +222,11 @@ def compile_one(fn, arguments, mesh, memory: int, traced_under_mesh: bool) -> di
         "bytes_per_device": int(used),
         "gib_per_device": used / compile_benchmark.GIB,
         "fits": used <= memory,
+        "compile_seconds": round(seconds, 1),
     }
 
 
-def report(target_name: str, sizes: str) -> dict:
+def report(target_name: str, sizes: str, only: tuple[str, ...] = (), judge_mesh: str = "fsdp") -> dict:
     target = compile_benchmark.TARGETS[target_name]
     devices = compile_benchmark.target_devices(target)
     mesh = parallel.make_mesh(devices=devices)
@@ -171,7 +234,12 @@ def report(target_name: str, sizes: str) -> dict:
     results = {
         name: compile_one(fn, arguments, mesh, memory, name in TRACED_UNDER_MESH)
         for name, (fn, arguments) in programs(sizes, mesh).items()
+        if not only or name in only
     }
+    if not only or "judge" in only:
+        mesh = llm_judge.judge_mesh(judge_mesh, judge_devices(target))
+        fn, arguments = judge_program(sizes, mesh)
+        results["judge"] = compile_one(fn, arguments, mesh, memory, True) | {"devices": mesh.size, "mesh": judge_mesh}
     return {
         "benchmark": "compile_genppl",
         "target": target_name,
@@ -188,8 +256,10 @@ def report_lines(result: dict) -> list[str]:
     lines = [f"{result['target']} ({result['device_kind']}, {result['devices']} devices), {result['sizes']} sizes"]
     for name, program in result["programs"].items():
         if program["compiled"]:
+            devices = f" over {program['devices']} devices ({program['mesh']})" if "devices" in program else ""
             lines.append(
-                f"  {name:10s} compiled, {program['gib_per_device']:.2f} GiB per device (fits: {program['fits']})"
+                f"  {name:10s} compiled, {program['gib_per_device']:.2f} GiB per device{devices} (fits: "
+                f"{program['fits']}), {program['compile_seconds']:.1f} s"
             )
         else:
             lines.append(f"  {name:10s} did not compile: {program['error']}")
@@ -200,9 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_genppl", description=__doc__.split("\n")[0])
     parser.add_argument("--target", choices=sorted(compile_benchmark.TARGETS), default="tpu-v5e")
     parser.add_argument("--sizes", choices=("paper", "tiny"), default="paper")
+    parser.add_argument("--programs", default="", help="comma list of the programs to compile (default: all)")
+    parser.add_argument("--judge_mesh", choices=llm_judge.MESHES, default="fsdp", help="the judge's parameter split")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    result = report(args.target, args.sizes)
+    only = tuple(name for name in args.programs.split(",") if name)
+    result = report(args.target, args.sizes, only, args.judge_mesh)
     print(json.dumps(result, indent=2) if args.json else "\n".join(report_lines(result)))
     return 0 if result["all_compiled"] else 1
 

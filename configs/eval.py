@@ -20,8 +20,8 @@ def get_config() -> ConfigDict:
     config.seed = 0  # generative metrics: prompt i samples from (seed, i); also fits k-means for an mfcc tokeniser
 
     config.eval = ConfigDict()
-    config.eval.metric = "tstorycloze"  # sblimp | sstorycloze | tstorycloze | swuggy | salmon | genppl | auto_bleu;
-    # comma list for several
+    config.eval.metric = "tstorycloze"  # sblimp | sstorycloze | tstorycloze | swuggy | salmon | genppl | auto_bleu |
+    # llm_judge; comma list for several
     config.eval.data_path = ""  # benchmark folder or pairs .jsonl, one per metric (comma list, same order);
     # each local, gs:// or s3://
     config.eval.model = ""  # converted model dir, training workdir (its newest checkpoint) or checkpoint step dir;
@@ -45,12 +45,32 @@ def get_config() -> ConfigDict:
     config.eval.genppl.top_k = 25  # paper: 25 (0 = off)
     config.eval.genppl.top_p = 1.0  # 1.0 = off
     config.eval.genppl.predict_durations = True  # the vocoder's duration predictor (the paper's vocoder has one)
-    config.eval.genppl.language = "en"  # Whisper's language token
-    config.eval.genppl.asr_max_new_tokens = 128  # transcript tokens at most (Whisper's limit: 444)
+    # Whisper (docs/recipe.md §6): single_pass = one greedy pass per clip, prompted for English (fast); the
+    # reference (slamkit: transformers' ASR pipeline, no settings) = asr_decoding=reference, language=auto,
+    # asr_num_beams=0, asr_max_new_tokens=0
+    config.eval.genppl.asr_decoding = "single_pass"  # single_pass | reference (+ transformers' seek loop: a pass
+    # that emits two timestamp tokens in a row is cut there and the clip decoded again from that time)
+    config.eval.genppl.language = "en"  # Whisper's language token, or auto: detected per clip (as the reference)
+    config.eval.genppl.asr_num_beams = 1  # 1 = greedy; 0 = the generation config's num_beams, else the pipeline's 5
+    config.eval.genppl.asr_max_new_tokens = 128  # transcript tokens per pass at most (Whisper's limit: 444); 0 = the
+    # generation config's max_new_tokens, else its max_length (448 - prompt), else the pipeline's 256
     config.eval.genppl.asr_batch_size = 16  # clips per Whisper batch, over all local devices
     config.eval.genppl.lm_batch_size = 16  # transcripts per text-LM batch
     config.eval.genppl.lm_compute_dtype = "float32"  # float32 | bfloat16
     config.eval.genppl.auto_bleu_n = 2  # Auto-BLEU-n of the transcripts' words (paper: 2)
+    # llm_judge (configs/llm_judge.py): the prompt's and the continuation's transcripts rated 1-5 by a local chat LM
+    config.eval.genppl.judge = ConfigDict()
+    config.eval.genppl.judge.model = ""  # conversion.hf_to_flax dir of an instruction-tuned Llama / Qwen2 (its
+    # tokenizer needs a chat template); slamkit asks GPT-4o, e.g. meta-llama/Llama-3.1-8B-Instruct here
+    config.eval.genppl.judge.instruction = ""  # '' = slamkit's (llm_judge.INSTRUCTION); one of your own must hold
+    # [prompt_audio_transcription] and [generated_audio_transcription], where the transcripts go
+    config.eval.genppl.judge.max_new_tokens = 512  # answer tokens at most (slamkit's local judge: 512)
+    config.eval.genppl.judge.temperature = 0.0  # 0 = greedy (slamkit's local judge samples at 0.8)
+    config.eval.genppl.judge.top_k = 0  # 0 = off
+    config.eval.genppl.judge.top_p = 1.0  # 1.0 = off
+    config.eval.genppl.judge.seed = 0  # answer i samples from (seed, i) when temperature > 0
+    config.eval.genppl.judge.batch_size = 16  # answers per batch, over all local devices
+    config.eval.genppl.judge.compute_dtype = "bfloat16"  # float32 | bfloat16: the judge's weights are cast to it
 
     config.tokenize = tokenize.get_config().tokenize  # audio -> units: same keys and defaults as configs/tokenize.py
     del config.tokenize.data_path  # set per benchmark

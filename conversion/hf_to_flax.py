@@ -43,6 +43,8 @@ TOKENIZER_FILES = (
     "merges.txt",
     "tokenizer.model",
     "generation_config.json",
+    "chat_template.jinja",  # transformers 5 saves an instruct model's chat template apart (LLM-as-judge reads it)
+    "chat_template.json",
 )
 CHECKPOINT_PATTERNS = ("config.json", "*.safetensors", "*.index.json", *TOKENIZER_FILES)
 

@@ -97,7 +97,7 @@ def test_genppl_programs_compile_for_a_gpu():
     assert done.stdout.strip(), done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["all_compiled"], report
-    assert sorted(report["programs"]) == ["durations", "generate", "score", "transcribe", "vocode"]
+    assert sorted(report["programs"]) == ["durations", "generate", "judge", "score", "transcribe", "vocode"]
     for program in report["programs"].values():
         assert 0 < program["bytes_per_device"] < report["device_memory_bytes"] and program["fits"]
     assert done.returncode == 0

@@ -6,7 +6,8 @@
 
 Per prompt: the first `prompt_seconds` of an audio file -> units (the eval tokeniser, cached) -> `max_new_tokens`
 units sampled by the speech LM (temperature 0.8, top-k 25; row i from (seed, i), so nothing depends on batching)
--> prompt + continuation vocoded -> Whisper's greedy transcript (16 kHz) -> the text LM's mean token NLL of it.
+-> prompt + continuation vocoded -> Whisper's transcript (16 kHz; `asr_decoding`: one greedy pass, or the reference's
+search) -> the text LM's mean token NLL of it.
 GenPPL = exp(mean over transcripts of each one's mean NLL); Auto-BLEU-2 = the mean over transcripts of the
 fraction of word bigrams that occur again in the same transcript. The prompts are the "correct" file of each
 pair of a pair benchmark (sStoryCloze's, as the paper) or, with `prompt_files=all`, every file of `data_path`;
@@ -20,11 +21,13 @@ devices); vocoding, transcription and scoring then run whole on every process (t
 meshes), and process 0 alone writes the files while the others wait.
 Output in WORKDIR/eval/: `<metric>.json` (the summary) and `<metric>_samples.jsonl`, one line per prompt (file,
 prompt units, continuation units, wav, transcript, NLL), written as soon as the units exist and again with each
-later stage, and `<metric>_audio/<index>.wav`.
+later stage, and `<metric>_audio/<index>.wav`. `llm_judge` adds a stage after transcription (llm_judge.py: the
+prompts' and the continuations' own transcripts rated by a local chat LM) and `llm_judge_ratings.jsonl`.
 """
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -36,7 +39,7 @@ import numpy as np
 from slam_jax import parallel, paths, tokens
 from slam_jax.data.auto_bleu import auto_bleu_text
 from slam_jax.errors import DataError
-from slam_jax.evaluation import generation
+from slam_jax.evaluation import generation, llm_judge
 from slam_jax.evaluation import pairs as pair_io
 from slam_jax.evaluation.text_lm import load_text_lm
 from slam_jax.files import write_text
@@ -48,7 +51,7 @@ from slam_jax.speech import audio, audio_units, vocoders
 from slam_jax.speech.asr import load_asr
 from slam_jax.speech.tokenize import TokenizeSettings
 
-METRICS = ("genppl", "auto_bleu")
+METRICS = ("genppl", "auto_bleu", "llm_judge")  # the first named one names the samples files
 PROMPT_FILES = ("correct", "all")
 
 
@@ -67,12 +70,15 @@ class GenPplSettings(Settings):
     top_k: int = setting(25, minimum=0)
     top_p: float = setting(1.0, above=0.0, maximum=1.0)
     predict_durations: bool = True
-    language: str = "en"  # Whisper's transcription language token
-    asr_max_new_tokens: int = setting(128, minimum=1, maximum=444)  # Whisper's 448 positions less its 4-token prompt
+    language: str = "en"  # Whisper's transcription language, or "auto": detected per clip (the reference)
+    asr_decoding: str = setting("single_pass", choices=("single_pass", "reference"))  # reference: + the seek loop
+    asr_num_beams: int = setting(1, minimum=0)  # 0 = the generation config's, else the ASR pipeline's 5
+    asr_max_new_tokens: int = setting(128, minimum=0, maximum=444)  # 0 = generation config's / pipeline's; <= 448 - 4
     asr_batch_size: int = setting(16, above=0)
     lm_batch_size: int = setting(16, above=0)
     lm_compute_dtype: str = setting("float32", choices=("float32", "bfloat16"))
     auto_bleu_n: int = setting(2, above=0)
+    judge: llm_judge.JudgeSettings = llm_judge.JudgeSettings()  # llm_judge: the judge LM and how it answers
 
     def sampling_settings(self) -> sampling.SamplingSettings:
         return sampling.SamplingSettings(self.max_new_tokens, self.temperature, self.top_k, self.top_p, 1.0)
@@ -99,13 +105,19 @@ def evaluate(
             raise ValueError(f"eval.genppl.{key} is empty: {', '.join(metrics)} need(s) it")
     if wants_lm and not settings.text_lm:
         raise ValueError("eval.genppl.text_lm is empty: genppl scores the transcripts with a text LM")
+    if "llm_judge" in metrics and not settings.judge.model:
+        raise ValueError("eval.genppl.judge.model is empty: llm_judge rates the continuations with a converted chat LM")
     with timed(stages, "load"):
         vocoder = load_vocoder(settings, tokenize)
         asr = load_asr(settings.asr_model)
+        decoding = asr.decoding(  # checked here, before the generation; the task as the reference's: none given
+            settings.asr_decoding, settings.language, None, settings.asr_num_beams, settings.asr_max_new_tokens
+        )
         text_lm = load_text_lm(settings.text_lm, settings.lm_compute_dtype) if wants_lm else None
+        judge = llm_judge.LLMJudge(settings.judge) if "llm_judge" in metrics else None
     with timed(stages, "prompts"):
         names, prompts, skipped = read_prompts(data_path, settings, tokenize, units_cache, seed)
-    name = "genppl" if wants_lm else "auto_bleu"
+    name = next(metric for metric in METRICS if metric in metrics)
     with timed(stages, "generate"):
         samples = continue_prompts(model, names, prompts, settings, batch_size, seed, progress)
     write_samples(out, name, samples)  # the units are kept whatever a later stage does
@@ -114,13 +126,7 @@ def evaluate(
     samples = [sample | {"wav": f"{name}_audio/{index:04d}.wav"} for index, sample in enumerate(samples)]
     write_samples(out, name, samples)
     with timed(stages, "transcribe"):
-        texts = asr.transcribe(
-            waves,
-            vocoder.sample_rate,
-            batch_size=settings.asr_batch_size,
-            max_new_tokens=settings.asr_max_new_tokens,
-            language=settings.language,
-        )
+        texts = asr.transcribe(waves, vocoder.sample_rate, batch_size=settings.asr_batch_size, decoding=decoding)
     n = settings.auto_bleu_n
     samples = [
         sample | {"transcript": text, f"auto_bleu_{n}": auto_bleu_text(text, n)}
@@ -134,7 +140,20 @@ def evaluate(
             sample | {"nll": None if math.isnan(nll) else float(nll)} for sample, nll in zip(samples, nlls, strict=True)
         ]
         write_samples(out, name, samples)
-    summary = summarise(samples, skipped, settings, seed, model_name, data_path, time.perf_counter() - start)
+    if judge is not None:  # as the text LM: whole on every process, the same answers
+        transcribe = functools.partial(asr.transcribe, batch_size=settings.asr_batch_size, decoding=decoding)
+        with timed(stages, "judge_transcribe"):  # the prompts' audio and the continuations alone, as the reference
+            heard = llm_judge.transcripts(
+                samples, vocoder, transcribe, settings.prompt_seconds, settings.predict_durations
+            )
+        with timed(stages, "judge"):
+            ratings = judge.rate(*heard)
+        llm_judge.write_ratings(out, samples, ratings)
+    summary = summarise(
+        samples, skipped, settings, seed, model_name, data_path, time.perf_counter() - start, decoding.to_dict()
+    )
+    if judge is not None:
+        summary |= llm_judge.summarise(ratings, judge.describe())
     summary["stage_seconds"] = {stage: round(seconds, 3) for stage, seconds in stages.items()}
     results = {}
     for metric in metrics:
@@ -255,8 +274,10 @@ def summarise(
     model: str,
     data_path: str,
     seconds: float,
+    asr: dict | None = None,
 ) -> dict:
-    """The metric numbers, the counts behind them and the settings that produced them."""
+    """The metric numbers, the counts behind them and the settings that produced them (`asr`: the transcription's,
+    resolved against the Whisper's generation config: `asr.Decoding.to_dict()`)."""
     n = settings.auto_bleu_n
     scored = [sample["nll"] for sample in samples if sample.get("nll") is not None]
     empty = [sample["file_name"] for sample in samples if not sample["transcript"].strip()]
@@ -270,6 +291,7 @@ def summarise(
         "num_skipped": len(skipped),
         "skipped": skipped,
         "settings": settings.to_dict() | {"seed": seed},
+        "asr": asr,
         "seconds": round(seconds, 3),
         "seconds_per_sample": round(seconds / len(samples), 4),
     }
@@ -290,6 +312,8 @@ def describe(summary: dict, n: int) -> str:
         value = "n/a" if summary["genppl"] is None else f"{summary['genppl']:.2f}"
         parts.append(f"GenPPL {value} over {summary['num_scored']} transcripts")
     parts.append(f"Auto-BLEU-{n} {100 * summary[f'auto_bleu_{n}']:.2f}%")
+    if "llm_judge" in summary:
+        parts.append(llm_judge.describe(summary))
     parts.append(f"{summary['num_samples']} samples, {summary['num_empty_transcripts']} empty transcripts")
     parts.append(f"{summary['num_skipped']} files skipped, {summary['seconds']:.1f} s")
     return "; ".join(parts)

@@ -1,5 +1,5 @@
 """`mode: eval`: pair metrics (sBLIMP, sStoryCloze, tStoryCloze, sWUGGY, SALMon, or a pairs jsonl), and the
-generative metrics GenPPL and Auto-BLEU (genppl.py).
+generative metrics GenPPL, Auto-BLEU (genppl.py) and the LLM judge (llm_judge.py).
 
     python -m slam_jax.main --config configs/eval.py --config.eval.metric=tstorycloze \\
         --config.eval.data_path=DIR --config.eval.model=PATH [--workdir W]
@@ -77,7 +77,8 @@ def evaluate_all(job: EvalJob, workdir: Path) -> dict[str, dict]:
     data_paths = _split(settings.data_path)
     if not metrics:
         raise ValueError(
-            "eval.metric is empty: name sblimp, sstorycloze, tstorycloze, swuggy, salmon, genppl or auto_bleu"
+            "eval.metric is empty: name sblimp, sstorycloze, tstorycloze, swuggy, salmon, genppl, auto_bleu or "
+            "llm_judge"
         )
     if len(data_paths) != len(metrics):
         raise ValueError(f"eval.data_path: {len(data_paths)} path(s) for {len(metrics)} metric(s); give one per metric")

@@ -78,6 +78,8 @@ ALIASES = {
     "asr_perplexity": "genppl",
     "autobleu": "auto_bleu",
     "auto-bleu": "auto_bleu",
+    "llm_as_judge": "llm_judge",  # slamkit's name
+    "llm-judge": "llm_judge",
 }
 
 

@@ -134,6 +134,31 @@ def llama3_2_1b(**overrides) -> ModelConfig:
     return ModelConfig(**{**values, **overrides})
 
 
+def llama3_1_8b(**overrides) -> ModelConfig:
+    """Llama-3.1-8B(-Instruct), the size of an LLM judge (`eval.metric=llm_judge`; 8,030,261,248 parameters)."""
+    values = dict(
+        architecture="llama",
+        vocab_size=128_256,
+        hidden_size=4096,
+        intermediate_size=14_336,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        rope_theta=500_000.0,
+        rope_scaling="llama3",
+        rope_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_position_embeddings=8192,
+        attention_bias=False,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        max_position_embeddings=131_072,
+    )
+    return ModelConfig(**{**values, **overrides})
+
+
 def slam(num_units: int = 500, **overrides) -> ModelConfig:
     """The Slam speech LM (paper Table 4): Qwen2.5-0.5B body, 502-token vocab, rope 1e4, context 1024."""
     values = dict(
@@ -182,6 +207,7 @@ PRESETS = {
     "slam": slam,
     "qwen2_5_0_5b": qwen2_5_0_5b,
     "llama3_2_1b": llama3_2_1b,
+    "llama3_1_8b": llama3_1_8b,
 }
 
 

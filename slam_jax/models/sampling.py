@@ -4,8 +4,10 @@ The processors compute exactly what transformers' `RepetitionPenaltyLogitsProces
 `TopKLogitsWarper` and `TopPLogitsWarper` compute, and run in transformers' order (penalty, temperature, top-k,
 top-p); greedy decoding (temperature 0) applies the penalty only, as transformers' greedy search does.
 
-Prompts are left-padded with PAD: pad slots get segment 0 (never attended) and positions count from each row's
-first real token, so a row's continuation does not depend on how much padding it got. The whole loop (prefill,
+Prompts are left-padded with PAD (or, for a text vocabulary whose every id is a token, marked by `prompt_mask`): pad
+slots get segment 0 (never attended) and positions count from each row's first real token, so a row's continuation
+does not depend on how much padding it got. A row stops at any of `SamplingSettings.eos_ids` (the speech LM's EOS by
+default; a chat model's end-of-turn ids for the LLM judge, evaluation/llm_judge.py). The whole loop (prefill,
 then one cached step per new token, stopping once every row has emitted EOS) is one `jax.lax.while_loop` inside
 one jit. Each row samples with its own key, `fold_in(fold_in(key(seed), row_id), step)`, so a prompt's
 continuation does not depend on the other rows of its batch either.
@@ -34,6 +36,7 @@ class SamplingSettings:
     top_k: int = 25
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    eos_ids: tuple[int, ...] = (tokens.EOS_ID,)  # a row is done after any of these
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -46,6 +49,8 @@ class SamplingSettings:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 = off)")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
+        if not self.eos_ids:
+            raise ValueError("eos_ids: name at least one id that ends a row")
 
     @property
     def greedy(self) -> bool:
@@ -104,9 +109,10 @@ def next_tokens(logits: jax.Array, seen: jax.Array, row_keys: jax.Array, setting
     return jax.vmap(jax.random.categorical)(row_keys, scores).astype(jnp.int32)
 
 
-def left_pad_layout(prompt_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Segment ids (1 real, 0 PAD), positions from each row's first real token, and real lengths."""
-    segment_ids = (prompt_ids != tokens.PAD_ID).astype(jnp.int32)
+def left_pad_layout(prompt_ids: jax.Array, prompt_mask: jax.Array | None = None) -> tuple[jax.Array, ...]:
+    """Segment ids (1 real, 0 PAD, or `prompt_mask`'s), positions from each row's first real token, real lengths."""
+    real = prompt_ids != tokens.PAD_ID if prompt_mask is None else prompt_mask
+    segment_ids = real.astype(jnp.int32)
     positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
     return segment_ids, positions, segment_ids.sum(axis=1)
 
@@ -142,9 +148,11 @@ class LayerwiseDecoder:
         ]
 
     def prefill(self, prompt_ids, max_length: int, segment_ids, positions) -> tuple[jax.Array, dict]:
-        """Logits of the prompt and a per-layer cache of `max_length` slots holding it."""
+        """Logits of the prompt's last slot [batch, 1, vocab] (only they are read: a text vocabulary's logits of
+        every slot would be the program's largest array) and a per-layer cache of `max_length` slots holding it."""
         cache = self.model.init_cache(prompt_ids.shape[0], max_length)
-        logits, cache = self.model.prefill(prompt_ids, cache, segment_ids, positions)
+        hidden, cache, _ = self.model.forward(prompt_ids, segment_ids, positions, cache=cache, whole_sequence=True)
+        logits = self.model.logits(hidden[:, -1:])
         layers = [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(self.model.config.num_layers)]
         return logits, {"layers": layers, "segment_ids": cache["segment_ids"], "index": cache["index"]}
 
@@ -167,16 +175,25 @@ class LayerwiseDecoder:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
-def generate(graphdef, state, prompt_ids: jax.Array, row_ids: jax.Array, seed: jax.Array, settings: SamplingSettings):
+def generate(
+    graphdef,
+    state,
+    prompt_ids: jax.Array,
+    row_ids: jax.Array,
+    seed: jax.Array,
+    settings: SamplingSettings,
+    prompt_mask: jax.Array | None = None,
+):
     """New ids [batch, max_new_tokens] after left-padded `prompt_ids` [batch, length]; PAD after a row's EOS.
 
     `row_ids` [batch] name each row's random stream (keep them fixed to make a prompt's sample independent of
-    its batch); `seed` is an int32 scalar.
+    its batch); `seed` is an int32 scalar. `prompt_mask` [batch, length] (True on real tokens) marks the padding
+    where PAD is a real token of the vocabulary (a text LM's); without it, PAD ids are the padding.
     """
     state = inference_state(state, nnx.merge(graphdef, state).config.compute_dtype)
     decoder = LayerwiseDecoder(nnx.merge(graphdef, state))
     batch, prompt_length = prompt_ids.shape
-    segment_ids, positions, lengths = left_pad_layout(prompt_ids)
+    segment_ids, positions, lengths = left_pad_layout(prompt_ids, prompt_mask)
     logits, cache = decoder.prefill(prompt_ids, prompt_length + settings.max_new_tokens, segment_ids, positions)
     vocab = logits.shape[-1]
     seen = jnp.any(jax.nn.one_hot(prompt_ids, vocab, dtype=jnp.bool_) & (segment_ids[..., None] > 0), axis=1)
@@ -199,7 +216,7 @@ def generate(graphdef, state, prompt_ids: jax.Array, row_ids: jax.Array, seed: j
             **carry,
             "new_ids": carry["new_ids"].at[:, carry["step"]].set(token),
             "seen": carry["seen"] | jax.nn.one_hot(token, vocab, dtype=jnp.bool_),
-            "done": carry["done"] | (token == tokens.EOS_ID),
+            "done": carry["done"] | jnp.isin(token, jnp.asarray(settings.eos_ids, jnp.int32)),
         }
 
     def step(carry):

@@ -14,7 +14,9 @@ under `lax.scan`; on a CPU their attention runs a head and a block of queries at
 The decoder's few layers are sliced out of their stacked weights once per call (`DecoderSteps`), so a decode
 loop reads every layer's weights in place at each step; keys and values (the self-attention cache, threaded
 functionally, and the cross-attention memory, computed once) are stored heads first, the layout the attention
-dots read without copying. `greedy_decode` is the whole greedy search, to run inside one jit.
+dots read without copying. `greedy_decode` is the whole greedy search, to run inside one jit; language detection,
+beam search (whose beams share their clip's cross-attention memory) and the seek loop's windows are in
+`whisper_search.py`.
 """
 
 import dataclasses
@@ -291,7 +293,11 @@ class DecoderLayer(nnx.Module):
             name: jax.lax.dynamic_update_slice(layer_cache[name], new[name], (0, 0, start, 0)) for name in ("k", "v")
         }
         x = x + self.self_attn(normed, layer_cache, visible)
-        x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), cross)
+        # Rows of a beam search come as a clip's beams side by side (batch x beams): they share the clip's memory,
+        # so its beams' queries go together as one row of the memory's batch (no memory copied per beam).
+        normed = self.encoder_attn_layer_norm(x)
+        grouped = normed.reshape(cross["k"].shape[0], -1, normed.shape[-1])
+        x = x + self.encoder_attn(grouped, cross).reshape(x.shape)
         return x + self.mlp(self.final_layer_norm(x)), layer_cache
 
 
@@ -385,20 +391,38 @@ def suppression_mask(vocab_size: int, token_ids: tuple[int, ...]) -> np.ndarray:
 
 
 def greedy_decode(
-    model: Whisper, features: jax.Array, prompt: jax.Array, live: jax.Array, settings: GreedySettings
+    model: Whisper,
+    features: jax.Array,
+    prompt: jax.Array,
+    live: jax.Array,
+    settings: GreedySettings,
+    limit: jax.Array | None = None,
 ) -> jax.Array:
-    """Greedy ids [batch, max_new_tokens] after `prompt` [prompt_length] for log-mel `features`; EOS after a row's
-    end. Rows where `live` [batch] is False (batch padding) count as done from the start. Stops once every row
-    has emitted EOS. Meant to be traced inside a jit (the loop is one `lax.while_loop`).
+    """Greedy ids [batch, max_new_tokens] after `prompt` ([prompt_length], or [batch, prompt_length] per row) for
+    log-mel `features`; EOS after a row's end. Rows where `live` [batch] is False (batch padding) count as done
+    from the start; `limit` [batch] (optional) caps each row's new tokens below `max_new_tokens`. Stops once every
+    row has emitted EOS. Meant to be traced inside a jit (the loop is one `lax.while_loop`).
 
     Like transformers' greedy search: at each step the logits of `suppress_tokens` (and, at the first step, of
     `begin_suppress_tokens`) become -inf, the highest remaining logit wins (the first on ties), and finished
     rows get EOS (Whisper's pad token).
     """
-    config = model.config
-    batch, prompt_length = features.shape[0], prompt.shape[0]
-    steps = DecoderSteps(model.decoder, config)
+    steps = DecoderSteps(model.decoder, model.config)
     cross = steps.cross_attention_memory(model.encoder(features))
+    return greedy_search(steps, cross, prompt, live, settings, limit)
+
+
+def greedy_search(
+    steps: DecoderSteps,
+    cross: Cache,
+    prompt: jax.Array,
+    live: jax.Array,
+    settings: GreedySettings,
+    limit: jax.Array | None = None,
+) -> jax.Array:
+    """`greedy_decode` over the cross-attention memory `cross` of encoded features (see there)."""
+    config = steps.config
+    batch, prompt_length = live.shape[0], prompt.shape[-1]
     cache = steps.init_cache(batch, prompt_length + settings.max_new_tokens)
     logits, cache = steps(jnp.broadcast_to(prompt, (batch, prompt_length)), 0, cache, cross)
     always = suppression_mask(config.vocab_size, settings.suppress_tokens)
@@ -407,11 +431,10 @@ def greedy_decode(
     def pick(carry, step_logits, suppressed):
         token = jnp.argmax(jnp.where(suppressed, -jnp.inf, step_logits), axis=-1).astype(jnp.int32)
         token = jnp.where(carry["done"], settings.eos_token_id, token)
-        return token, {
-            **carry,
-            "new_ids": carry["new_ids"].at[:, carry["step"]].set(token),
-            "done": carry["done"] | (token == settings.eos_token_id),
-        }
+        done = carry["done"] | (token == settings.eos_token_id)
+        if limit is not None:  # transformers' max_length: the row stops at its cap
+            done = done | (carry["step"] + 1 >= limit)
+        return token, {**carry, "new_ids": carry["new_ids"].at[:, carry["step"]].set(token), "done": done}
 
     carry = {
         "step": jnp.zeros((), jnp.int32),
