@@ -80,8 +80,8 @@ def convolve(
 
     `grouping` says how a grouped convolution (groups > 1) runs; both give the same numbers (float32 rounding):
     "xla" is one convolution with `feature_group_count` (cuDNN's grouped kernels on a GPU); "per_group" is one
-    ungrouped convolution per group, concatenated (XLA's CPU backend runs grouped convolutions and their kernel
-    gradients several times slower than that, and its TPU compiler takes minutes over their kernel gradients)."""
+    ungrouped convolution per group, concatenated (XLA's CPU backend runs grouped convolutions and their gradients
+    2-10x slower than that; a TPU compiles it more slowly than the grouped form)."""
     if groups > 1 and grouping == "per_group":
         inputs, outputs = x.shape[-1] // groups, kernel.shape[-1] // groups
         parts = [

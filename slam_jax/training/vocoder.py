@@ -67,7 +67,7 @@ class VocoderModelSettings(Settings):
     duration_dropout: float = setting(0.5, minimum=0.0, maximum=0.99)
     periods: tuple[int, ...] = (2, 3, 5, 7, 11)  # the multi-period discriminator's
     discriminator_divisor: int = setting(1, choices=discriminators.DIVISORS)  # both discriminators' channels / this
-    # how the MSD's grouped convolutions run: "auto" = "xla" on GPUs, "per_group" elsewhere (docs/vocoder.md)
+    # how the MSD's grouped convolutions run: "auto" = "per_group" on CPUs, "xla" elsewhere (docs/vocoder.md)
     grouped_convolutions: str = setting("auto", choices=("auto", *discriminators.GROUPINGS))
 
 
@@ -222,11 +222,12 @@ def torch_like_init(tree, key: jax.Array, path: tuple[str, ...] = ()):
 
 def grouping_for(choice: str, platform: str) -> str:
     """The MSD's grouped-convolution method (discriminators.GROUPINGS) for a `model.grouped_convolutions` choice on
-    a platform ("cpu", "gpu", "cuda", "rocm", "tpu"): "auto" keeps XLA's grouped convolutions on GPUs (cuDNN's
-    grouped kernels) and runs one convolution per group elsewhere (measured: docs/vocoder.md)."""
+    a platform ("cpu", "gpu", "cuda", "rocm", "tpu"): "auto" runs one convolution per group on a CPU (XLA's CPU
+    backend runs grouped convolutions 2-10x slower than that) and XLA's grouped convolutions elsewhere (cuDNN's
+    grouped kernels on GPUs; a TPU compiles the grouped form faster). Measured: docs/vocoder.md."""
     if choice != "auto":
         return choice
-    return "xla" if platform in ("gpu", "cuda", "rocm") else "per_group"
+    return "per_group" if platform == "cpu" else "xla"
 
 
 def fresh_params(config: generator_model.VocoderConfig, periods: tuple[int, ...], divisor: int, seed: int):
