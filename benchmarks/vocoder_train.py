@@ -87,7 +87,7 @@ OURS = "slam_jax_vocoder_step"
 # ---- the job ----------------------------------------------------------------------------------------------------
 
 
-def job_of(size: str, batch: int, frames: int, grouping: str = "auto") -> training.VocoderJob:
+def job_of(size: str, batch: int, frames: int, grouping: str = "xla") -> training.VocoderJob:
     """configs/vocoder.py at `size`, `batch` rows of `frames` frames, no duration predictor, the MSD's grouped
     convolutions run as `grouping` (`model.grouped_convolutions`)."""
     config = vocoder_config.get_config()
@@ -370,7 +370,7 @@ def equal_state(modules: dict, trainer: training.VocoderTrainer, abstract_state)
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 
-def build(size: str, rows: int, frames: int, grouping: str = "auto") -> tuple[dict, dict, dict]:
+def build(size: str, rows: int, frames: int, grouping: str = "xla") -> tuple[dict, dict, dict]:
     """(timed functions by name, the losses each call appends to, facts about the set-up)."""
     torch.set_num_threads(os.cpu_count())
     torch.backends.cudnn.benchmark = True  # as hifi_gan/train.py sets it
@@ -450,7 +450,7 @@ def loss_figures(losses: dict[str, list[dict]]) -> dict:
     return {"losses_by_step": steps, "max_relative_difference_by_step": differences}
 
 
-def measure(size: str, rows: int, frames: int, repeats: int, grouping: str = "auto") -> dict:
+def measure(size: str, rows: int, frames: int, repeats: int, grouping: str = "xla") -> dict:
     """Build both steps, time them alternating, and summarise (the gpu suite's part calls this)."""
     with reference_mel():
         fns, losses, setup = build(size, rows, frames, grouping)
@@ -507,8 +507,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"tiny sizes, one timed step: {QUICK}")
     parser.add_argument(
         "--grouped-convolutions",
-        choices=("auto", *discriminators.GROUPINGS),
-        default="auto",
+        choices=discriminators.GROUPINGS,
+        default="xla",
         help="how slam_jax's MSD runs its grouped convolutions (model.grouped_convolutions)",
     )
     args = parser.parse_args(argv)

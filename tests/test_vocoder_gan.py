@@ -103,8 +103,7 @@ def reference_pair(seed: int = 0):
     # Built abstractly (shapes only; every value is then copied): the random init of 70M parameters takes seconds.
     ours = (
         nnx.eval_shape(lambda: discriminators.MultiPeriodDiscriminator(rngs=nnx.Rngs(seed))),
-        # one convolution per group: what a CPU run uses (test_grouped_convolutions_... checks "xla" == it)
-        nnx.eval_shape(lambda: discriminators.MultiScaleDiscriminator(grouping="per_group", rngs=nnx.Rngs(seed))),
+        nnx.eval_shape(lambda: discriminators.MultiScaleDiscriminator(rngs=nnx.Rngs(seed))),
     )
     for their_module, our_module in zip(theirs, ours, strict=True):
         copy_parameters(their_module, our_module)
@@ -328,9 +327,9 @@ def test_a_jitted_functional_step_returns_the_new_spectral_vectors(steps):
 
 
 def test_grouped_convolutions_run_per_group_or_as_xla_alike():
-    """Each grouped conv of the MSD (channels / 8) with XLA's grouped convolution (GPUs, TPUs) and with one
-    convolution per group (CPUs; the MSD of the parity tests above): the same output and gradients w.r.t. input and
-    kernel."""
+    """Each grouped conv of the MSD (channels / 8) with XLA's grouped convolution (the default, that of the parity
+    tests above) and with one convolution per group (`model.grouped_convolutions=per_group`): the same output and
+    gradients w.r.t. input and kernel."""
     rng = np.random.default_rng(4)
     grouped = [spec for spec in discriminators.SCALE_CONVS if spec[4] > 1]
     assert len(grouped) == 5

@@ -286,10 +286,3 @@ def test_the_config_refuses_odd_upsampling_in_one_line(units_dir):
     job = training.VocoderJob.from_config(config, "config")
     with pytest.raises(ValueError, match="upsample_kernel_sizes.*even"):
         training.generator_config(job)
-
-
-def test_grouped_convolutions_auto_picks_per_platform():
-    """One convolution per group on a CPU, XLA's grouped convolutions on GPUs and TPUs; an explicit choice wins."""
-    picks = {platform: training.grouping_for("auto", platform) for platform in ("cpu", "gpu", "cuda", "rocm", "tpu")}
-    assert picks == {"cpu": "per_group", "gpu": "xla", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
-    assert training.grouping_for("xla", "cpu") == "xla" and training.grouping_for("per_group", "tpu") == "per_group"

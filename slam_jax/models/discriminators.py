@@ -79,9 +79,9 @@ def convolve(
     padded `padding[i]` on both ends of spatial axis i, as torch's Conv1d / Conv2d(stride, padding, groups).
 
     `grouping` says how a grouped convolution (groups > 1) runs; both give the same numbers (float32 rounding):
-    "xla" is one convolution with `feature_group_count` (cuDNN's grouped kernels on a GPU); "per_group" is one
-    ungrouped convolution per group, concatenated (XLA's CPU backend runs grouped convolutions and their gradients
-    2-10x slower than that; a TPU compiles it more slowly than the grouped form)."""
+    "xla" is one convolution with `feature_group_count` (cuDNN's grouped kernels on a GPU; a TPU compiles it faster);
+    "per_group" is one ungrouped convolution per group, concatenated: XLA's CPU backend runs it 2-10x faster than its
+    grouped convolutions, but compiles it several times longer (docs/vocoder.md)."""
     if groups > 1 and grouping == "per_group":
         inputs, outputs = x.shape[-1] // groups, kernel.shape[-1] // groups
         parts = [

@@ -67,8 +67,8 @@ class VocoderModelSettings(Settings):
     duration_dropout: float = setting(0.5, minimum=0.0, maximum=0.99)
     periods: tuple[int, ...] = (2, 3, 5, 7, 11)  # the multi-period discriminator's
     discriminator_divisor: int = setting(1, choices=discriminators.DIVISORS)  # both discriminators' channels / this
-    # how the MSD's grouped convolutions run: "auto" = "per_group" on CPUs, "xla" elsewhere (docs/vocoder.md)
-    grouped_convolutions: str = setting("auto", choices=("auto", *discriminators.GROUPINGS))
+    # how the MSD's grouped convolutions run: "xla" (one grouped conv) or "per_group" (docs/vocoder.md)
+    grouped_convolutions: str = setting("xla", choices=discriminators.GROUPINGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,16 +220,6 @@ def torch_like_init(tree, key: jax.Array, path: tuple[str, ...] = ()):
     }
 
 
-def grouping_for(choice: str, platform: str) -> str:
-    """The MSD's grouped-convolution method (discriminators.GROUPINGS) for a `model.grouped_convolutions` choice on
-    a platform ("cpu", "gpu", "cuda", "rocm", "tpu"): "auto" runs one convolution per group on a CPU (XLA's CPU
-    backend runs grouped convolutions 2-10x slower than that) and XLA's grouped convolutions elsewhere (cuDNN's
-    grouped kernels on GPUs; a TPU compiles the grouped form faster). Measured: docs/vocoder.md."""
-    if choice != "auto":
-        return choice
-    return "per_group" if platform == "cpu" else "xla"
-
-
 def fresh_params(config: generator_model.VocoderConfig, periods: tuple[int, ...], divisor: int, seed: int):
     """(training parameters {"generator", "mpd", "msd"}, spectral vectors) of a new run."""
     rngs = nnx.Rngs(seed)
@@ -274,7 +264,7 @@ class VocoderTrainer(loop.Trainer):
         self.optimizers = {"generator": optimizer, "discriminator": optimizer}
         self.optimizer = None
         divisor = job.model.discriminator_divisor
-        self.grouping = grouping_for(job.model.grouped_convolutions, self.mesh.devices.flat[0].platform)
+        self.grouping = job.model.grouped_convolutions
         self.graphs = {
             "generator": nnx.graphdef(
                 nnx.eval_shape(lambda: generator_model.CodeHiFiGAN(self.model_config, rngs=nnx.Rngs(0)))
