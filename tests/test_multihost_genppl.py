@@ -1,9 +1,9 @@
 """GenPPL and Auto-BLEU (`eval.metric=genppl`) on two real JAX processes (jax.distributed, gloo) of 4 CPU devices
 each against one process of 8 (this one): the same summary (transcripts' GenPPL, Auto-BLEU, counts), the same
-samples (prompt units, continuations, transcripts, per-sample NLLs) and wavs; the sampling batches dealt out between
-the processes (each ran one), every output written once and by process 0, the prompts tokenised by both hosts through
-the unit cache. The tiny pipeline of tests/test_genppl.py: espeak prompts, the MFCC tokeniser's inverse as the
-vocoder, a random speech LM, a random Whisper and a random Llama."""
+samples (prompt units, continuations, transcripts by the reference's Whisper protocol, per-sample NLLs) and wavs;
+the sampling batches dealt out between the processes (each ran one), every output written once and by process 0,
+the prompts tokenised by both hosts through the unit cache. The tiny pipeline of tests/test_genppl.py: espeak
+prompts, the MFCC tokeniser's inverse as the vocoder, a random speech LM, a random Whisper and a random Llama."""
 
 import json
 import re
@@ -49,6 +49,11 @@ def values(models: dict[str, Path]) -> dict[str, dict]:
             "prompt_seconds": 1.0,
             "max_new_tokens": 12,
             "asr_max_new_tokens": 8,
+            # the reference's transcription (language detection, beam search, the seek over timestamp pairs): the
+            # single pass is the same per-device program without the host's seek loop (tests/test_genppl.py)
+            "asr_decoding": "reference",
+            "language": "auto",
+            "asr_num_beams": 2,
             "asr_batch_size": 4,
             "lm_batch_size": 4,
         },
@@ -93,6 +98,11 @@ def test_two_hosts_score_genppl_as_one(models, tmp_path, capsys):
     assert without_timing(two) == without_timing(one)
     assert set(one["stage_seconds"]) == set(two["stage_seconds"])
     assert one["num_samples"] == 6 and one["num_skipped"] == 2 and one["num_scored"] >= 1
+    assert {key: one["asr"][key] for key in ("protocol", "language", "num_beams")} == {
+        "protocol": "reference",
+        "language": "auto",
+        "num_beams": 2,
+    }
     assert one["genppl"] is not None and one["genppl"] > 1 and 0 <= one["auto_bleu_2"] <= 1
     # every sample: its prompt and continuation units, wav name, transcript, Auto-BLEU and NLL, to the last bit
     samples = read_jsonl(eval_one / "genppl_samples.jsonl")
