@@ -1,11 +1,13 @@
-"""GenPPL and Auto-BLEU (`eval.metric=genppl`) on two real JAX processes (jax.distributed, gloo) of 4 CPU devices
-each against one process of 8 (this one): the same summary (transcripts' GenPPL, Auto-BLEU, counts), the same
-samples (prompt units, continuations, transcripts by the reference's Whisper protocol, per-sample NLLs) and wavs;
-the sampling batches dealt out between the processes (each ran one), every output written once and by process 0,
-the prompts tokenised by both hosts through the unit cache. The tiny pipeline of tests/test_genppl.py: espeak
-prompts, the MFCC tokeniser's inverse as the vocoder, a random speech LM, a random Whisper and a random Llama."""
+"""GenPPL, Auto-BLEU and LLM-as-judge (`eval.metric=genppl,llm_judge`) on two real JAX processes (jax.distributed,
+gloo) of 4 CPU devices each against one process of 8 (this one): the same summaries (transcripts' GenPPL,
+Auto-BLEU, counts, the judge's mean), the same samples (prompt units, continuations, transcripts by the reference's
+Whisper protocol, per-sample NLLs), wavs and judge ratings; the sampling batches dealt out between the processes
+(each ran one), every output written once and by process 0, the prompts tokenised by both hosts through the unit
+cache. The tiny pipeline of tests/test_genppl.py: espeak prompts, the MFCC tokeniser's inverse as the vocoder, a
+random speech LM, a random Whisper and a random Llama; test_llm_judge's tiny Qwen2 judge."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 import soundfile
 from multihost import launch, writes_by_process, written_more_than_once
 from test_genppl import build_models
+from test_llm_judge import converted, random_chat_qwen2
 
 from configs import genppl as genppl_config
 from slam_jax.evaluation import pair_metrics
@@ -27,16 +30,18 @@ TIMING = ("seconds", "seconds_per_sample", "stage_seconds")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """test_genppl's tiny models and prompts (6 prompts of 1 s, one 0.5 s file twice: skipped)."""
-    return build_models(tmp_path_factory.mktemp("genppl"))
+    """test_genppl's tiny models and prompts (6 prompts of 1 s, one 0.5 s file twice: skipped), and test_llm_judge's
+    tiny Qwen2 judge with its chat template."""
+    root = tmp_path_factory.mktemp("genppl")
+    return build_models(root) | {"judge": converted(root, "judge", random_chat_qwen2())[1]}
 
 
 def values(models: dict[str, Path]) -> dict[str, dict]:
     """{section: {key: value}} of the job: every file a prompt, 2 sampling batches of 4 rows (8 in one process)."""
     return {
         "eval": {
-            "metric": "genppl",
-            "data_path": str(models["bench"]),
+            "metric": "genppl,llm_judge",  # one generation, vocoding and transcription for both
+            "data_path": f"{models['bench']},{models['bench']}",
             "model": str(models["speech_lm"]),
             "batch_size": 4,
             "progress": True,
@@ -57,6 +62,7 @@ def values(models: dict[str, Path]) -> dict[str, dict]:
             "asr_batch_size": 4,
             "lm_batch_size": 4,
         },
+        "eval.genppl.judge": {"model": str(models["judge"]), "max_new_tokens": 6, "compute_dtype": "float32"},
         "tokenize": {
             "encoder_path": "mfcc",
             "kmeans_path": str(models["units"] / "centroids.npy"),
@@ -73,7 +79,11 @@ def batches_run(stderr: str) -> int:
 
 
 def without_timing(result: dict) -> dict:
-    return {key: value for key, value in result.items() if key not in TIMING}
+    """The result less its timings and the judge's mesh (each process's own devices: 8 in one, 4 in each of two)."""
+    kept = {key: value for key, value in result.items() if key not in TIMING}
+    if "judge" in kept:
+        kept["judge"] = {key: value for key, value in kept["judge"].items() if key != "mesh"}
+    return kept
 
 
 def test_two_hosts_score_genppl_as_one(models, tmp_path, capsys):
@@ -85,7 +95,8 @@ def test_two_hosts_score_genppl_as_one(models, tmp_path, capsys):
         for part in section.split("."):
             target = target[part]
         target.update(keys)
-    one = pair_metrics.run(config, tmp_path / "one")["genppl"]
+    both = pair_metrics.run(config, tmp_path / "one")
+    one = both["genppl"]
     assert batches_run(capsys.readouterr().err) == 1
 
     args = ["--config", "configs/genppl.py", "--workdir", str(tmp_path / "two")]
@@ -97,6 +108,12 @@ def test_two_hosts_score_genppl_as_one(models, tmp_path, capsys):
     two = json.loads((eval_two / "genppl.json").read_text())
     assert without_timing(two) == without_timing(one)
     assert set(one["stage_seconds"]) == set(two["stage_seconds"])
+    # the judge: the same summary and ratings (prompt and continuation transcripts, answers, scores)
+    judged = json.loads((eval_two / "llm_judge.json").read_text())
+    assert without_timing(judged) == without_timing(both["llm_judge"]) and judged["judge"]["name"] == "judge"
+    assert [math.prod(result["judge"]["mesh"].values()) for result in (both["llm_judge"], judged)] == [8, DEVICES]
+    ratings = (eval_one / "llm_judge_ratings.jsonl").read_text()
+    assert (eval_two / "llm_judge_ratings.jsonl").read_text() == ratings and len(ratings.splitlines()) == 6
     assert one["num_samples"] == 6 and one["num_skipped"] == 2 and one["num_scored"] >= 1
     assert {key: one["asr"][key] for key in ("protocol", "language", "num_beams")} == {
         "protocol": "reference",
@@ -121,10 +138,12 @@ def test_two_hosts_score_genppl_as_one(models, tmp_path, capsys):
         == []
     )
     wavs = [Path("eval") / sample["wav"] for sample in samples]
-    outputs = [Path("eval") / name for name in ("genppl_samples.jsonl", "genppl.json")]
+    outputs = [Path("eval") / name for name in ("genppl_samples.jsonl", "llm_judge_ratings.jsonl")]
+    outputs += [Path("eval") / name for name in ("genppl.json", "llm_judge.json")]
     cache = [path for path in writes[0] + writes[1] if path.parts[0] == "units_cache"]
-    # process 0: the samples as soon as the units exist, again with the wavs, the transcripts, the NLLs; the summary
+    # process 0: the samples as soon as the units exist, again with the wavs, the transcripts, the NLLs; the judge's
+    # ratings; the summaries
     mine = [path for path in writes[0] if path.parts[0] != "units_cache"]
-    assert mine == [outputs[0], *wavs, outputs[0], outputs[0], outputs[0], outputs[1]], mine
+    assert mine == [outputs[0], *wavs, outputs[0], outputs[0], outputs[0], *outputs[1:]], mine
     assert all(path.parts[0] == "units_cache" for path in writes[1]) and writes[1]
     assert written_more_than_once({0: cache}) == []
