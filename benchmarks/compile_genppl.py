@@ -1,4 +1,4 @@
-"""GenPPL's four programs compiled for a TPU or a GPU this machine does not have: the whole metric runs there.
+"""GenPPL's programs compiled for a TPU or a GPU this machine does not have: the whole metric runs there.
 
     python -m benchmarks.compile_genppl --target tpu-v5e [--sizes paper|tiny] [--json]
 
@@ -10,7 +10,13 @@ The programs `eval.metric=genppl` runs, jitted as it runs them, with the paper's
 - vocode: the unit HiFi-GAN of the paper's architecture (benchmarks/vocoder.py), 9 s of 25 Hz frames (256), 2 rows
   per device, and its duration predictor (`vocoder.waveforms`, `vocoder.unit_durations`);
 - transcribe: whisper-large-v3-turbo (809M), the front end, the encoder and the greedy loop of 128 tokens, 4 rows per
-  device (`asr.greedy_ids`);
+  device, each device running its own rows (`asr.greedy_ids` on the mesh, as `WhisperASR` calls it: the default
+  `eval.genppl.asr_decoding=single_pass`);
+- transcribe_beams: the same model as the reference protocol runs it (`asr_decoding=reference`, language auto): one
+  pass of the seek loop in one program, the front end, the window from each row's seek on, the encoder, the language
+  detection among the 100 language tokens and a beam search of 5 beams up to 444 new tokens (the ASR pipeline's
+  defaults with Whisper's max_length 448), 4 rows per device (`asr.search_ids`); the language detection is part of
+  this program (rows flagged `detect`), not a program of its own;
 - score: Llama-3.2-1B (1.24B), 64-token transcripts, 4 rows per device (`text_lm.token_log_probs`);
 - judge (`eval.metric=llm_judge`): Llama-3.1-8B-Instruct's size (8.03B), bfloat16 weights sharded over 4 devices
   (the chips of one host) as `eval.genppl.judge.mesh` splits them (`--judge_mesh fsdp`, the default, or `tensor`;
@@ -32,6 +38,7 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from transformers.models.whisper.configuration_whisper import NON_SPEECH_TOKENS_MULTI
 
 from benchmarks import compile as compile_benchmark
 from benchmarks import vocoder as vocoder_benchmark
@@ -39,7 +46,7 @@ from conversion import vocoder_to_flax
 from slam_jax import parallel
 from slam_jax.evaluation import llm_judge, text_lm
 from slam_jax.models import config as model_config
-from slam_jax.models import qwen2, sampling, weights, whisper
+from slam_jax.models import qwen2, sampling, weights, whisper, whisper_search
 from slam_jax.models import vocoder as vocoder_model
 from slam_jax.speech import asr, whisper_features
 
@@ -51,6 +58,32 @@ JUDGE_NEW_TOKENS = 256
 JUDGE_DEVICES = 4
 JUDGE_ROWS = 32
 JUDGE_EOS_IDS = (128_001, 128_008, 128_009)  # Llama-3.1-Instruct's generation config
+ASR_ROWS = 4  # per device
+GREEDY_TOKENS = 128  # eval.genppl.asr_max_new_tokens
+NUM_BEAMS = 5  # the ASR pipeline's num_beams (whisper-large-v3-turbo's generation config sets none)
+BEAM_TOKENS = 444  # Whisper's max_length 448 less the 4-token prompt: the longest pass (asr.WhisperASR.decode)
+PROMPT = 4  # <|startoftranscript|> <|language|> <|transcribe|> <|notimestamps|>
+
+
+def whisper_prompting(config: whisper.WhisperConfig, sizes: str) -> dict:
+    """The special ids of whisper-large-v3-turbo's generation_config.json (its 100 languages, suppressed tokens), or
+    ids at the end of the tiny vocabulary."""
+    if sizes == "paper":
+        return {
+            "decoder_start_token_id": 50_258,
+            "eos_token_id": 50_257,
+            "language_ids": tuple(range(50_259, 50_359)),
+            "suppress_tokens": tuple(NON_SPEECH_TOKENS_MULTI),
+            "begin_suppress_tokens": (220, 50_257),
+        }
+    vocab = config.vocab_size
+    return {
+        "decoder_start_token_id": vocab - 2,
+        "eos_token_id": vocab - 1,
+        "language_ids": tuple(range(vocab - 8, vocab - 4)),
+        "suppress_tokens": (1, 2),
+        "begin_suppress_tokens": (vocab - 1,),
+    }
 
 
 def vocoder_config(sizes: str) -> vocoder_model.VocoderConfig:
@@ -174,16 +207,45 @@ def programs(sizes: str, mesh) -> dict:
     whisper_config = found["whisper"]
     whisper_graph, whisper_state = nnx.split(whisper.abstract_model(whisper_config))
     whisper_state = jax.eval_shape(lambda state: whisper.inference_state(state, whisper_config), whisper_state)
-    asr_rows = 4 * devices
+    asr_rows = ASR_ROWS * devices
+    ids = whisper_prompting(whisper_config, sizes)
+    suppress = {key: ids[key] for key in ("eos_token_id", "suppress_tokens", "begin_suppress_tokens")}
+    waveforms = rows_of(mesh, (asr_rows, whisper_features.NUM_SAMPLES), jnp.float32)
+    live = rows_of(mesh, (asr_rows,), jnp.bool_)
     transcribe = (
         asr.greedy_ids,
         (
             whisper_graph,
             on(mesh, whisper_state),
-            rows_of(mesh, (asr_rows, whisper_features.NUM_SAMPLES), jnp.float32),
-            jax.ShapeDtypeStruct((4,), jnp.int32, sharding=parallel.replicated(mesh)),
-            rows_of(mesh, (asr_rows,), jnp.bool_),
-            whisper.GreedySettings(max_new_tokens=128, eos_token_id=whisper_config.vocab_size - 1),
+            waveforms,
+            jax.ShapeDtypeStruct((PROMPT,), jnp.int32, sharding=parallel.replicated(mesh)),
+            live,
+            whisper.GreedySettings(max_new_tokens=GREEDY_TOKENS, **suppress),
+            mesh,
+        ),
+    )
+    beams = whisper_search.SearchSettings(
+        max_new_tokens=BEAM_TOKENS,
+        **suppress,
+        num_beams=NUM_BEAMS,
+        decoder_start_token_id=ids["decoder_start_token_id"],
+        language_ids=ids["language_ids"],
+        language_slot=1,
+    )
+    per_row = rows_of(mesh, (asr_rows,), jnp.int32)
+    transcribe_beams = (
+        asr.search_ids,
+        (
+            whisper_graph,
+            on(mesh, whisper_state),
+            waveforms,
+            per_row,  # seek
+            rows_of(mesh, (asr_rows, PROMPT), jnp.int32),
+            live,  # detect
+            live,
+            per_row,  # limit
+            beams,
+            mesh,
         ),
     )
     text_graph, text_state = nnx.split(qwen2.abstract_model(found["text_lm"]))
@@ -195,7 +257,14 @@ def programs(sizes: str, mesh) -> dict:
             *(rows_of(mesh, (4 * devices, TRANSCRIPT_TOKENS), jnp.int32) for _ in range(2)),
         ),
     )
-    return {"generate": generate, "vocode": vocode, "durations": durations, "transcribe": transcribe, "score": score}
+    return {
+        "generate": generate,
+        "vocode": vocode,
+        "durations": durations,
+        "transcribe": transcribe,
+        "transcribe_beams": transcribe_beams,
+        "score": score,
+    }
 
 
 # The programs traced with the mesh as their context, as they run (`parallel.traced_under`): text_lm.TextLM's and
@@ -258,11 +327,11 @@ def report_lines(result: dict) -> list[str]:
         if program["compiled"]:
             devices = f" over {program['devices']} devices ({program['mesh']})" if "devices" in program else ""
             lines.append(
-                f"  {name:10s} compiled, {program['gib_per_device']:.2f} GiB per device{devices} (fits: "
+                f"  {name:16s} compiled, {program['gib_per_device']:.2f} GiB per device{devices} (fits: "
                 f"{program['fits']}), {program['compile_seconds']:.1f} s"
             )
         else:
-            lines.append(f"  {name:10s} did not compile: {program['error']}")
+            lines.append(f"  {name:16s} did not compile: {program['error']}")
     return lines
 
 
