@@ -71,6 +71,7 @@ def get_config() -> ConfigDict:
     config.eval.genppl.judge.seed = 0  # answer i samples from (seed, i) when temperature > 0
     config.eval.genppl.judge.batch_size = 16  # answers per batch, over all local devices
     config.eval.genppl.judge.compute_dtype = "bfloat16"  # float32 | bfloat16: the judge's weights are cast to it
+    config.eval.genppl.judge.mesh = "fsdp"  # fsdp | tensor: how the judge's weights split over the local devices
 
     config.tokenize = tokenize.get_config().tokenize  # audio -> units: same keys and defaults as configs/tokenize.py
     del config.tokenize.data_path  # set per benchmark

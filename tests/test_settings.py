@@ -85,6 +85,7 @@ def test_the_config_files_of_these_jobs_are_all_listed():
         "eval",
         "generate",
         "genppl",
+        "llm_judge",
         "selfcheck",
         "slam_pipeline",
         "spokenswag",
