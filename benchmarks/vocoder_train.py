@@ -110,29 +110,12 @@ def build_model(job: training.VocoderJob, mesh) -> tuple[training.VocoderTrainer
     return trainer, trainer.build_model()
 
 
-def step_settings(job: training.VocoderJob, sampling_rate: int) -> training.StepSettings:
-    """The compiled step's settings, as `VocoderTrainer.setup_task` makes them."""
-    return training.StepSettings(
-        seed=job.seed,
-        duration_dropout=job.model.duration_dropout,
-        mel_weight=job.train.mel_weight,
-        duration_weight=job.train.duration_weight,
-        mel_n_fft=job.mel.n_fft,
-        mel_num_mels=job.mel.num_mels,
-        mel_sampling_rate=sampling_rate,
-        mel_hop_size=job.mel.hop_size,
-        mel_win_size=job.mel.win_size,
-        mel_fmin=job.mel.fmin,
-        mel_fmax=job.mel.fmax_for_loss or None,
-    )
-
-
 def jit_step(trainer: training.VocoderTrainer, abstract_state, job: training.VocoderJob, mesh, batch_keys):
     """`jit_vocoder_step` with the trainer's graphs and optimisers, the state replicated over `mesh`, rows split."""
     trainer.mesh = mesh
     shardings = trainer.state_shardings(abstract_state)
     batch_shardings = {key: parallel.batch_sharding(mesh, trailing_axes=dims - 1) for key, dims in batch_keys.items()}
-    settings = step_settings(job, trainer.model_config.sampling_rate)
+    settings = training.step_settings(job, trainer.model_config.sampling_rate)
     return vocoder_step.jit_vocoder_step(trainer.graphs, trainer.optimizers, settings, shardings, mesh, batch_shardings)
 
 
@@ -239,8 +222,8 @@ def reference_modules(job: training.VocoderJob, config, seed: int = 0) -> dict[s
 
 @contextlib.contextmanager
 def reference_mel():
-    """Let `hifi_gan.meldataset.mel_spectrogram` run on today's librosa and torch, unchanged otherwise (as
-    tests/test_vocoder_gan.py does with monkeypatch): it calls librosa's mel filter with positional arguments,
+    """Let `hifi_gan.meldataset.mel_spectrogram` run on today's librosa and torch, unchanged otherwise (here and in
+    tests/test_vocoder_gan.py's mel parity test): it calls librosa's mel filter with positional arguments,
     which librosa >= 0.10 takes as keywords only, and torch.stft without return_complex, reading the old real
     [..., 2] result that torch 2 refuses; its `torch` is swapped for one whose stft returns that view of the complex
     result. (Its basis cache is keyed so that it never hits: every call rebuilds the basis, as in the reference.)"""

@@ -14,6 +14,7 @@ import torch
 import transformers
 from conftest import random_hf_model
 from test_genppl import build_models, config_for, transformers_transcripts
+from text_lm_fixtures import randomized
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers.models.llama.modeling_llama import LlamaForCausalLM
 
@@ -77,15 +78,7 @@ def random_chat_llama(seed: int = 1) -> LlamaForCausalLM:
         tie_word_embeddings=False,
         rope_parameters=rope,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.copy_(1.0 + 0.2 * torch.randn_like(parameter))
-            else:
-                parameter.normal_(0.0, 0.3)
-    return model
+    return randomized(config, seed)
 
 
 def random_chat_qwen2(seed: int = 2) -> transformers.Qwen2ForCausalLM:

@@ -9,7 +9,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import librosa
 import numpy as np
 import pytest
 import torch
@@ -18,6 +17,7 @@ from flax import nnx
 from hifi_gan import meldataset
 from hifi_gan import models as reference
 
+from benchmarks import vocoder_train
 from slam_jax.models import discriminators
 from slam_jax.models.discriminators import SpectralVector
 from slam_jax.speech import mel
@@ -376,45 +376,16 @@ def test_average_pool_counts_the_padding_as_torch():
     assert_close(discriminators.average_pool(jnp.asarray(y)), expected, 1e-6, "AvgPool1d(4, 2, padding=2)")
 
 
-def compatible_reference_mel(monkeypatch) -> None:
-    """Let hifi_gan.meldataset.mel_spectrogram run on today's libraries, unchanged otherwise."""
-    # It calls librosa_mel_fn(sampling_rate, n_fft, num_mels, fmin, fmax) positionally; librosa >= 0.10 takes them
-    # as keywords only.
-    monkeypatch.setattr(
-        meldataset,
-        "librosa_mel_fn",
-        lambda sr, n_fft, n_mels, fmin, fmax: librosa.filters.mel(
-            sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax
-        ),
-    )
-
-    # It calls torch.stft without return_complex and reads the old real [..., 2] result; torch 2 refuses a real
-    # result, so its `torch` is swapped for one whose stft returns the complex result as that [..., 2] view.
-    class TorchWithRealStft:
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-        @staticmethod
-        def stft(*args, **kwargs):
-            return torch.view_as_real(torch.stft(*args, **kwargs, return_complex=True))
-
-    monkeypatch.setattr(meldataset, "torch", TorchWithRealStft())
-    # Its caches are filled under str(fmax) + device keys but looked up by `fmax not in mel_basis`, which never
-    # matches, so each call rebuilds them; empty them anyway so that no basis outlives this test.
-    monkeypatch.setattr(meldataset, "mel_basis", {})
-    monkeypatch.setattr(meldataset, "hann_window", {})
-
-
 @pytest.mark.parametrize("fmax", [8000, None])
-def test_mel_spectrogram_and_its_loss_gradient_match_hifi_gan(monkeypatch, fmax):
-    compatible_reference_mel(monkeypatch)
+def test_mel_spectrogram_and_its_loss_gradient_match_hifi_gan(fmax):
     rng = np.random.default_rng(2)
     y = np.clip(rng.normal(0, 0.3, (2, 4000)), -1, 1).astype(np.float32)
     y_hat = np.clip(rng.normal(0, 0.3, (2, 4000)), -1, 1).astype(np.float32)
-    their_y = meldataset.mel_spectrogram(torch.from_numpy(y), **MEL, fmax=fmax)
-    generated = torch.from_numpy(y_hat).requires_grad_(True)
-    their_mel = meldataset.mel_spectrogram(generated, **MEL, fmax=fmax)
-    F.l1_loss(their_y, their_mel).backward()
+    with vocoder_train.reference_mel():  # the reference on today's librosa and torch
+        their_y = meldataset.mel_spectrogram(torch.from_numpy(y), **MEL, fmax=fmax)
+        generated = torch.from_numpy(y_hat).requires_grad_(True)
+        their_mel = meldataset.mel_spectrogram(generated, **MEL, fmax=fmax)
+        F.l1_loss(their_y, their_mel).backward()
 
     ours = mel.mel_spectrogram(jnp.asarray(y_hat), **MEL, fmax=fmax)
     assert ours.shape == (2, mel.num_frames(4000, 1024, 256), 80) == (2, their_mel.shape[2], 80)

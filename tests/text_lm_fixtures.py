@@ -39,8 +39,14 @@ CONFIGS = {
 
 def random_llama(name: str, seed: int = 0) -> transformers.LlamaForCausalLM:
     """A LlamaForCausalLM with every tensor random (norm scales too), so no mapping hides."""
+    return randomized(transformers.LlamaConfig(**TINY_LLAMA, **CONFIGS[name]), seed)
+
+
+def randomized(config: transformers.LlamaConfig, seed: int = 0) -> transformers.LlamaForCausalLM:
+    """The LlamaForCausalLM of `config` (eval mode) with every tensor drawn from `seed`: norm scales 1 + N(0, 0.2),
+    the rest N(0, 0.3)."""
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LLAMA, **CONFIGS[name])).eval()
+    model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for parameter_name, parameter in model.named_parameters():
             if "norm" in parameter_name:

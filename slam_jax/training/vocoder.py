@@ -235,6 +235,23 @@ def fresh_params(config: generator_model.VocoderConfig, periods: tuple[int, ...]
     return params, nnx.state(msd, discriminators.SpectralVector).to_pure_dict()
 
 
+def step_settings(job: VocoderJob, sampling_rate: int) -> StepSettings:
+    """The compiled step's settings of a job whose generator makes `sampling_rate` Hz audio."""
+    return StepSettings(
+        seed=job.seed,
+        duration_dropout=job.model.duration_dropout,
+        mel_weight=job.train.mel_weight,
+        duration_weight=job.train.duration_weight,
+        mel_n_fft=job.mel.n_fft,
+        mel_num_mels=job.mel.num_mels,
+        mel_sampling_rate=sampling_rate,
+        mel_hop_size=job.mel.hop_size,
+        mel_win_size=job.mel.win_size,
+        mel_fmin=job.mel.fmin,
+        mel_fmax=job.mel.fmax_for_loss or None,
+    )
+
+
 @dataclasses.dataclass
 class Schedule:
     """HiFi-GAN's learning rate: `learning_rate` x `lr_decay` ** epoch (torch's ExponentialLR stepped per epoch)."""
@@ -393,19 +410,7 @@ class VocoderTrainer(loop.Trainer):
         self.segments = segments.Segments(
             self.train_clips, data.segment_frames, self.model_config.hop_length, self.global_rows, job.seed
         )
-        self.step_settings = StepSettings(
-            seed=job.seed,
-            duration_dropout=job.model.duration_dropout,
-            mel_weight=job.train.mel_weight,
-            duration_weight=job.train.duration_weight,
-            mel_n_fft=job.mel.n_fft,
-            mel_num_mels=job.mel.num_mels,
-            mel_sampling_rate=self.model_config.sampling_rate,
-            mel_hop_size=job.mel.hop_size,
-            mel_win_size=job.mel.win_size,
-            mel_fmin=job.mel.fmin,
-            mel_fmax=job.mel.fmax_for_loss or None,
-        )
+        self.step_settings = step_settings(job, self.model_config.sampling_rate)
         self.batch_shardings = self.shardings_of_batches()
         self.real_media_logged = False  # the held-out clips' real mels and audio go to TensorBoard once
         self.train_step = vocoder_step.jit_vocoder_step(
