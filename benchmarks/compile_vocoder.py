@@ -10,11 +10,22 @@ shape-only inputs and compiled by XLA for that target. Reported from the compile
 arguments (the state and the batch), outputs, temporaries, aliased (the donated state, counted once), generated
 code, and `bytes_per_device` = arguments + temporaries + outputs - aliased against the device's memory (`fits`);
 the program's FLOPs (XLA's cost analysis, where the target gives one) and the compile seconds on this machine.
+
+    python -m benchmarks.compile_vocoder --target tpu-v5e --buffer-assignment only [--wait-seconds 7200] [--json]
+
+`--buffer-assignment` compiles in a child process that dumps XLA's buffer assignment and reports its memory
+figures (`buffer_assignment`: the same fields, benchmarks/buffer_assignment.py) as soon as XLA has written them:
+`only` stops the compile there (the TPU code generator takes hours for the paper's step on a 2-core host, the
+buffer assignment seconds), `also` waits for the compiled report too. On a GPU both agree to the byte.
 """
 
 import argparse
+import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 
 # As benchmarks/compile.py: only compiling, on the CPU, for devices built from their description.
@@ -24,9 +35,10 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks import common, vocoder_train  # noqa: E402
+from benchmarks import buffer_assignment, common, vocoder_train  # noqa: E402
 from benchmarks import compile as compile_benchmark  # noqa: E402
 from slam_jax import parallel  # noqa: E402
+from slam_jax.paths import Path  # noqa: E402
 from slam_jax.training import vocoder as training  # noqa: E402
 
 GIB = compile_benchmark.GIB
@@ -95,8 +107,8 @@ def flops_of(compiled) -> float | None:
     return float(flops) if flops else None
 
 
-def compile_report(name: str, config, devices: int = 1) -> dict:
-    """Compile the config's vocoder step for `devices` chips of the target `name` and describe its memory."""
+def describe(name: str, config, devices: int = 1) -> tuple[dict, object, tuple]:
+    """(the report's facts of the step on `devices` chips of the target `name`, the jitted step, its inputs)."""
     target = compile_benchmark.TARGETS[name]
     all_devices = compile_benchmark.target_devices(target)
     mesh = parallel.make_mesh(devices=all_devices[:devices])
@@ -123,6 +135,12 @@ def compile_report(name: str, config, devices: int = 1) -> dict:
         "state_bytes": sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract_state)),
         "device_memory_bytes": compile_benchmark.device_memory(target),
     }
+    return result, step, inputs
+
+
+def compile_report(name: str, config, devices: int = 1) -> dict:
+    """Compile the config's vocoder step for `devices` chips of the target `name` and describe its memory."""
+    result, step, inputs = describe(name, config, devices)
     start = time.perf_counter()
     try:
         compiled = step.lower(*inputs).compile()
@@ -138,12 +156,67 @@ def compile_report(name: str, config, devices: int = 1) -> dict:
     }
 
 
+def buffer_assignment_report(args, forwarded: list[str], config) -> dict:
+    """The step compiled in a child process that dumps XLA's buffer assignment (benchmarks/buffer_assignment.py):
+    its figures as soon as they are written; with `--buffer-assignment also` the child's compiled report too
+    (the two side by side), with `only` the child is stopped there (its code generation never waited for)."""
+    result, step, _ = describe(args.target, config, args.devices)
+    program = getattr(step, "__name__", "traced")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="slam_jax_buffers_") as directory:
+        directory = Path(directory)
+        flags = f"{os.environ.get('XLA_FLAGS', '')} {buffer_assignment.dump_flags(directory / 'dump')}".strip()
+        log = directory / "child.log"
+        command = [sys.executable, "-m", "benchmarks.compile_vocoder", *forwarded, "--json"]
+        with log.open("w") as stderr, (directory / "child.json").open("w") as stdout:
+            child = subprocess.Popen(
+                command, env={**os.environ, "XLA_FLAGS": flags}, stdout=stdout, stderr=stderr, start_new_session=True
+            )
+            try:
+                found = buffer_assignment.wait_for(directory / "dump", program, child, args.wait_seconds)
+                seconds = round(time.perf_counter() - start, 1)
+                if args.buffer_assignment == "also" and found is not None:
+                    child.wait(timeout=max(1.0, args.wait_seconds - seconds))
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+        compiled = (directory / "child.json").read_text().strip()
+        tail = log.read_text()[-2000:]
+    if found is None:
+        why = f"no buffer assignment of program {program!r} within {args.wait_seconds:.0f} s"
+        return {**result, "compiled": False, "error": why, "child_log_tail": tail}
+    found["gib_per_device"] = found["bytes_per_device"] / GIB
+    found["fits"] = found["bytes_per_device"] <= result["device_memory_bytes"]
+    found["seconds"] = seconds
+    report = {**result, "compiled": False, "buffer_assignment": found}
+    if compiled:
+        child_report = json.loads(compiled)
+        report |= {key: value for key, value in child_report.items() if key not in ("machine",)}
+    elif args.buffer_assignment == "also":
+        report["error"] = f"the compile did not finish within {args.wait_seconds:.0f} s"
+    return report
+
+
 def report_lines(result: dict) -> list[str]:
     head = f"{result['target']} ({result['device_kind']}, {result['devices']} device(s))"
+    lines = []
+    if "buffer_assignment" in result:
+        found = result["buffer_assignment"]
+        lines.append(
+            f"{head}: vocoder step's buffer assignment (before code generation, after {found['seconds']:.0f} s): "
+            f"{found['gib_per_device']:.2f} GiB per device of {result['device_memory_bytes'] / GIB:.1f} "
+            f"(fits: {found['fits']}): arguments {found['argument_bytes'] / GIB:.3f} GiB, temporaries "
+            f"{found['temp_bytes'] / GIB:.2f} GiB, outputs {found['output_bytes'] / GIB:.3f} GiB, aliased "
+            f"{found['alias_bytes'] / GIB:.3f} GiB"
+        )
     if not result["compiled"]:
-        return [f"{head}: vocoder step did not compile: {result['error']}"]
+        return [*lines, f"{head}: vocoder step did not compile: {result.get('error', 'not waited for')}"]
     flops = f"; {result['flops_per_step'] / 1e12:.2f} TFLOP per step" if result["flops_per_step"] else ""
     return [
+        *lines,
         f"{head}: vocoder step compiled in {result['compile_seconds']:.0f} s; {result['architecture']}, "
         f"discriminators / {result['discriminator_divisor']}, {result['per_device_batch']} samples per device",
         f"  {result['gib_per_device']:.2f} GiB per device of {result['device_memory_bytes'] / GIB:.1f} "
@@ -160,12 +233,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1, help="chips of the target the step's rows split over")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument(
+        "--buffer-assignment",
+        choices=("only", "also"),
+        help="also report XLA's buffer assignment (benchmarks/buffer_assignment.py); `only`: as soon as it is "
+        "written, without waiting for the code generation (hours for a TPU on a small host)",
+    )
+    parser.add_argument("--wait-seconds", type=float, default=7200.0, help="with --buffer-assignment: give up after")
     args, extra = parser.parse_known_args(argv)
     overrides = args.set + compile_benchmark.training_style_overrides(extra, parser)
-    result = compile_report(args.target, compile_benchmark.load_config(args.config, overrides), args.devices)
+    config = compile_benchmark.load_config(args.config, overrides)
+    if args.buffer_assignment:
+        forwarded = ["--target", args.target, "--config", args.config, "--devices", str(args.devices)]
+        forwarded += [item for override in overrides for item in ("--set", override)]
+        result = buffer_assignment_report(args, forwarded, config)
+    else:
+        result = compile_report(args.target, config, args.devices)
     result["machine"] = common.machine()
     common.emit(result, args.json, report_lines(result))
-    return 0 if result["compiled"] else 1
+    return 0 if result["compiled"] or (args.buffer_assignment == "only" and "buffer_assignment" in result) else 1
 
 
 if __name__ == "__main__":

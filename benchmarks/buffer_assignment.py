@@ -1,0 +1,89 @@
+"""Device memory as XLA's buffer assignment places it, read from the compiler's dump before code generation ends.
+
+XLA optimises a program's HLO, assigns its buffers (arguments, outputs, temporaries, constants) to device memory,
+then generates the device code. For a TPU the last stage can take hours on a small host (the TPU code generator
+on the paper vocoder's ~800 convolutions: benchmarks/RESULTS.md), while the buffer assignment is there in
+seconds. `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text` makes XLA write it
+(`*.after_optimizations-buffer-assignment.txt`) before the code generation starts; `read` sums its allocations
+in the device's main memory (colour 0) as `memory_analysis()` reports a compiled program:
+- arguments: the parameters' allocations; outputs: the allocations that may be live out (the output tuple and
+  what it holds); aliased: allocations that are both (a donated argument updated in place), counted once;
+- temporaries: the preallocated temporary buffer (every intermediate value, packed by liveness); thread-local
+  buffers (a kernel's own locals) are not in it, constants are reported apart;
+- bytes_per_device = arguments + temporaries + outputs - aliased, as benchmarks/compile_vocoder.py's
+  `memory_figures` of a compiled program.
+On a GPU these equal the compiled program's memory analysis (tests/test_compile_vocoder.py). The TPU code
+generator may still add scratch buffers it decides on while generating code, so for a TPU the figure is what
+the HLO program needs before that (a lower bound; benchmarks/RESULTS.md measures the difference where both
+exist).
+"""
+
+import re
+import subprocess
+import time
+
+from slam_jax.paths import Path
+
+_ALLOCATION = re.compile(r"^allocation \d+: size (\d+)(.*):$")
+_COLOUR = re.compile(r"\bcolor (\d+)\b")
+SUFFIX = "after_optimizations-buffer-assignment.txt"
+DONE_SUFFIX = "after_optimizations-memory-usage-report.txt"  # written after the buffer assignment
+
+
+def dump_flags(directory: Path) -> str:
+    """XLA_FLAGS that make XLA write each program's buffer assignment into `directory`."""
+    return f"--xla_dump_to={directory} --xla_dump_hlo_as_text"
+
+
+def figures(text: str) -> dict:
+    """Bytes per kind of the buffer assignment's allocations in the device's main memory (colour 0)."""
+    kinds = {"argument": 0, "output": 0, "alias": 0, "temp": 0, "constant": 0}
+    for line in text.splitlines():
+        found = _ALLOCATION.match(line.strip())
+        if not found:
+            continue
+        size, attributes = int(found.group(1)), found.group(2)
+        colour = _COLOUR.search(attributes)
+        if colour and colour.group(1) != "0":
+            continue  # on-chip memories (a TPU's VMEM, SMEM), not the device's main memory
+        argument = ", parameter " in attributes
+        output = "maybe-live-out" in attributes
+        kinds["argument"] += size * argument
+        kinds["output"] += size * output
+        kinds["alias"] += size * (argument and output)
+        kinds["temp"] += size * ("preallocated-temp" in attributes)
+        kinds["constant"] += size * ("constant" in attributes and not argument and not output)
+    used = kinds["argument"] + kinds["temp"] + kinds["output"] - kinds["alias"]
+    return {f"{kind}_bytes": value for kind, value in kinds.items()} | {"bytes_per_device": used}
+
+
+def finished_dumps(directory: Path) -> list[Path]:
+    """The buffer assignments in `directory` whose memory report (written after them) exists: complete files."""
+    return sorted(
+        path for path in directory.glob(f"*{SUFFIX}") if (path.parent / path.name.replace(SUFFIX, DONE_SUFFIX)).exists()
+    )
+
+
+def largest(directory: Path, name: str) -> dict | None:
+    """Figures of the largest finished buffer assignment of a program called `name` (jit's `jit_<name>`), with
+    its file; None while there is none."""
+    reports = [
+        {**figures(path.read_text()), "file": path.name}
+        for path in finished_dumps(directory)
+        if f".jit_{name}." in path.name
+    ]
+    return max(reports, key=lambda report: report["bytes_per_device"], default=None)
+
+
+def wait_for(directory: Path, name: str, process: subprocess.Popen, timeout_seconds: float) -> dict | None:
+    """Poll `directory` until the program's buffer assignment is written (its figures), the compiling `process`
+    ends or `timeout_seconds` pass (None)."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        report = largest(directory, name)
+        if report is not None:
+            return report
+        if process.poll() is not None:
+            return largest(directory, name)
+        time.sleep(1.0)
+    return None
