@@ -212,8 +212,10 @@ def report_lines(result: dict) -> list[str]:
             f"{found['temp_bytes'] / GIB:.2f} GiB, outputs {found['output_bytes'] / GIB:.3f} GiB, aliased "
             f"{found['alias_bytes'] / GIB:.3f} GiB"
         )
+    if not result["compiled"] and "error" not in result:
+        return [*lines, f"{head}: the compile was stopped after its buffer assignment (--buffer-assignment only)"]
     if not result["compiled"]:
-        return [*lines, f"{head}: vocoder step did not compile: {result.get('error', 'not waited for')}"]
+        return [*lines, f"{head}: vocoder step did not compile: {result['error']}"]
     flops = f"; {result['flops_per_step'] / 1e12:.2f} TFLOP per step" if result["flops_per_step"] else ""
     return [
         *lines,
