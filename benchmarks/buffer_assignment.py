@@ -18,6 +18,8 @@ the HLO program needs before that (a lower bound; benchmarks/RESULTS.md measures
 exist).
 """
 
+import argparse
+import json
 import re
 import subprocess
 import time
@@ -87,3 +89,25 @@ def wait_for(directory: Path, name: str, process: subprocess.Popen, timeout_seco
             return largest(directory, name)
         time.sleep(1.0)
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.buffer_assignment DIR --program NAME [--json]`: the figures of a dump XLA wrote
+    (`XLA_FLAGS="--xla_dump_to=DIR --xla_dump_hlo_as_text"` on any compile, stopped or not)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.buffer_assignment", description=main.__doc__)
+    parser.add_argument("directory", help="the --xla_dump_to directory")
+    parser.add_argument("--program", required=True, help="the jitted function's name (jit_NAME in the dump)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    report = largest(Path(args.directory), args.program)
+    if report is None:
+        print(f"{args.directory}: no finished buffer assignment of program {args.program!r}")
+        return 1
+    gib = {key: value / 2**30 for key, value in report.items() if key.endswith("_bytes") or key == "bytes_per_device"}
+    lines = [f"{report['file']}: " + ", ".join(f"{key} {value:.3f} GiB" for key, value in gib.items())]
+    print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
