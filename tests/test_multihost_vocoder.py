@@ -4,7 +4,7 @@ metrics and the final vocoder (`python -m slam_jax.main` in local processes, `te
 
 import numpy as np
 from multihost_runs import assert_same_steps, launch, train_rows
-from test_vocoder_training import OVERRIDES, units_dir  # noqa: F401 - the fixture of the espeak units
+from test_vocoder_training import ONE_RESBLOCK, OVERRIDES, units_dir  # noqa: F401 - the fixture of the espeak units
 
 import slam_jax
 
@@ -13,7 +13,13 @@ KEYS = ("loss", "grad_norm", "mel_l1", "discriminator_loss", "discriminator_grad
 
 
 def args(units) -> list[str]:
-    values = {"data.train_path": units, **OVERRIDES, "train.max_steps": STEPS, "checkpoint.every_steps": STEPS}
+    values = {
+        "data.train_path": units,
+        **OVERRIDES,
+        "train.max_steps": STEPS,
+        "checkpoint.every_steps": STEPS,
+        **ONE_RESBLOCK,
+    }
     return [f"--config.{key}={value}" for key, value in values.items()]
 
 
