@@ -19,9 +19,13 @@ exist).
 """
 
 import argparse
+import dataclasses
 import json
+import os
 import re
+import signal
 import subprocess
+import tempfile
 import time
 
 from slam_jax.paths import Path
@@ -89,6 +93,53 @@ def wait_for(directory: Path, name: str, process: subprocess.Popen, timeout_seco
             return largest(directory, name)
         time.sleep(1.0)
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What `run_dumping` saw: the program's figures (None if none were written in time), the command's standard
+    output (its report, empty where it was stopped), the tail of its standard error, seconds to the figures."""
+
+    found: dict | None
+    stdout: str
+    log_tail: str
+    seconds: float
+
+
+def run_dumping(command: list[str], program: str, wait_for_end: bool, wait_seconds: float) -> Outcome:
+    """Run `command` (a compile) in its own process group with XLA dumping into a temporary folder; read the
+    buffer assignment of `program` as soon as it is written; then stop the command, or with `wait_for_end` let
+    it finish (within `wait_seconds` in all)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="slam_jax_buffers_") as directory:
+        directory = Path(directory)
+        flags = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(directory / 'dump')}".strip()
+        with (directory / "log").open("w") as stderr, (directory / "out").open("w") as stdout:
+            child = subprocess.Popen(
+                command, env={**os.environ, "XLA_FLAGS": flags}, stdout=stdout, stderr=stderr, start_new_session=True
+            )
+            try:
+                found = wait_for(directory / "dump", program, child, wait_seconds)
+                seconds = round(time.perf_counter() - start, 1)
+                if wait_for_end and found is not None:
+                    child.wait(timeout=max(1.0, wait_seconds - seconds))
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+        return Outcome(found, (directory / "out").read_text().strip(), (directory / "log").read_text()[-2000:], seconds)
+
+
+def with_fit(found: dict, device_memory: int, seconds: float) -> dict:
+    """`found` with its GiB per device, whether it fits `device_memory` and the seconds it took to be written."""
+    return {
+        **found,
+        "gib_per_device": found["bytes_per_device"] / 2**30,
+        "fits": found["bytes_per_device"] <= device_memory,
+        "seconds": seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,11 @@ The programs `eval.metric=genppl` runs, jitted as it runs them, with the paper's
   two transcripts), 32 rows (`sampling.generate` with a prompt mask); a GPU target of one GPU is compiled as 4 of
   them on one host (topology `1x1x4`, the same description file).
 Each program's report: compiled or why not, its memory per device, whether it fits, and the seconds lowering and
-compiling took here. `--sizes tiny` compiles the tests' sizes (seconds); `--programs judge` compiles only the named
-ones. Targets: those of benchmarks/compile.py.
+compiling took here. `--programs vocode --buffer-assignment only` reads one program's memory from XLA's buffer
+assignment instead, as soon as it is written (benchmarks/buffer_assignment.py; for a TPU the code generation of the
+vocoder's convolutions takes far longer on a small host), `also` waits for the compiled figure too. `--sizes tiny`
+compiles the tests' sizes (seconds); `--programs judge` compiles only the named ones. Targets: those of
+benchmarks/compile.py.
 """
 
 import argparse
@@ -40,6 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 from transformers.models.whisper.configuration_whisper import NON_SPEECH_TOKENS_MULTI
 
+from benchmarks import buffer_assignment
 from benchmarks import compile as compile_benchmark
 from benchmarks import vocoder as vocoder_benchmark
 from conversion import vocoder_to_flax
@@ -321,17 +325,67 @@ def report(target_name: str, sizes: str, only: tuple[str, ...] = (), judge_mesh:
     }
 
 
+# The jitted function each program runs (`jit_<name>` in XLA's dumps): benchmarks/buffer_assignment.py reads its
+# buffer assignment.
+JIT_NAMES = {
+    "generate": "generate",
+    "vocode": "waveforms",
+    "durations": "unit_durations",
+    "transcribe": "greedy_ids",
+    "transcribe_beams": "search_ids",
+    "score": "token_log_probs",
+    "judge": "generate",
+}
+
+
+def buffer_assignment_report(args, name: str) -> dict:
+    """One program compiled in a child process that dumps XLA's buffer assignment: its figures as soon as they
+    are written (`only`: the compile is stopped there), with `also` the compiled report beside them."""
+    target = compile_benchmark.TARGETS[args.target]
+    devices = compile_benchmark.target_devices(target)
+    memory = compile_benchmark.device_memory(target)
+    command = [sys.executable, "-m", "benchmarks.compile_genppl", "--target", args.target, "--sizes", args.sizes]
+    command += ["--programs", name, "--judge_mesh", args.judge_mesh, "--json"]
+    wait_for_end = args.buffer_assignment == "also"
+    outcome = buffer_assignment.run_dumping(command, JIT_NAMES[name], wait_for_end, args.wait_seconds)
+    program = json.loads(outcome.stdout)["programs"][name] if outcome.stdout else {"compiled": False}
+    if outcome.found is None:
+        program["error"] = f"no buffer assignment of {JIT_NAMES[name]!r} within {args.wait_seconds:.0f} s"
+    else:
+        program["buffer_assignment"] = buffer_assignment.with_fit(outcome.found, memory, outcome.seconds)
+        if not outcome.stdout and args.buffer_assignment == "also":
+            program["error"] = f"the compile did not finish within {args.wait_seconds:.0f} s"
+    return {
+        "benchmark": "compile_genppl",
+        "target": args.target,
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "sizes": args.sizes,
+        "device_memory_bytes": memory,
+        "programs": {name: program},
+        "all_compiled": program["compiled"],
+    }
+
+
 def report_lines(result: dict) -> list[str]:
     lines = [f"{result['target']} ({result['device_kind']}, {result['devices']} devices), {result['sizes']} sizes"]
     for name, program in result["programs"].items():
+        if "buffer_assignment" in program:
+            found = program["buffer_assignment"]
+            lines.append(
+                f"  {name:16s} buffer assignment (before code generation, after {found['seconds']:.0f} s): "
+                f"{found['gib_per_device']:.2f} GiB per device (fits: {found['fits']})"
+            )
         if program["compiled"]:
             devices = f" over {program['devices']} devices ({program['mesh']})" if "devices" in program else ""
             lines.append(
                 f"  {name:16s} compiled, {program['gib_per_device']:.2f} GiB per device{devices} (fits: "
                 f"{program['fits']}), {program['compile_seconds']:.1f} s"
             )
-        else:
+        elif "error" in program:
             lines.append(f"  {name:16s} did not compile: {program['error']}")
+        else:
+            lines.append(f"  {name:16s} the compile was stopped after its buffer assignment (--buffer-assignment only)")
     return lines
 
 
@@ -342,11 +396,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs", default="", help="comma list of the programs to compile (default: all)")
     parser.add_argument("--judge_mesh", choices=llm_judge.MESHES, default="fsdp", help="the judge's parameter split")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--buffer-assignment",
+        choices=("only", "also"),
+        help="one program (--programs NAME): XLA's buffer assignment (benchmarks/buffer_assignment.py) as soon as "
+        "it is written; `only` stops the compile there, `also` waits for the compiled report too",
+    )
+    parser.add_argument("--wait-seconds", type=float, default=7200.0, help="with --buffer-assignment: give up after")
     args = parser.parse_args(argv)
     only = tuple(name for name in args.programs.split(",") if name)
-    result = report(args.target, args.sizes, only, args.judge_mesh)
+    if args.buffer_assignment:
+        if len(only) != 1 or only[0] not in JIT_NAMES:
+            parser.error(f"--buffer-assignment reads one program: --programs one of {', '.join(JIT_NAMES)}")
+        result = buffer_assignment_report(args, only[0])
+    else:
+        result = report(args.target, args.sizes, only, args.judge_mesh)
     print(json.dumps(result, indent=2) if args.json else "\n".join(report_lines(result)))
-    return 0 if result["all_compiled"] else 1
+    stopped = args.buffer_assignment == "only" and all("buffer_assignment" in p for p in result["programs"].values())
+    return 0 if result["all_compiled"] or stopped else 1
 
 
 if __name__ == "__main__":

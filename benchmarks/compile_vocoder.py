@@ -22,10 +22,7 @@ buffer assignment seconds), `also` waits for the compiled report too. On a GPU b
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 # As benchmarks/compile.py: only compiling, on the CPU, for devices built from their description.
@@ -38,7 +35,6 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks import buffer_assignment, common, vocoder_train  # noqa: E402
 from benchmarks import compile as compile_benchmark  # noqa: E402
 from slam_jax import parallel  # noqa: E402
-from slam_jax.paths import Path  # noqa: E402
 from slam_jax.training import vocoder as training  # noqa: E402
 
 GIB = compile_benchmark.GIB
@@ -162,39 +158,15 @@ def buffer_assignment_report(args, forwarded: list[str], config) -> dict:
     (the two side by side), with `only` the child is stopped there (its code generation never waited for)."""
     result, step, _ = describe(args.target, config, args.devices)
     program = getattr(step, "__name__", "traced")
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="slam_jax_buffers_") as directory:
-        directory = Path(directory)
-        flags = f"{os.environ.get('XLA_FLAGS', '')} {buffer_assignment.dump_flags(directory / 'dump')}".strip()
-        log = directory / "child.log"
-        command = [sys.executable, "-m", "benchmarks.compile_vocoder", *forwarded, "--json"]
-        with log.open("w") as stderr, (directory / "child.json").open("w") as stdout:
-            child = subprocess.Popen(
-                command, env={**os.environ, "XLA_FLAGS": flags}, stdout=stdout, stderr=stderr, start_new_session=True
-            )
-            try:
-                found = buffer_assignment.wait_for(directory / "dump", program, child, args.wait_seconds)
-                seconds = round(time.perf_counter() - start, 1)
-                if args.buffer_assignment == "also" and found is not None:
-                    child.wait(timeout=max(1.0, args.wait_seconds - seconds))
-            except subprocess.TimeoutExpired:
-                pass
-            finally:
-                if child.poll() is None:
-                    os.killpg(child.pid, signal.SIGKILL)
-                    child.wait()
-        compiled = (directory / "child.json").read_text().strip()
-        tail = log.read_text()[-2000:]
-    if found is None:
+    command = [sys.executable, "-m", "benchmarks.compile_vocoder", *forwarded, "--json"]
+    outcome = buffer_assignment.run_dumping(command, program, args.buffer_assignment == "also", args.wait_seconds)
+    if outcome.found is None:
         why = f"no buffer assignment of program {program!r} within {args.wait_seconds:.0f} s"
-        return {**result, "compiled": False, "error": why, "child_log_tail": tail}
-    found["gib_per_device"] = found["bytes_per_device"] / GIB
-    found["fits"] = found["bytes_per_device"] <= result["device_memory_bytes"]
-    found["seconds"] = seconds
+        return {**result, "compiled": False, "error": why, "child_log_tail": outcome.log_tail}
+    found = buffer_assignment.with_fit(outcome.found, result["device_memory_bytes"], outcome.seconds)
     report = {**result, "compiled": False, "buffer_assignment": found}
-    if compiled:
-        child_report = json.loads(compiled)
-        report |= {key: value for key, value in child_report.items() if key not in ("machine",)}
+    if outcome.stdout:
+        report |= {key: value for key, value in json.loads(outcome.stdout).items() if key != "machine"}
     elif args.buffer_assignment == "also":
         report["error"] = f"the compile did not finish within {args.wait_seconds:.0f} s"
     return report

@@ -1,10 +1,17 @@
 """benchmarks/buffer_assignment.py reads XLA's buffer-assignment dump as memory_analysis() reports a compiled
-program (tests/test_compile_vocoder.py checks it against a real compile to the byte); here, its rules on a dump
-written by hand in XLA's format."""
+program (tests/test_compile_vocoder.py checks it against a real compile to the byte): its rules on a dump written
+by hand in XLA's format, and `benchmarks.compile_genppl --buffer-assignment` on a GPU (equal to the compiled
+figure) and a TPU (the vocoder's figures without its code generation)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from benchmarks import buffer_assignment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DUMP = """BufferAssignment:
 allocation 0: size 512, constant:
@@ -60,3 +67,36 @@ def test_the_largest_finished_dump_of_the_named_program_is_read(tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["temp_bytes"] == 10000
     assert buffer_assignment.main([str(tmp_path), "--program", "absent"]) == 1
     assert "no finished buffer assignment of program 'absent'" in capsys.readouterr().out
+
+
+def genppl_report(*arguments: str) -> tuple[dict, subprocess.CompletedProcess]:
+    command = [sys.executable, "-m", "benchmarks.compile_genppl", "--sizes", "tiny", *arguments, "--json"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.stdout.strip(), done.stderr[-3000:]
+    return json.loads(done.stdout), done
+
+
+def test_a_genppl_programs_buffer_assignment_is_its_compiled_memory_on_a_gpu():
+    report, done = genppl_report("--target", "h100", "--programs", "durations", "--buffer-assignment", "also")
+    program = report["programs"]["durations"]
+    assert done.returncode == 0 and program["compiled"] is True, program
+    assert program["buffer_assignment"]["bytes_per_device"] == program["bytes_per_device"] > 0
+
+
+def test_the_tpu_vocode_programs_buffer_assignment_comes_without_its_code_generation():
+    report, done = genppl_report("--target", "tpu-v5e", "--programs", "vocode", "--buffer-assignment", "only")
+    program = report["programs"]["vocode"]
+    assert done.returncode == 0 and program["compiled"] is False and "error" not in program, program
+    found = program["buffer_assignment"]
+    assert found["file"].split(".")[1] == "jit_waveforms" and found["fits"]
+    assert found["bytes_per_device"] == found["argument_bytes"] + found["temp_bytes"] + found["output_bytes"] > 0
+
+
+def test_buffer_assignment_reads_one_program_and_says_so_in_one_line():
+    command = [sys.executable, "-m", "benchmarks.compile_genppl", "--buffer-assignment", "only"]
+    done = subprocess.run(
+        [*command, "--programs", "vocode,score"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 2 and not done.stdout
+    assert "--buffer-assignment reads one program: --programs one of generate, vocode," in done.stderr.splitlines()[-1]
