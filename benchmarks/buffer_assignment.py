@@ -142,6 +142,19 @@ def with_fit(found: dict, device_memory: int, seconds: float) -> dict:
     }
 
 
+def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options of a compile benchmark that can read its program's buffer assignment instead of (`only`) or
+    beside (`also`) its compiled memory; `what` says what is read."""
+    parser.add_argument(
+        "--buffer-assignment",
+        choices=("only", "also"),
+        help=f"{what}: XLA's buffer assignment (benchmarks/buffer_assignment.py) as soon as it is written; `only` "
+        "stops the compile there (a TPU's code generation can take hours on a small host), `also` waits for the "
+        "compiled report too",
+    )
+    parser.add_argument("--wait-seconds", type=float, default=7200.0, help="with --buffer-assignment: give up after")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.buffer_assignment DIR --program NAME [--json]`: the figures of a dump XLA wrote
     (`XLA_FLAGS="--xla_dump_to=DIR --xla_dump_hlo_as_text"` on any compile, stopped or not)."""

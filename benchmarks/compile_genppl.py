@@ -396,13 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs", default="", help="comma list of the programs to compile (default: all)")
     parser.add_argument("--judge_mesh", choices=llm_judge.MESHES, default="fsdp", help="the judge's parameter split")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--buffer-assignment",
-        choices=("only", "also"),
-        help="one program (--programs NAME): XLA's buffer assignment (benchmarks/buffer_assignment.py) as soon as "
-        "it is written; `only` stops the compile there, `also` waits for the compiled report too",
-    )
-    parser.add_argument("--wait-seconds", type=float, default=7200.0, help="with --buffer-assignment: give up after")
+    buffer_assignment.add_arguments(parser, "one program (--programs NAME)")
     args = parser.parse_args(argv)
     only = tuple(name for name in args.programs.split(",") if name)
     if args.buffer_assignment:

@@ -207,13 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1, help="chips of the target the step's rows split over")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument(
-        "--buffer-assignment",
-        choices=("only", "also"),
-        help="also report XLA's buffer assignment (benchmarks/buffer_assignment.py); `only`: as soon as it is "
-        "written, without waiting for the code generation (hours for a TPU on a small host)",
-    )
-    parser.add_argument("--wait-seconds", type=float, default=7200.0, help="with --buffer-assignment: give up after")
+    buffer_assignment.add_arguments(parser, "the step")
     args, extra = parser.parse_known_args(argv)
     overrides = args.set + compile_benchmark.training_style_overrides(extra, parser)
     config = compile_benchmark.load_config(args.config, overrides)
