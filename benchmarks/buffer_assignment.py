@@ -4,7 +4,7 @@ XLA optimises a program's HLO, assigns its buffers (arguments, outputs, temporar
 then generates the device code. For a TPU the last stage can take hours on a small host (the TPU code generator
 on the paper vocoder's ~800 convolutions: benchmarks/RESULTS.md), while the buffer assignment is there in
 seconds. `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text` makes XLA write it
-(`*.after_optimizations-buffer-assignment.txt`) before the code generation starts; `read` sums its allocations
+(`*.after_optimizations-buffer-assignment.txt`) before the code generation starts; `figures` sums its allocations
 in the device's main memory (colour 0) as `memory_analysis()` reports a compiled program:
 - arguments: the parameters' allocations; outputs: the allocations that may be live out (the output tuple and
   what it holds); aliased: allocations that are both (a donated argument updated in place), counted once;
@@ -13,9 +13,9 @@ in the device's main memory (colour 0) as `memory_analysis()` reports a compiled
 - bytes_per_device = arguments + temporaries + outputs - aliased, as benchmarks/compile_vocoder.py's
   `memory_figures` of a compiled program.
 On a GPU these equal the compiled program's memory analysis (tests/test_compile_vocoder.py). The TPU code
-generator may still add scratch buffers it decides on while generating code, so for a TPU the figure is what
-the HLO program needs before that (a lower bound; benchmarks/RESULTS.md measures the difference where both
-exist).
+generator may still move buffers on chip or add scratch in device memory while it generates code, so for a TPU
+the figure is an estimate (on the v5e programs measured, -9% to +27% of the compiled figure:
+benchmarks/RESULTS.md).
 """
 
 import argparse
