@@ -98,12 +98,14 @@ def wait_for(directory: Path, name: str, process: subprocess.Popen, timeout_seco
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What `run_dumping` saw: the program's figures (None if none were written in time), the command's standard
-    output (its report, empty where it was stopped), the tail of its standard error, seconds to the figures."""
+    output (its report, empty where it was stopped), the tail of its standard error, seconds to the figures, and
+    what went wrong (no figures in time; or, waiting for the end, no compiled report), else None."""
 
     found: dict | None
     stdout: str
     log_tail: str
     seconds: float
+    error: str | None
 
 
 def run_dumping(command: list[str], program: str, wait_for_end: bool, wait_seconds: float) -> Outcome:
@@ -114,9 +116,13 @@ def run_dumping(command: list[str], program: str, wait_for_end: bool, wait_secon
     with tempfile.TemporaryDirectory(prefix="slam_jax_buffers_") as directory:
         directory = Path(directory)
         flags = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(directory / 'dump')}".strip()
-        with (directory / "log").open("w") as stderr, (directory / "out").open("w") as stdout:
+        with (directory / "log").open("w") as log_file, (directory / "out").open("w") as out_file:
             child = subprocess.Popen(
-                command, env={**os.environ, "XLA_FLAGS": flags}, stdout=stdout, stderr=stderr, start_new_session=True
+                command,
+                env={**os.environ, "XLA_FLAGS": flags},
+                stdout=out_file,
+                stderr=log_file,
+                start_new_session=True,
             )
             try:
                 found = wait_for(directory / "dump", program, child, wait_seconds)
@@ -129,7 +135,14 @@ def run_dumping(command: list[str], program: str, wait_for_end: bool, wait_secon
                 if child.poll() is None:
                     os.killpg(child.pid, signal.SIGKILL)
                     child.wait()
-        return Outcome(found, (directory / "out").read_text().strip(), (directory / "log").read_text()[-2000:], seconds)
+        stdout = (directory / "out").read_text().strip()
+        log_tail = (directory / "log").read_text()[-2000:]
+    error = None
+    if found is None:
+        error = f"no buffer assignment of program {program!r} within {wait_seconds:.0f} s"
+    elif wait_for_end and not stdout:
+        error = f"the compile did not finish within {wait_seconds:.0f} s"
+    return Outcome(found, stdout, log_tail, seconds, error)
 
 
 def with_fit(found: dict, device_memory: int, seconds: float) -> dict:

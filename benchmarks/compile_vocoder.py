@@ -161,14 +161,13 @@ def buffer_assignment_report(args, forwarded: list[str], config) -> dict:
     command = [sys.executable, "-m", "benchmarks.compile_vocoder", *forwarded, "--json"]
     outcome = buffer_assignment.run_dumping(command, program, args.buffer_assignment == "also", args.wait_seconds)
     if outcome.found is None:
-        why = f"no buffer assignment of program {program!r} within {args.wait_seconds:.0f} s"
-        return {**result, "compiled": False, "error": why, "child_log_tail": outcome.log_tail}
+        return {**result, "compiled": False, "error": outcome.error, "child_log_tail": outcome.log_tail}
     found = buffer_assignment.with_fit(outcome.found, result["device_memory_bytes"], outcome.seconds)
     report = {**result, "compiled": False, "buffer_assignment": found}
     if outcome.stdout:
         report |= {key: value for key, value in json.loads(outcome.stdout).items() if key != "machine"}
-    elif args.buffer_assignment == "also":
-        report["error"] = f"the compile did not finish within {args.wait_seconds:.0f} s"
+    if outcome.error:
+        report["error"] = outcome.error
     return report
 
 
